@@ -1,0 +1,32 @@
+// Every schema of motorec's compiled ops, in one place (namespace motorec_C).
+// Device files add implementations with TORCH_LIBRARY_IMPL(motorec_C, CPU|CUDA, m).
+// The Python layer (motorec/ops/*.py) wraps these in torch.library custom ops "motorec::<op>" that carry
+// autograd and fake kernels; these raw ops do no autograd of their own.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing motorec._C from Python runs the static TORCH_LIBRARY initializers below; the module itself is
+// empty. No pybind11, so the module needs nothing beyond libtorch.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(motorec_C, m) {
+  // CSR sparse x dense: out[r] = sum_{e in rowptr[r]..rowptr[r+1]} val[e] * x[col[e]].
+  // rowptr [R+1] int32|int64, col [nnz] int32|int64, val [nnz] float (same dtype as x, or float32 for
+  // half/bf16 x), x [C, D] -> out [R, D] (dtype of x; accumulation in float32 or wider).
+  m.def("spmm(Tensor rowptr, Tensor col, Tensor val, Tensor x) -> Tensor");
+  // LightGCN readout: mean_{l=0..num_layers} A^l x for a square CSR A ([R == C]).
+  m.def("propagate(Tensor rowptr, Tensor col, Tensor val, Tensor x, int num_layers) -> Tensor");
+  // Residual quantization over L levels. x [N, D], codebooks [L, K, D] (same float dtype) ->
+  // codes [N, L] int64, quantized [N, D], residual_sq [N, L] (||r^(k)||^2 after level k, in float32 or wider).
+  m.def("residual_quantize_fwd(Tensor x, Tensor codebooks) -> (Tensor, Tensor, Tensor)");
+  // Backward of residual_quantize_fwd (see motorec/ops/residual_quantize.py for the gradient's definition):
+  // grad_quantized [N, D], grad_residual_sq [N, L] -> grad_x [N, D], grad_codebooks [L, K, D].
+  m.def(
+      "residual_quantize_bwd(Tensor grad_quantized, Tensor grad_residual_sq, Tensor x, Tensor codebooks, "
+      "Tensor codes) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,177 @@
+"""``motorec.ops.residual_quantize``: nearest-codeword search over L residual levels, fused.
+
+Custom ops ``motorec::residual_quantize`` (forward) and ``motorec::residual_quantize_backward``. The function
+and its gradients are defined in :mod:`motorec.reference.residual_quantize`; every backend computes the same.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+from motorec import _ext
+from motorec._dispatch import Backend, dispatcher
+from motorec.ops._common import check_float_matrix, cpu_only
+from motorec.reference import residual_quantize as _ref
+
+_D = dispatcher("residual_quantize")
+
+
+class RQOutput(NamedTuple):
+    """Result of :func:`residual_quantize`.
+
+    Attributes:
+        codes: [N, L] int64, the chosen codeword per level (the item's tokens).
+        quantized: [N, D], sum over levels of the chosen codewords.
+        residual_sq: [N, L] float32 (float64 for float64 inputs): ``||r^(k)||^2`` after level k, i.e. the
+            squared distance to the chosen codeword; its mean is the codebook/commitment loss.
+    """
+
+    codes: Tensor
+    quantized: Tensor
+    residual_sq: Tensor
+
+
+def _triton_fwd(x, codebooks):
+    from motorec.kernels import residual_quantize as k
+
+    return k.residual_quantize_fwd(x, codebooks)
+
+
+def _triton_bwd(gq, gr, x, codebooks, codes):
+    from motorec.kernels import residual_quantize as k
+
+    return k.residual_quantize_bwd(gq, gr, x, codebooks, codes)
+
+
+def _c_fwd(x, codebooks):
+    return tuple(torch.ops.motorec_C.residual_quantize_fwd(x, codebooks))
+
+
+def _c_bwd(gq, gr, x, codebooks, codes):
+    return tuple(torch.ops.motorec_C.residual_quantize_bwd(gq, gr, x, codebooks, codes))
+
+
+def _triton_check(**inputs):
+    d = inputs.get("device")
+    if d == "cpu" and not _ext.TRITON_INTERPRET:
+        return "inputs are on cpu; Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
+    if d not in (None, "cpu", "cuda"):
+        return f"inputs are on {d}; Triton runs CUDA tensors"
+    if inputs.get("dtype") not in (None, torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {inputs['dtype']} not supported by the Triton kernel (float32, float16, bfloat16)"
+    return None
+
+
+def _triton_auto(**inputs):
+    if inputs.get("device") == "cpu":
+        return "the Triton interpreter is for tests (slow); ask for backend='triton' explicitly"
+    return None
+
+
+def _cpu_check(**inputs):
+    r = cpu_only(**inputs)
+    if r is None and inputs.get("dtype") not in (None, torch.float32, torch.float64):
+        r = f"dtype {inputs['dtype']} not supported by the C++ CPU kernel (float32, float64)"
+    return r
+
+
+_D.register(Backend("triton", (_triton_fwd, _triton_bwd), _ext.TRITON_REASON or None, _triton_check,
+                    _triton_auto, note="fused Triton kernels, all levels in one launch"))
+_D.register(Backend("cuda", None, "no CUDA C++ kernel for residual_quantize: the Triton kernel serves CUDA tensors"))
+_D.register(Backend("cpu", (_c_fwd, _c_bwd),
+                    None if _ext.c_has_op("residual_quantize_fwd") else (_ext.C_REASON or "motorec._C has no residual_quantize"),
+                    _cpu_check, note="blocked OpenMP C++ kernel (motorec._C)"))
+_D.register(Backend("torch", (_ref.residual_quantize_forward, _ref.residual_quantize_backward), None, None,
+                    note="per-level matmul + argmin + gather reference (materializes N x K)"))
+
+
+def _res_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("motorec::residual_quantize", mutates_args=())
+def residual_quantize_op(x: Tensor, codebooks: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """Raw op: (codes [N, L] int64, quantized [N, D], residual_sq [N, L])."""
+    fwd, _ = _D.impl(backend)
+    codes, q, r = fwd(x.contiguous(), codebooks.contiguous())
+    return codes, q, r
+
+
+@residual_quantize_op.register_fake
+def _(x, codebooks, backend):
+    torch._check(x.dim() == 2 and codebooks.dim() == 3, lambda: "x must be [N, D] and codebooks [L, K, D]")
+    torch._check(x.shape[1] == codebooks.shape[2], lambda: "x and codebooks must share D")
+    n, num_levels = x.shape[0], codebooks.shape[0]
+    return (x.new_empty((n, num_levels), dtype=torch.int64), x.new_empty(x.shape),
+            x.new_empty((n, num_levels), dtype=_res_dtype(x.dtype)))
+
+
+@torch.library.custom_op("motorec::residual_quantize_backward", mutates_args=())
+def residual_quantize_backward_op(
+    grad_quantized: Tensor, grad_residual_sq: Tensor, x: Tensor, codebooks: Tensor, codes: Tensor, backend: str
+) -> Tuple[Tensor, Tensor]:
+    """Raw op: (grad_x [N, D], grad_codebooks [L, K, D]); see the module docstring for the definition."""
+    _, bwd = _D.impl(backend)
+    gx, gc = bwd(grad_quantized.contiguous(), grad_residual_sq.contiguous(), x.contiguous(),
+                 codebooks.contiguous(), codes.contiguous())
+    return gx, gc
+
+
+@residual_quantize_backward_op.register_fake
+def _(grad_quantized, grad_residual_sq, x, codebooks, codes, backend):
+    return x.new_empty(x.shape), codebooks.new_empty(codebooks.shape)
+
+
+def _setup(ctx, inputs, output):
+    x, codebooks, backend = inputs
+    codes = output[0]
+    ctx.backend = backend
+    ctx.save_for_backward(x, codebooks, codes)
+    ctx.res_dtype = output[2].dtype
+
+
+def _backward(ctx, grad_codes, grad_q, grad_r):
+    x, codebooks, codes = ctx.saved_tensors
+    if grad_q is None:
+        grad_q = torch.zeros_like(x)
+    if grad_r is None:
+        grad_r = x.new_zeros(codes.shape, dtype=ctx.res_dtype)
+    gx, gc = residual_quantize_backward_op(grad_q, grad_r.to(ctx.res_dtype), x, codebooks, codes, ctx.backend)
+    return gx, gc, None
+
+
+residual_quantize_op.register_autograd(_backward, setup_context=_setup)
+
+
+def residual_quantize(x: Tensor, codebooks: Tensor, backend: str = "auto") -> RQOutput:
+    """Residual quantization of ``x`` over ``L`` codebooks, all levels fused.
+
+    Per level k: ``codes[:, k] = argmin_j ||r - C_k[j]||^2`` (squared L2; ties go to the lowest index), then
+    ``r -= C_k[codes[:, k]]``, starting from ``r = x``.
+
+    Args:
+        x: [N, D] float tensor (N may be 0).
+        codebooks: [L, K, D], same dtype and device as x, L >= 1, K >= 1.
+        backend: ``auto`` (default; ``MOTOREC_BACKEND`` if set) or one of ``torch | cpu | triton``.
+
+    Returns:
+        :class:`RQOutput` ``(codes [N, L] int64, quantized [N, D], residual_sq [N, L])``. Gradients: see
+        :mod:`motorec.reference.residual_quantize`.
+    """
+    check_float_matrix(x, "x")
+    check_float_matrix(codebooks, "codebooks", dims=3)
+    num_levels, k, d = codebooks.shape
+    if num_levels < 1:
+        raise ValueError(f"codebooks must have at least one level (L >= 1), got shape {tuple(codebooks.shape)}")
+    if k < 1:
+        raise ValueError(f"codebooks must have at least one codeword per level (K >= 1), got shape {tuple(codebooks.shape)}")
+    if x.shape[1] != d:
+        raise ValueError(f"x has D={x.shape[1]} but codebooks have D={d} (shape {tuple(codebooks.shape)})")
+    if x.dtype != codebooks.dtype:
+        raise TypeError(f"x ({x.dtype}) and codebooks ({codebooks.dtype}) must have the same dtype")
+    if x.device != codebooks.device:
+        raise ValueError(f"x is on {x.device} but codebooks are on {codebooks.device}")
+    name = _D.select(backend, device=x.device.type, dtype=x.dtype, n=x.shape[0], dim=d, k=k, levels=num_levels)
+    return RQOutput(*residual_quantize_op(x, codebooks, name))

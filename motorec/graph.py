@@ -195,8 +195,7 @@ class Graph:
         # Coalesce: sort by (row, col), sum duplicates.
         key = row * max(num_cols, 1) + col
         key, inv = torch.unique(key, return_inverse=True)
-        if key.numel() != row.numel():
-            w = torch.zeros(key.numel(), dtype=w.dtype, device=device).index_add_(0, inv, w)
+        w = torch.zeros(key.numel(), dtype=w.dtype, device=device).index_add_(0, inv, w)
         row = key // max(num_cols, 1)
         col = key % max(num_cols, 1)
         if normalize:
@@ -274,9 +273,10 @@ class Graph:
     def to_torch_sparse(self, layout=torch.sparse_csr) -> Tensor:
         """The same matrix as a torch sparse tensor (CSR by default, or ``torch.sparse_coo``)."""
         if layout == torch.sparse_csr:
-            return torch.sparse_csr_tensor(self.rowptr, self.col.long(), self.val, (self.num_rows, self.num_cols))
+            return torch.sparse_csr_tensor(self.rowptr, self.col.long(), self.val, (self.num_rows, self.num_cols),
+                                           check_invariants=False)
         idx = torch.stack([self.row_indices(), self.col.long()])
-        return torch.sparse_coo_tensor(idx, self.val, (self.num_rows, self.num_cols)).coalesce()
+        return torch.sparse_coo_tensor(idx, self.val, (self.num_rows, self.num_cols), check_invariants=False).coalesce()
 
     def to_dense(self) -> Tensor:
         return self.to_torch_sparse(torch.sparse_coo).to_dense()

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The test command the README gives: the whole suite, plus the CPU benchmark regression suite in quick mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pytest tests benchmarks/test_bench_cpu.py -q "$@"

@@ -1,0 +1,86 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import motorec
+from motorec import BackendUnavailable, _ext
+from motorec.testing import power_law_graph
+
+
+def test_explain_lists_every_backend_with_reasons():
+    for op in ("spmm", "propagate", "residual_quantize"):
+        text = motorec.ops.explain(op)
+        for name in ("torch", "cpu", "triton", "cuda"):
+            assert f"  {name} " in text, text
+        assert "auto picks" in text
+    assert "motorec.ops.spmm" in motorec.ops.explain()
+    with pytest.raises(ValueError, match="unknown op"):
+        motorec.ops.explain("nope")
+
+
+@pytest.mark.skipif(_ext.HAS_C_CUDA, reason="this machine can run CUDA")
+def test_explicit_cuda_raises_with_reason(no_backend_env):
+    g = power_law_graph(30, 20, 100)
+    x = torch.randn(50, 8)
+    for fn in (lambda: motorec.ops.spmm(g, x, backend="cuda"), lambda: motorec.ops.propagate(g, x, 2, backend="cuda")):
+        with pytest.raises(BackendUnavailable, match="backend='cuda' cannot run"):
+            fn()
+    with pytest.raises(BackendUnavailable, match="residual_quantize"):
+        motorec.ops.residual_quantize(torch.randn(4, 8), torch.randn(2, 3, 8), backend="cuda")
+
+
+def test_unknown_backend_is_a_clear_error(no_backend_env):
+    g = power_law_graph(10, 10, 30)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        motorec.ops.spmm(g, torch.randn(20, 3), backend="gpu")
+
+
+def test_env_backend(monkeypatch):
+    g = power_law_graph(10, 10, 30)
+    x = torch.randn(20, 3)
+    monkeypatch.setenv("MOTOREC_BACKEND", "torch")
+    assert motorec.ops.select_backend("spmm", "auto", device="cpu") == "torch"
+    monkeypatch.setenv("MOTOREC_BACKEND", "spmm=cuda,propagate=torch")
+    if not _ext.HAS_C_CUDA:
+        with pytest.raises(BackendUnavailable):
+            motorec.ops.spmm(g, x)
+    assert motorec.ops.select_backend("propagate", "auto", device="cpu") == "torch"
+    assert motorec.ops.select_backend("residual_quantize", "torch", device="cpu") == "torch"  # explicit wins
+    monkeypatch.setenv("MOTOREC_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="MOTOREC_BACKEND"):
+        motorec.ops.spmm(g, x)
+
+
+def test_auto_never_picks_interpreter_for_cpu_tensors(no_backend_env):
+    assert motorec.ops.select_backend("residual_quantize", "auto", device="cpu", dtype=torch.float32) != "triton"
+
+
+def test_import_without_compiled_extension():
+    """`import motorec` and every op work when motorec._C is unavailable (falling back to torch)."""
+    code = (
+        "import torch, motorec\n"
+        "from motorec import _ext\n"
+        "assert not _ext.HAS_C, _ext.C_REASON\n"
+        "print(motorec.ops.explain('spmm'))\n"
+        "from motorec.testing import power_law_graph\n"
+        "g = power_law_graph(40, 30, 200)\n"
+        "x = torch.randn(70, 5)\n"
+        "y = motorec.ops.propagate(g, x, 2)\n"
+        "o = motorec.ops.residual_quantize(torch.randn(9, 5), torch.randn(2, 4, 5))\n"
+        "assert o.codes.shape == (9, 2) and y.shape == x.shape\n"
+        "try:\n"
+        "    motorec.ops.spmm(g, x, backend='cpu')\n"
+        "except motorec.BackendUnavailable as e:\n"
+        "    assert 'MOTOREC_DISABLE_C' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('cpu backend served without _C')\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ, MOTOREC_DISABLE_C="1")
+    env.pop("MOTOREC_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout and "cpu     unavailable  motorec._C disabled" in r.stdout

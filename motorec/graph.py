@@ -26,6 +26,29 @@ def _check_index(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
 
 
+def _check_csr(rowptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> None:
+    """Structure of a CSR: dtypes, lengths, monotone rowptr, every column in [0, num_cols)."""
+    _check_index(rowptr, "rowptr")
+    _check_index(col, "col")
+    if not isinstance(val, Tensor):
+        raise TypeError(f"val must be a torch.Tensor, got {type(val).__name__}")
+    if isinstance(num_cols, bool) or not isinstance(num_cols, int) or num_cols < 0:
+        raise ValueError(f"num_cols must be a non-negative int, got {num_cols!r}")
+    if not (rowptr.device == col.device == val.device):
+        raise ValueError(f"rowptr, col and val must be on one device, got {rowptr.device}, {col.device}, {val.device}")
+    if rowptr.numel() < 1:
+        raise ValueError("rowptr must have at least one entry (num_rows + 1)")
+    if int(rowptr[0]) != 0 or int(rowptr[-1]) != col.numel():
+        raise ValueError(f"rowptr must start at 0 and end at nnz={col.numel()}, got {int(rowptr[0])}..{int(rowptr[-1])}")
+    if rowptr.numel() > 1 and bool((rowptr.diff() < 0).any()):
+        raise ValueError("rowptr must be non-decreasing")
+    _check_range(col, "col", num_cols, "num_cols")
+    if val.shape != col.shape:
+        raise ValueError(f"val must have the shape of col {tuple(col.shape)}, got {tuple(val.shape)}")
+    if not val.is_floating_point():
+        raise TypeError(f"val must be floating point, got {val.dtype}")
+
+
 def _check_range(t: Tensor, name: str, upper: int, upper_name: str) -> None:
     if t.numel() == 0:
         return
@@ -61,7 +84,10 @@ class Graph:
         num_users: Optional[int] = None,
         num_items: Optional[int] = None,
         perm: Optional[Tensor] = None,
+        check: bool = True,
     ) -> None:
+        if check:  # a hand-made CSR with an out-of-range column would make every kernel read out of bounds
+            _check_csr(rowptr, col, val, num_cols)
         self.rowptr = rowptr.contiguous()
         self.col = col.contiguous()
         self.val = val.contiguous()
@@ -103,6 +129,11 @@ class Graph:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
         _check_range(users, "users", num_users, "num_users")
         _check_range(items, "items", num_items, "num_items")
+        _check_nnz(0, index_dtype)
+        if index_dtype == torch.int32 and num_users + num_items > _INT32_MAX:
+            # Checked before any allocation: node ids >= 2^31 would wrap silently in int32 columns.
+            raise ValueError(f"num_users + num_items = {num_users + num_items} overflows int32 column indices; "
+                             "use index_dtype=torch.int64")
         device = torch.device(device) if device is not None else users.device
         u = users.to(device=device, dtype=torch.int64)
         i = items.to(device=device, dtype=torch.int64)
@@ -164,23 +195,12 @@ class Graph:
         """Wrap an existing CSR (no normalization). ``symmetric=None`` checks it; pass ``True`` only if known."""
         _check_index(rowptr, "rowptr")
         _check_index(col, "col")
-        if rowptr.numel() < 1:
-            raise ValueError("rowptr must have at least one entry (num_rows + 1)")
-        if int(rowptr[0]) != 0 or int(rowptr[-1]) != col.numel():
-            raise ValueError(f"rowptr must start at 0 and end at nnz={col.numel()}, got {int(rowptr[0])}..{int(rowptr[-1])}")
-        if rowptr.numel() > 1 and bool((rowptr.diff() < 0).any()):
-            raise ValueError("rowptr must be non-decreasing")
-        num_rows = rowptr.numel() - 1
         if num_cols is None:
-            num_cols = num_rows
-        _check_range(col, "col", num_cols, "num_cols")
+            num_cols = rowptr.numel() - 1
         if val is None:
             val = torch.ones(col.numel(), dtype=torch.float32, device=col.device)
-        if val.shape != col.shape:
-            raise ValueError(f"val must have the shape of col {tuple(col.shape)}, got {tuple(val.shape)}")
-        if not val.is_floating_point():
-            raise TypeError(f"val must be floating point, got {val.dtype}")
-        g = cls(rowptr.long(), col, val, num_cols, symmetric=False)
+        _check_csr(rowptr, col, val, num_cols)
+        g = cls(rowptr.long(), col, val, num_cols, symmetric=False, check=False)
         if symmetric is None:
             symmetric = g._is_symmetric()
         g.symmetric = bool(symmetric)
@@ -207,7 +227,7 @@ class Graph:
         rowptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
         torch.cumsum(counts, 0, out=rowptr[1:])
         g = cls(rowptr, col.to(index_dtype), w.to(dtype), num_cols, symmetric=bool(symmetric),
-                num_users=num_users, num_items=num_items)
+                num_users=num_users, num_items=num_items, check=False)
         if symmetric is None:
             g.symmetric = g._is_symmetric()
         return g
@@ -264,10 +284,12 @@ class Graph:
             return self
         if index_dtype == torch.int32:
             _check_nnz(self.nnz, torch.int32)
+            if self.num_cols > _INT32_MAX:
+                raise ValueError(f"num_cols={self.num_cols} overflows int32 column indices; keep torch.int64")
         g = Graph(self.rowptr.to(device), self.col.to(device=device, dtype=index_dtype),
                   self.val.to(device=device, dtype=dtype), self.num_cols, symmetric=self.symmetric,
                   num_users=self.num_users, num_items=self.num_items,
-                  perm=None if self.perm is None else self.perm.to(device))
+                  perm=None if self.perm is None else self.perm.to(device), check=False)
         return g
 
     def to_torch_sparse(self, layout=torch.sparse_csr) -> Tensor:

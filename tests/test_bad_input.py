@@ -1,0 +1,324 @@
+"""Bad input at every boundary: each case asserts the error type AND a message naming what is wrong.
+
+Layers covered: the public ops (``motorec.ops``), the raw compiled ops (``torch.ops.motorec_C.*``, when
+built), the :class:`motorec.Graph` constructors, the data loaders, checkpoints and the CLI (exit code 2, one
+line on stderr, no traceback). Non-contiguous inputs must give the same result as contiguous ones.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from motorec import BackendUnavailable, Graph, ops
+from motorec.graph import _check_nnz
+from motorec.reference import propagate as ref_propagate
+from motorec.reference import residual_quantize as ref_rq
+from motorec.reference import spmm as ref_spmm
+from motorec.testing import backends_here, power_law_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_c(op: str) -> bool:
+    try:
+        from motorec import _ext
+    except ImportError:
+        return False
+    return _ext.c_has_op(op)
+
+
+needs_c_spmm = pytest.mark.skipif(not _has_c("spmm"), reason="motorec._C (spmm) is not built")
+needs_c_propagate = pytest.mark.skipif(not _has_c("propagate"), reason="motorec._C (propagate) is not built")
+needs_c_rq = pytest.mark.skipif(not _has_c("residual_quantize_fwd"), reason="motorec._C (residual_quantize) is not built")
+
+
+@pytest.fixture
+def graph():
+    return power_law_graph(13, 8, 60, seed=5)  # 21 nodes, symmetric, a few isolated
+
+
+@pytest.fixture
+def x(graph):
+    return torch.randn(graph.num_cols, 7)
+
+
+# ---------------------------------------------------------------------------------------------- public ops
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda x: x.int(), TypeError, r"x must be float16, bfloat16, float32 or float64, got torch.int32"),
+        (lambda x: x.to("meta"), ValueError, r"x is on meta but graph is on cpu"),
+        (lambda x: x[:-1], ValueError, r"x must have graph.num_cols=21 rows, got x of shape \(20, 7\)"),
+        (lambda x: x[:, 0], ValueError, r"x must be 2-D, got shape \(21,\)"),
+        (lambda x: x.to_sparse(), TypeError, r"x must be a dense \(strided\) tensor"),
+        (lambda x: x.tolist(), TypeError, r"x must be a torch.Tensor, got list"),
+    ],
+    ids=["int-dtype", "wrong-device", "wrong-rows", "1-D", "sparse-layout", "not-a-tensor"],
+)
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_graph_ops_refuse_bad_x(graph, x, op, make, exc, match):
+    with pytest.raises(exc, match=match):
+        if op == "spmm":
+            ops.spmm(graph, make(x))
+        else:
+            ops.propagate(graph, make(x), 2)
+
+
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_graph_ops_refuse_non_graph(graph, x, op):
+    a = graph.to_torch_sparse()
+    with pytest.raises(TypeError, match=r"graph must be a motorec.Graph, got Tensor"):
+        ops.spmm(a, x) if op == "spmm" else ops.propagate(a, x, 1)
+
+
+@pytest.mark.parametrize("num_layers", [-1, 1.5, True, "2"])
+def test_propagate_refuses_bad_num_layers(graph, x, num_layers):
+    with pytest.raises(ValueError, match=r"num_layers must be an int >= 0, got"):
+        ops.propagate(graph, x, num_layers)
+
+
+def test_propagate_refuses_non_square_graph():
+    g = Graph.from_csr(torch.tensor([0, 2, 3]), torch.tensor([0, 4, 1]), num_cols=5)
+    with pytest.raises(ValueError, match=r"graph must be square for propagation, got 2 x 5"):
+        ops.propagate(g, torch.randn(5, 3), 1)
+
+
+def test_backend_names_are_checked(graph, x, monkeypatch):
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'gpu'"):
+        ops.spmm(graph, x, backend="gpu")
+    monkeypatch.setenv("MOTOREC_BACKEND", "spmm=fastest")
+    with pytest.raises(ValueError, match=r"MOTOREC_BACKEND must name one of .*got 'fastest'"):
+        ops.spmm(graph, x)
+
+
+def test_explicit_backend_that_cannot_serve_says_why(graph, x):
+    # float16 on CPU: neither the C++ CPU kernel nor CUDA serves it, whatever is built here.
+    with pytest.raises(BackendUnavailable, match=r"backend='cpu' cannot run spmm: .*(float16|not built|disabled)"):
+        ops.spmm(graph, x.half(), backend="cpu")
+    with pytest.raises(BackendUnavailable, match=r"backend='cuda' cannot run propagate"):
+        ops.propagate(graph, x, 1, backend="cuda")
+
+
+def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Same values as ``t``, but a strided view (column-major with a gap)."""
+    wide = torch.empty(t.shape[1], t.shape[0] * 2, dtype=t.dtype).t()[::2]
+    wide.copy_(t)
+    assert not wide.is_contiguous() and torch.equal(wide, t)
+    return wide
+
+
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_graph_ops_non_contiguous_x_is_correct(graph, x, op):
+    xs = _non_contiguous(x)
+    for backend in backends_here(op, "cpu", x.dtype):
+        if op == "spmm":
+            out = ops.spmm(graph, xs, backend=backend)
+            ref = ref_spmm.spmm(graph.rowptr, graph.col, graph.val, x.contiguous())
+        else:
+            out = ops.propagate(graph, xs, 2, backend=backend)
+            ref = ref_propagate.propagate(graph.rowptr, graph.col, graph.val, x.contiguous(), 2)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6, msg=f"{op} backend={backend}")
+
+
+def test_residual_quantize_non_contiguous_is_correct():
+    xs = _non_contiguous(torch.randn(37, 9))
+    cb = torch.randn(3, 9, 11).transpose(1, 2)  # [3, 11, 9] non-contiguous codebooks
+    assert not cb.is_contiguous()
+    ref = ref_rq.residual_quantize_forward(xs.contiguous(), cb.contiguous())
+    for backend in backends_here("residual_quantize", "cpu", torch.float32):
+        out = ops.residual_quantize(xs, cb, backend=backend)
+        torch.testing.assert_close(out.codes, ref[0], msg=f"codes backend={backend}")
+        torch.testing.assert_close(out.quantized, ref[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x_shape,cb_shape,kw,exc,match",
+    [
+        ((5, 4), (0, 3, 4), {}, ValueError, r"codebooks must have at least one level \(L >= 1\), got shape \(0, 3, 4\)"),
+        ((5, 4), (2, 0, 4), {}, ValueError, r"at least one codeword per level \(K >= 1\), got shape \(2, 0, 4\)"),
+        ((5, 4), (2, 3, 5), {}, ValueError, r"x has D=4 but codebooks have D=5"),
+        ((5, 4), (2, 3, 4), {"cb_dtype": torch.float64}, TypeError, r"x \(torch.float32\) and codebooks \(torch.float64\) must have the same dtype"),
+        ((5, 4), (2, 3, 4), {"cb_device": "meta"}, ValueError, r"x is on cpu but codebooks are on meta"),
+        ((5, 4), (2, 3, 4), {"x_dtype": torch.int64, "cb_dtype": torch.int64}, TypeError, r"x must be float16, bfloat16, float32 or float64, got torch.int64"),
+        ((5,), (2, 3, 4), {}, ValueError, r"x must be 2-D, got shape \(5,\)"),
+        ((5, 4), (3, 4), {}, ValueError, r"codebooks must be 3-D, got shape \(3, 4\)"),
+    ],
+    ids=["L=0", "K=0", "D-mismatch", "dtype-mismatch", "device-mismatch", "int-dtype", "x-1-D", "codebooks-2-D"],
+)
+def test_residual_quantize_refuses(x_shape, cb_shape, kw, exc, match):
+    x = torch.randn(x_shape).to(kw.get("x_dtype", torch.float32))
+    cb = torch.randn(cb_shape).to(kw.get("cb_dtype", torch.float32)).to(kw.get("cb_device", "cpu"))
+    with pytest.raises(exc, match=match):
+        ops.residual_quantize(x, cb)
+
+
+# ---------------------------------------------------------------------------------------------- Graph
+@pytest.mark.parametrize(
+    "rowptr,col,val,num_cols,exc,match",
+    [
+        ([0, 1, 3], [0, 5, 1], None, 2, ValueError, r"col contains id 5, out of range for num_cols=2"),
+        ([0, 1, 3], [0, -1, 1], None, 2, ValueError, r"col contains a negative id \(-1\)"),
+        ([0, 1, 2], [0, 1, 1], None, 3, ValueError, r"rowptr must start at 0 and end at nnz=3, got 0..2"),
+        ([1, 2, 3], [0, 1, 1], None, 3, ValueError, r"rowptr must start at 0"),
+        ([0, 2, 1, 3], [0, 1, 1], None, 3, ValueError, r"rowptr must be non-decreasing"),
+        ([], [], None, 0, ValueError, r"rowptr must have at least one entry"),
+        ([0, 1, 2], [0, 1], [1.0, 2.0, 3.0], 2, ValueError, r"val must have the shape of col \(2,\), got \(3,\)"),
+        ([0, 1, 2], [0, 1], [1, 2], 2, TypeError, r"val must be floating point, got torch.int64"),
+        ([0.0, 1.0, 2.0], [0, 1], None, 2, TypeError, r"rowptr must have an integer dtype"),
+        ([0, 1, 2], [0.0, 1.0], None, 2, TypeError, r"col must have an integer dtype"),
+    ],
+    ids=["col-out-of-range", "col-negative", "rowptr-wrong-length", "rowptr-not-zero", "rowptr-decreasing",
+         "rowptr-empty", "val-shape", "val-int", "rowptr-float", "col-float"],
+)
+@pytest.mark.parametrize("ctor", ["from_csr", "init"])
+def test_hand_made_csr_is_refused(ctor, rowptr, col, val, num_cols, exc, match):
+    rp, c = torch.tensor(rowptr), torch.tensor(col)
+    if rp.dtype == torch.float32 and not rowptr:
+        rp = rp.long()
+    if c.dtype == torch.float32 and not col:
+        c = c.long()
+    v = torch.tensor(val) if val is not None else torch.ones(c.numel())
+    with pytest.raises(exc, match=match):
+        if ctor == "from_csr":
+            Graph.from_csr(rp, c, v, num_cols)
+        else:  # the plain constructor must not let a bad CSR through to the kernels either
+            Graph(rp, c, v, num_cols)
+
+
+def test_int32_nnz_overflow_is_arithmetic():
+    _check_nnz(2**31 - 1, torch.int32)
+    with pytest.raises(ValueError, match=r"nnz=2147483648 overflows int32 column indices; use index_dtype=torch.int64"):
+        _check_nnz(2**31, torch.int32)
+    with pytest.raises(TypeError, match=r"index_dtype must be torch.int32 or torch.int64, got torch.int16"):
+        _check_nnz(10, torch.int16)
+
+
+def test_int32_node_overflow_refused_before_allocating():
+    # 2^32 nodes: the rowptr alone would be 32 GiB; the check must fire before anything is allocated.
+    one = torch.tensor([0])
+    with pytest.raises(ValueError, match=r"num_users \+ num_items = 4294967296 overflows int32 column indices"):
+        Graph.from_interactions(one, one, 2**31, 2**31, index_dtype=torch.int32)
+    g = Graph.from_csr(torch.tensor([0, 1]), torch.tensor([2**33]), num_cols=2**34)
+    with pytest.raises(ValueError, match=r"num_cols=17179869184 overflows int32 column indices"):
+        g.to(index_dtype=torch.int32)
+
+
+@pytest.mark.parametrize(
+    "users,items,nu,ni,exc,match",
+    [
+        ([0, 1], [0, 9], 3, 9, ValueError, r"items contains id 9, out of range for num_items=9"),
+        ([0, -2], [0, 1], 3, 9, ValueError, r"users contains a negative id \(-2\)"),
+        ([0, 1], [0, 1, 2], 3, 9, ValueError, r"users and items must have the same length, got 2 and 3"),
+        ([0, 1], [0, 1], 3, 2.5, ValueError, r"num_items must be a non-negative int, got 2.5"),
+    ],
+    ids=["item-out-of-range", "negative-user", "length-mismatch", "float-count"],
+)
+def test_from_interactions_refuses(users, items, nu, ni, exc, match):
+    with pytest.raises(exc, match=match):
+        Graph.from_interactions(torch.tensor(users), torch.tensor(items), nu, ni)
+
+
+def test_from_edge_index_refuses():
+    with pytest.raises(ValueError, match=r"edge_index must be a \[2, E\] integer tensor, got \(3, 2\)"):
+        Graph.from_edge_index(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"edge_index contains id 4, out of range for num_nodes=4"):
+        Graph.from_edge_index(torch.tensor([[0, 1], [2, 4]]), 4)
+    with pytest.raises(ValueError, match=r"edge_weight must have shape \[2\], got \(3,\)"):
+        Graph.from_edge_index(torch.tensor([[0, 1], [2, 3]]), 4, edge_weight=torch.ones(3))
+
+
+# ---------------------------------------------------------------------------------------------- raw C++ ops
+def _csr():
+    return torch.tensor([0, 2, 2, 4]), torch.tensor([0, 2, 1, 2]), torch.randn(4)
+
+
+@needs_c_spmm
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_c_spmm_refuses_out_of_range_col(index_dtype):
+    rowptr, col, val = _csr()
+    x = torch.randn(3, 5)
+    bad = col.clone()
+    bad[1] = 3  # one past the last row of x: a kernel without the check reads out of bounds
+    with pytest.raises(RuntimeError, match=r"col contains index 3, out of range for x with 3 rows"):
+        torch.ops.motorec_C.spmm(rowptr, bad.to(index_dtype), val, x)
+    bad[1] = -4
+    with pytest.raises(RuntimeError, match=r"col contains a negative index \(-4\)"):
+        torch.ops.motorec_C.spmm(rowptr, bad.to(index_dtype), val, x)
+
+
+@needs_c_spmm
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda rp, c, v, x: (rp[:-1], c, v, x), r"rowptr\[-1\] must equal nnz = 4, got 2"),
+        (lambda rp, c, v, x: (torch.tensor([0, 3, 2, 4]), c, v, x), r"rowptr must be non-decreasing"),
+        (lambda rp, c, v, x: (rp, c, v[:3], x), r"val and col must have the same length"),
+        (lambda rp, c, v, x: (rp, c, v.double(), x), r"val must have the dtype of x"),
+        (lambda rp, c, v, x: (rp, c.float(), v, x), r"col must be int64 or int32"),
+        (lambda rp, c, v, x: (rp, c, v, x[:, 0]), r"x must be 2-D"),
+        (lambda rp, c, v, x: (rp, c, v.half(), x.half()), r"x must be float32 or float64"),
+    ],
+    ids=["rowptr-short", "rowptr-decreasing", "val-length", "val-dtype", "col-float", "x-1-D", "x-half"],
+)
+def test_c_spmm_refuses_bad_args(mutate, match):
+    rowptr, col, val = _csr()
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.motorec_C.spmm(*mutate(rowptr, col, val, torch.randn(3, 5)))
+
+
+@needs_c_spmm
+def test_c_spmm_non_contiguous_is_correct():
+    rowptr, col, val = _csr()
+    x = torch.randn(5, 3).t()  # [3, 5], non-contiguous
+    out = torch.ops.motorec_C.spmm(rowptr, col[::1], val, x)
+    torch.testing.assert_close(out, ref_spmm.spmm(rowptr, col, val, x.contiguous()), rtol=1e-5, atol=1e-6)
+
+
+@needs_c_propagate
+def test_c_propagate_refuses():
+    rowptr, col, val = _csr()
+    x = torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match=r"num_layers must be >= 0, got -1"):
+        torch.ops.motorec_C.propagate(rowptr, col, val, x, -1)
+    with pytest.raises(RuntimeError, match=r"graph must be square .*rowptr has 3 rows but x has 4"):
+        torch.ops.motorec_C.propagate(rowptr, col, val, torch.randn(4, 5), 1)
+    bad = col.clone()
+    bad[0] = 7
+    with pytest.raises(RuntimeError, match=r"col contains index 7, out of range"):
+        torch.ops.motorec_C.propagate(rowptr, bad, val, x, 2)
+
+
+@needs_c_rq
+@pytest.mark.parametrize(
+    "x_shape,cb_shape,match",
+    [
+        ((5, 4), (0, 3, 4), r"(?i)codebooks"),
+        ((5, 4), (2, 0, 4), r"(?i)codebooks|K"),
+        ((5, 4), (2, 3, 6), r"(?i)D|dim"),
+        ((5,), (2, 3, 4), r"(?i)x"),
+    ],
+    ids=["L=0", "K=0", "D-mismatch", "x-1-D"],
+)
+def test_c_residual_quantize_refuses(x_shape, cb_shape, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.motorec_C.residual_quantize_fwd(torch.randn(x_shape), torch.randn(cb_shape))
+
+
+@needs_c_rq
+def test_c_residual_quantize_backward_refuses_out_of_range_codes():
+    x, cb = torch.randn(6, 4), torch.randn(2, 3, 4)
+    codes = torch.zeros(6, 2, dtype=torch.long)
+    codes[2, 1] = 3  # K = 3: an unchecked scatter into grad_codebooks would write out of bounds
+    with pytest.raises(RuntimeError, match=r"(?i)codes"):
+        torch.ops.motorec_C.residual_quantize_bwd(torch.randn(6, 4), torch.randn(6, 2), x, cb, codes)
+
+
+@needs_c_rq
+def test_c_residual_quantize_refuses_dtype_mismatch():
+    with pytest.raises(RuntimeError, match=r"(?i)dtype|float"):
+        torch.ops.motorec_C.residual_quantize_fwd(torch.randn(5, 4), torch.randn(2, 3, 4, dtype=torch.float64))

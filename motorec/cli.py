@@ -1,0 +1,323 @@
+"""The ``motorec`` command line: ``train``, ``evaluate``, ``tokenize``, ``bench``.
+
+``motorec train`` without ``--model`` trains MoToRec and the three baselines and prints a results table;
+without ``--data`` it uses the bundled MovieLens-100k. An output directory holds ``config.yaml``, ``run.json``
+(where the data came from), ``checkpoints/<model>/last.pt``, ``train.log`` and ``metrics.json`` shaped
+``m[model]["test"|"valid"][group][metric]`` (group: overall, warm, cold; metric: recall@10, ndcg@10,
+recall@20, ndcg@20) with ``m[model]["seconds_per_epoch"]``.
+
+A user error (bad data, bad flag or config, missing backend, foreign checkpoint) prints one line
+``motorec: error: ...`` and exits with code 2; ``MOTOREC_DEBUG=1`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+__all__ = ["main", "UserError"]
+
+EXIT_USAGE = 2
+GROUPS = ("overall", "warm", "cold")
+
+
+class UserError(Exception):
+    """An error in what the user asked for; the CLI prints it in one line and exits with code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UserError(f"{self.prog}: error: {message}")
+
+
+def _user_errors():
+    from motorec._dispatch import BackendUnavailable
+    from motorec.config import ConfigError
+    from motorec.train.checkpoint import CheckpointError
+
+    errs = [UserError, ConfigError, CheckpointError, BackendUnavailable]
+    try:
+        from motorec.data import DataError
+
+        errs.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from motorec import __version__
+    from motorec.config import MODEL_NAMES
+
+    p = _Parser(prog="motorec", description="MoToRec: multimodal tokenization for cold-start recommendation.")
+    p.add_argument("--version", action="version", version=f"motorec {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,evaluate,tokenize,bench}")
+
+    t = sub.add_parser("train", help="train MoToRec and/or baselines; print and save metrics")
+    t.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
+    t.add_argument("--model", choices=MODEL_NAMES, action="append",
+                   help="model to train (repeatable; default: all of " + ", ".join(MODEL_NAMES) + ")")
+    t.add_argument("--config", metavar="FILE", help="YAML config (sections model/train/data)")
+    t.add_argument("--epochs", type=int, help="joint training epochs (overrides the config)")
+    t.add_argument("--pretrain-epochs", type=int, help="tokenizer pre-training epochs (overrides the config)")
+    t.add_argument("--split", choices=("cold", "warm"), help="cold-start split (default) or the data's x_label")
+    t.add_argument("--out", metavar="DIR", help="output directory (default: runs/<timestamp>)")
+    t.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
+    t.add_argument("--device", help="cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, help="training seed (torch, numpy, random, sampler)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
+
+    e = sub.add_parser("evaluate", help="evaluate the best checkpoint(s) of a run")
+    e.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train'")
+    e.add_argument("--model", choices=MODEL_NAMES, action="append", help="model(s) to evaluate (default: all)")
+    e.add_argument("--data", metavar="DIR", help="evaluate on this MMRec folder instead of the run's data")
+    e.add_argument("--device", help="cpu, cuda or cuda:N")
+    e.add_argument("--quiet", action="store_true")
+
+    k = sub.add_parser("tokenize", help="write each item's semantic IDs (codes) from a trained MoToRec")
+    k.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train' with a motorec model")
+    k.add_argument("--output", metavar="FILE", help="output .tsv or .npy (default: RUN_DIR/tokens.tsv and .npy)")
+    k.add_argument("--device", help="cpu, cuda or cuda:N")
+
+    b = sub.add_parser("bench", help="run the benchmark harness (benchmarks/ of a source checkout)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to 'python -m benchmarks.run'")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _setup_logging(log_file: Optional[Path], quiet: bool) -> logging.Logger:
+    log = logging.getLogger("motorec")
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    if log_file is not None:
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    if not quiet:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        log.addHandler(sh)
+    return log
+
+
+def load_data(data: Optional[str], split: str, seed: int):
+    """The dataset named on the command line (``None``: bundled MovieLens-100k)."""
+    from motorec import data as mdata
+
+    if data is None:
+        return mdata.load_movielens100k(split=split, seed=seed)
+    if not Path(data).is_dir():
+        raise UserError(f"--data {data!r} is not a directory (expected an MMRec folder with <name>.inter and *_feat.npy)")
+    return mdata.load_mmrec(data, split=split, seed=seed)
+
+
+def _load_config(path: Optional[str]):
+    from motorec.config import Config
+
+    return Config.load(path) if path else Config()
+
+
+def results_table(metrics: Dict[str, Any], split: str = "test") -> str:
+    """Plain-text table: overall/warm/cold Recall@20 and NDCG@20 per model, and seconds per epoch."""
+    head = f"{'model':<18}" + "".join(f"{g + ' R@20':>13}{g + ' N@20':>13}" for g in GROUPS) + f"{'s/epoch':>10}"
+    lines = [f"{split} results", head, "-" * len(head)]
+    for name, m in metrics.items():
+        row = f"{name:<18}"
+        for g in GROUPS:
+            gm = m.get(split, {}).get(g, {})
+            row += f"{gm.get('recall@20', float('nan')):>13.4f}{gm.get('ndcg@20', float('nan')):>13.4f}"
+        row += f"{m.get('seconds_per_epoch', float('nan')):>10.2f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from motorec.config import MODEL_NAMES, Config, ConfigError
+    from motorec.train import Trainer
+
+    cfg = _load_config(args.config)
+    train_over: Dict[str, Any] = {}
+    for flag, key in (("epochs", "epochs"), ("pretrain_epochs", "pretrain_epochs"), ("device", "device"),
+                      ("backend", "backend"), ("seed", "seed")):
+        v = getattr(args, flag)
+        if v is not None:
+            train_over[key] = v
+    cfg = cfg.replace(train=train_over, data={"split": args.split} if args.split else {})
+    from motorec.train.trainer import resolve_device
+
+    resolve_device(cfg.train.device)
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out DIR (the run to continue)")
+    out = Path(args.out) if args.out else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    models: List[str] = list(dict.fromkeys(args.model)) if args.model else list(MODEL_NAMES)
+
+    ds = load_data(args.data, cfg.data.split, cfg.data.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume and (out / "config.yaml").is_file():
+        old = Config.load(out / "config.yaml")
+        if old.fingerprint() != cfg.fingerprint():
+            raise ConfigError(f"--resume: the config differs from the one in {str(out / 'config.yaml')!r}")
+    cfg.save(out / "config.yaml")
+    _write_json(out / "run.json", {"data": None if args.data is None else str(Path(args.data).resolve()),
+                                   "dataset": ds.name, "split": cfg.data.split, "data_seed": cfg.data.seed,
+                                   "dataset_fingerprint": ds.fingerprint(), "models": models})
+    log = _setup_logging(out / "train.log", args.quiet)
+    log.info("data: %s", ds.summary().replace("\n", " |"))
+    log.info("output: %s", out)
+
+    metrics_path = out / "metrics.json"
+    metrics: Dict[str, Any] = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
+    for name in models:
+        mcfg = cfg.replace(model={"name": name})
+        trainer = Trainer(mcfg, ds, checkpoint_dir=out / "checkpoints" / name, quiet=args.quiet, logger=log)
+        res = trainer.fit(resume=args.resume and (out / "checkpoints" / name / "last.pt").is_file())
+        metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
+                         "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"]}
+        _write_json(metrics_path, metrics)
+        log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
+                                                for g in GROUPS if g in res["test"]))
+    print(results_table({k: metrics[k] for k in models}))
+    print(f"\nwrote {metrics_path}")
+    return 0
+
+
+def _run_info(run: Path) -> Dict[str, Any]:
+    if not (run / "run.json").is_file() or not (run / "config.yaml").is_file():
+        raise UserError(f"{str(run)!r} is not a motorec run directory (no run.json / config.yaml)")
+    return json.loads((run / "run.json").read_text())
+
+
+def _load_trained(run: Path, name: str, ds, device: str):
+    """Model ``name`` of a run, with its best (early-stopping) weights."""
+    from motorec.config import Config
+    from motorec.models import build_model
+    from motorec.train.checkpoint import CheckpointError, load_checkpoint
+    from motorec.train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    state = load_checkpoint(run / "checkpoints" / name / "last.pt", map_location=dev)
+    if state.get("dataset_fingerprint") != ds.fingerprint():
+        raise CheckpointError(f"the {name} checkpoint of {str(run)!r} was trained on other data or another split")
+    cfg = Config.from_dict(state["config"])
+    model = build_model(ds.to(dev), cfg.model, backend=cfg.train.backend, device=str(dev))
+    snap = state["best_state"] or {"model": state["model"], "extra": state["extra"]}
+    model.load_state_dict(snap["model"])
+    model.load_extra_state(snap["extra"])
+    model.eval()
+    return model, cfg
+
+
+def cmd_evaluate(args) -> int:
+    from motorec.eval import evaluate
+    from motorec.train.trainer import resolve_device
+
+    run = Path(args.run)
+    info = _run_info(run)
+    device = args.device or "cpu"
+    ds = load_data(args.data or info["data"], info["split"], info["data_seed"])
+    names = args.model or [n for n in info["models"] if (run / "checkpoints" / n / "last.pt").is_file()]
+    if not names:
+        raise UserError(f"{str(run)!r} has no checkpoints")
+    dev = resolve_device(device)
+    out: Dict[str, Any] = {}
+    for name in names:
+        model, cfg = _load_trained(run, name, ds, device)
+        out[name] = {s: {g: {k: float(v) for k, v in m.items()} for g, m in
+                         evaluate(model.score, ds.to(dev), split=s, batch_size=cfg.train.eval_batch_size,
+                                  device=dev).items()} for s in ("valid", "test")}
+    print(results_table(out))
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    import numpy as np
+
+    run = Path(args.run)
+    info = _run_info(run)
+    if not (run / "checkpoints" / "motorec" / "last.pt").is_file():
+        raise UserError(f"{str(run)!r} has no trained motorec model (checkpoints/motorec/last.pt)")
+    ds = load_data(info["data"], info["split"], info["data_seed"])
+    model, cfg = _load_trained(run, "motorec", ds, args.device or "cpu")
+    if cfg.model.continuous:
+        raise UserError("this MoToRec was trained with model.continuous=true: it has no tokens")
+    tokens = {m: c.cpu().numpy() for m, c in model.tokenize().items()}
+    mods = list(tokens)
+    table = np.concatenate([tokens[m] for m in mods], axis=1) if mods else np.zeros((ds.num_items, 0), np.int64)
+    if args.output:
+        outp = Path(args.output)
+        if outp.suffix not in (".tsv", ".npy"):
+            raise UserError(f"--output must end in .tsv or .npy, got {outp.name!r}")
+        targets = [outp]
+    else:
+        targets = [run / "tokens.tsv", run / "tokens.npy"]
+    for t in targets:
+        if t.suffix == ".npy":
+            np.save(t, table)
+        else:
+            with open(t, "w") as f:
+                f.write("itemID\t" + "\t".join(mods) + "\n")
+                for i in range(table.shape[0]):
+                    f.write(str(i) + "\t" + "\t".join("-".join(map(str, tokens[m][i])) for m in mods) + "\n")
+        print(f"wrote {t} ({table.shape[0]} items; columns: "
+              + ", ".join(f"{m} x{tokens[m].shape[1]}" for m in mods) + ")")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    root = Path(__file__).resolve().parent.parent
+    bench = root / "benchmarks"
+    if not (bench / "run.py").is_file() and not (bench / "harness.py").is_file():
+        raise UserError(f"no benchmarks found at {str(bench)!r}: 'motorec bench' needs a source checkout of "
+                        "motorec (the benchmarks/ folder is not installed with the package)")
+    module = "benchmarks.run" if (bench / "run.py").is_file() else "benchmarks.harness"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    extra = [a for a in args.args if a != "--"]
+    return subprocess.call([sys.executable, "-m", module, *extra], cwd=root, env=env)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    errors = (UserError,)
+    try:
+        errors = _user_errors()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "tokenize": cmd_tokenize, "bench": cmd_bench}
+        return cmd[args.command](args)
+    except errors as e:
+        if os.environ.get("MOTOREC_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())
+        print(msg if msg.startswith("motorec") else f"motorec: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("motorec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Experiment configuration: dataclasses with YAML load/save and validation at the boundary.
+
+A :class:`Config` has three sections, each a dataclass: ``model`` (:class:`ModelConfig`: MoToRec and the
+baselines share it; baselines ignore the MoToRec-only fields), ``train`` (:class:`TrainConfig`) and ``data``
+(:class:`DataConfig`). YAML files use the same nesting::
+
+    model: {name: motorec, dim: 64, lambda_cl: 0.1}
+    train: {epochs: 100, lr: 0.001}
+    data: {split: cold}
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES"]
+
+MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid (a user error: the CLI exits with code 2)."""
+
+
+@dataclass
+class ModelConfig:
+    """Model hyper-parameters (PAPER.md sections 1-4; defaults are the paper's or ours where it is silent).
+
+    Ablation switches: ``sparse_weight=0`` (no sparsity KL), ``rarity=False`` (all weights 1),
+    ``item_item=False`` (no source-level item-item graphs), ``continuous=True`` (skip quantization, use z_e).
+    """
+
+    name: str = "motorec"
+    dim: int = 64
+    num_layers: int = 2
+    # tokenizer (section 1)
+    latent_dim: int = 64
+    hidden_dims: Tuple[int, ...] = (256,)
+    num_levels: int = 3
+    codebook_size: int = 256
+    commitment: float = 0.25
+    sparse_weight: float = 1e-3
+    sparse_mode: str = "softmax"
+    sparse_temperature: float = 1.0
+    continuous: bool = False
+    ema: bool = False
+    kmeans_init: bool = True
+    token_embeddings: bool = True
+    # rarity amplification (section 2)
+    rarity: bool = True
+    rarity_min: float = 0.5
+    rarity_max: float = 5.0
+    rarity_warmup_epochs: int = 5
+    rarity_contrastive: bool = False
+    rarity_gate: bool = False
+    # graph encoder (section 3)
+    item_item: bool = True
+    knn_k: int = 10
+    knn_rebuild_every: int = 5
+    # objectives (section 4)
+    lambda_cl: float = 0.1
+    tau: float = 0.2
+    lambda_rq: float = 1.0
+    lambda_reg: float = 1e-4
+    # drop an item's ID embedding with this probability in training, so the content path alone must rank
+    # (how a cold item is scored at test time); 0 disables it.
+    id_dropout: float = 0.0
+    # content baselines: MLP hidden width
+    content_hidden: int = 256
+
+    def validate(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ConfigError(f"model.name must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+        for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden"):
+            _positive_int(self, k)
+        for k in ("num_layers", "rarity_warmup_epochs"):
+            _nonneg_int(self, k)
+        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg"):
+            _nonneg_float(self, k)
+        for k in ("tau", "sparse_temperature"):
+            if _float(self, k) <= 0:
+                raise ConfigError(f"model.{k} must be > 0, got {getattr(self, k)}")
+        if not 0.0 <= _float(self, "id_dropout") < 1.0:
+            raise ConfigError(f"model.id_dropout must lie in [0, 1), got {self.id_dropout}")
+        if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
+            raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
+                              f"{self.rarity_min}/{self.rarity_max}")
+        if self.sparse_mode not in ("softmax", "sigmoid"):
+            raise ConfigError(f"model.sparse_mode must be 'softmax' or 'sigmoid', got {self.sparse_mode!r}")
+        if not isinstance(self.hidden_dims, (tuple, list)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden_dims):
+            raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
+        self.hidden_dims = tuple(self.hidden_dims)
+        for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
+                  "rarity_gate", "item_item"):
+            if not isinstance(getattr(self, k), bool):
+                raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization, schedule, early stopping and evaluation settings."""
+
+    epochs: int = 100
+    pretrain_epochs: int = 20
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        for k in ("epochs", "pretrain_epochs", "patience", "seed"):
+            _nonneg_int(self, k)
+        for k in ("batch_size", "eval_every", "eval_batch_size"):
+            _positive_int(self, k)
+        if _float(self, "lr") <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        _nonneg_float(self, "weight_decay")
+        if self.backend not in ("auto", "torch", "cpu", "cuda", "triton"):
+            raise ConfigError(f"train.backend must be one of auto, torch, cpu, cuda, triton; got {self.backend!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"train.device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass
+class DataConfig:
+    """How the dataset is split (the data itself is named on the command line)."""
+
+    split: str = "cold"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.split not in ("cold", "warm"):
+            raise ConfigError(f"data.split must be 'cold' or 'warm', got {self.split!r}")
+        _nonneg_int(self, "seed")
+
+
+@dataclass
+class Config:
+    """The whole experiment configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.train.validate()
+        self.data.validate()
+        return self
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        d = dataclasses.asdict(self)
+        d["model"]["hidden_dims"] = list(self.model.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "Config":
+        """Build and validate a config from nested dicts; missing keys keep their defaults."""
+        d = {} if d is None else d
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a mapping with sections model/train/data, got {type(d).__name__}")
+        unknown = set(d) - {"model", "train", "data"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected model, train, data")
+        sections = {}
+        for name, klass in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
+            sections[name] = _section(klass, d.get(name) or {}, name)
+        return cls(**sections).validate()
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        """Read a YAML config file (raises :class:`ConfigError` for a missing/unparsable/invalid file)."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        return cls.from_dict(d)
+
+    def replace(self, **sections: Dict[str, Any]) -> "Config":
+        """A validated copy with some fields changed, e.g. ``cfg.replace(model={"name": "lightgcn"})``."""
+        d = self.to_dict()
+        for name, updates in sections.items():
+            if name not in d:
+                raise ConfigError(f"unknown config section {name!r}")
+            d[name].update(updates)
+        return Config.from_dict(d)
+
+    def fingerprint(self, *, exclude_train: Tuple[str, ...] = ("epochs", "patience", "device", "backend",
+                                                                 "eval_batch_size")) -> str:
+        """Hash of the settings that change what a checkpoint means (not the epoch budget or device)."""
+        d = self.to_dict()
+        for k in exclude_train:
+            d["train"].pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _section(klass, values: Dict[str, Any], name: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(klass)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; known keys: {', '.join(known)}")
+    out = {}
+    for k, v in values.items():
+        default = getattr(klass(), k)
+        if isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        elif isinstance(default, float) and isinstance(v, str):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{name}.{k} must be a number, got {v!r}") from None
+        out[k] = v
+    return klass(**out)
+
+
+def _float(obj, k: str) -> float:
+    v = getattr(obj, k)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{_sec(obj)}.{k} must be a number, got {v!r}")
+    return float(v)
+
+
+def _nonneg_float(obj, k: str) -> None:
+    if _float(obj, k) < 0:
+        raise ConfigError(f"{_sec(obj)}.{k} must be >= 0, got {getattr(obj, k)}")
+
+
+def _int(obj, k: str) -> int:
+    v = getattr(obj, k)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{_sec(obj)}.{k} must be an integer, got {v!r}")
+    return v
+
+
+def _positive_int(obj, k: str) -> None:
+    if _int(obj, k) <= 0:
+        raise ConfigError(f"{_sec(obj)}.{k} must be > 0, got {getattr(obj, k)}")
+
+
+def _nonneg_int(obj, k: str) -> None:
+    if _int(obj, k) < 0:
+        raise ConfigError(f"{_sec(obj)}.{k} must be >= 0, got {getattr(obj, k)}")
+
+
+def _sec(obj) -> str:
+    return {ModelConfig: "model", TrainConfig: "train", DataConfig: "data"}[type(obj)]

@@ -1,0 +1,173 @@
+"""The interface every motorec recommender implements, and what they share.
+
+A recommender is built from a dataset's sizes, training interactions and item features; the trainer only
+calls :meth:`Recommender.loss`, :meth:`Recommender.score`, :meth:`Recommender.on_epoch_start` and, for models
+with a tokenizer, :meth:`Recommender.pretrain_loss`.
+
+Batches are dicts of equal-length LongTensors ``users``, ``pos``, ``neg`` (one sampled negative per positive)
+plus the float ``epoch`` (for schedules such as the rarity ramp).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from motorec.config import ModelConfig
+from motorec.graph import Graph
+
+__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees"]
+
+
+def item_degrees(train: Tensor, num_items: int) -> Tensor:
+    """[num_items] float training degree of every item (repeated pairs counted once).
+
+    Shapes:
+        train: [E, 2] int (user, item) -> [num_items] float32.
+    """
+    if train.numel() == 0:
+        return torch.zeros(num_items, device=train.device)
+    key = torch.unique(train[:, 0].long() * num_items + train[:, 1].long())
+    return torch.bincount(key % num_items, minlength=num_items).float()
+
+
+def _f(x) -> float:
+    """A loss part as a Python float, for logging."""
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """Mean of ``-w * log sigmoid(pos - neg)`` (weights default to 1).
+
+    Shapes:
+        pos_scores, neg_scores, weights: [B] -> scalar.
+    """
+    loss = nn.functional.softplus(neg_scores - pos_scores)
+    if weights is not None:
+        loss = loss * weights
+    return loss.mean() if loss.numel() else pos_scores.sum() * 0.0
+
+
+def info_nce(a: Tensor, b: Tensor, tau: float, weights: Optional[Tensor] = None) -> Tensor:
+    """Symmetric InfoNCE between two views with in-batch negatives (row i of ``a`` matches row i of ``b``).
+
+    Shapes:
+        a, b: [B, d] (cosine similarity, temperature ``tau``), weights: optional [B] -> scalar.
+    """
+    if a.shape[0] == 0:
+        return a.sum() * 0.0
+    a = nn.functional.normalize(a, dim=1)
+    b = nn.functional.normalize(b, dim=1)
+    logits = a @ b.t() / tau
+    target = torch.arange(a.shape[0], device=a.device)
+    la = nn.functional.cross_entropy(logits, target, reduction="none")
+    lb = nn.functional.cross_entropy(logits.t(), target, reduction="none")
+    loss = 0.5 * (la + lb)
+    if weights is not None:
+        loss = loss * weights
+    return loss.mean()
+
+
+class Recommender(nn.Module):
+    """Base class: user and item embeddings scored by inner product.
+
+    Subclasses implement :meth:`embeddings` (``(users [U, d], items [I, d])``) and :meth:`loss`.
+    In eval mode :meth:`score` caches the embeddings until the next :meth:`train` call.
+
+    Args:
+        num_users, num_items: catalog sizes.
+        train: [E, 2] LongTensor of training (user, item) pairs (on the model's device).
+        features: {modality: [num_items, d_m] float} item features (ignored by ID-only models).
+        config: the :class:`~motorec.config.ModelConfig`.
+        backend: backend for ``motorec.ops`` (``auto``, ``torch``, ``cpu``, ``cuda``).
+    """
+
+    uses_features = False
+    has_tokenizer = False
+
+    def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
+                 config: ModelConfig, backend: str = "auto") -> None:
+        super().__init__()
+        if train.dim() != 2 or train.shape[1] != 2:
+            raise ValueError(f"train must be an [E, 2] tensor of (user, item) pairs, got {tuple(train.shape)}")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.config = config
+        self.backend = backend
+        train = train.long()
+        self.register_buffer("train_pairs", train, persistent=False)
+        deg = item_degrees(train, self.num_items)
+        self.register_buffer("item_degree", deg, persistent=False)
+        # Items with at least one training interaction; the others are cold: no trained ID embedding.
+        self.register_buffer("warm_mask", deg > 0, persistent=False)
+        self.graph = Graph.from_interactions(train[:, 0], train[:, 1], self.num_users, self.num_items,
+                                             device=train.device)
+        self.epoch = 0.0
+        self._cache: Optional[Tuple[Tensor, Tensor]] = None
+
+    # ------------------------------------------------------------------ device handling
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.graph = self.graph.to(self.train_pairs.device)
+        self._cache = None
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_pairs.device
+
+    # ------------------------------------------------------------------ interface
+    def embeddings(self) -> Tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        raise NotImplementedError(f"{type(self).__name__} has no tokenizer to pre-train")
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before each training epoch (schedules, graph rebuilds)."""
+        self.epoch = float(epoch)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _eval_embeddings(self) -> Tuple[Tensor, Tensor]:
+        if self.training:
+            return self.embeddings()
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = tuple(t.detach() for t in self.embeddings())
+        return self._cache
+
+    def user_embeddings(self) -> Tensor:
+        """[num_users, d] final user embeddings."""
+        return self._eval_embeddings()[0]
+
+    def item_embeddings(self) -> Tensor:
+        """[num_items, d] final item embeddings (cold items from their features where the model can)."""
+        return self._eval_embeddings()[1]
+
+    def score(self, users: Tensor) -> Tensor:
+        """Scores of every item for some users.
+
+        Shapes:
+            users: [B] int -> [B, num_items] float.
+        """
+        u, i = self._eval_embeddings()
+        return u[users.to(u.device).long()] @ i.t()
+
+    def extra_state(self) -> Dict[str, Tensor]:
+        """Non-parameter state that a checkpoint must carry for an exact resume (tensors only)."""
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Tensor]) -> None:
+        pass
+
+    def reg_loss(self, *tensors: Tensor) -> Tensor:
+        """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""
+        b = max(tensors[0].shape[0], 1)
+        return self.config.lambda_reg * sum(t.pow(2).sum() for t in tensors) / b

@@ -1,0 +1,299 @@
+"""MoToRec: sparse-regularized multimodal tokenization for cold-start recommendation (PAPER.md).
+
+Per modality m an RQ-VAE tokenizer turns item features into a quantized code ``z_q^m`` (N_q tokens); a
+hierarchical graph encoder fuses content and collaborative signals:
+
+* token level: ``h_i^m = W_m z_q^m + sum_k E_m[k, code_k]`` (the token embeddings are optional);
+* source level: per modality a cosine kNN item-item graph on the quantized codes (rebuilt every few epochs)
+  and one propagation layer ``(h + A^m h) / 2``; attention over modalities gives ``h~_i``;
+* collaborative level: LightGCN over the user-item graph, item layer-0 = ID embedding + ``h~_i``
+  (cold items: no ID), final item = readout + ``h~_i``, final user = readout.
+
+Objectives: rarity-weighted BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
++ lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
++ lambda_reg * squared norm of the batch's layer-0 embeddings.
+
+Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 + d_i)``, normalized to mean
+1 over the batch's positives, clipped to ``[rarity_min, rarity_max]``, ramped in from 1 over
+``rarity_warmup_epochs``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from motorec import ops
+from motorec.graph import Graph
+from motorec.models.base import Recommender, _f, bpr_loss, info_nce
+from motorec.models.baselines import _FeatureMixin
+
+__all__ = ["MoToRec", "rarity_weights"]
+
+
+def rarity_weights(degree: Tensor, pos: Tensor, *, ramp: float, clip: Tuple[float, float]) -> Tensor:
+    """Rarity weight of each positive in a batch.
+
+    ``s_i = log(1 + d_max) / log(2 + d_i)``; normalized to mean 1 over ``pos``; clipped to ``clip``; then
+    ``1 + ramp * (s - 1)`` with ``ramp`` in [0, 1] (0: all ones, 1: fully amplified).
+
+    Shapes:
+        degree: [num_items] float, pos: [B] int -> [B] float.
+    """
+    if pos.numel() == 0:
+        return degree.new_ones(0)
+    d_max = degree.max()
+    s = torch.log1p(d_max) / torch.log(2.0 + degree[pos])
+    s = s / s.mean()
+    s = s.clamp(clip[0], clip[1])
+    return 1.0 + float(ramp) * (s - 1.0)
+
+
+class _Attention(nn.Module):
+    """Attention over sources: ``a_m = softmax_m(q . tanh(W h^m + b))``; ``h~ = sum_m a_m h^m``.
+
+    Shapes:
+        hs: [M, N, d] -> ([N, d], weights [N, M]).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+
+    def forward(self, hs: Tensor) -> Tuple[Tensor, Tensor]:
+        logits = torch.tanh(self.proj(hs)) @ self.query  # [M, N]
+        w = torch.softmax(logits, dim=0)
+        return (w.unsqueeze(-1) * hs).sum(0), w.t()
+
+
+class MoToRec(_FeatureMixin, Recommender):
+    """The MoToRec model; see the module docstring. Config: :class:`motorec.config.ModelConfig`.
+
+    Shapes:
+        embeddings() -> (users [U, dim], items [I, dim]); score(users [B]) -> [B, I];
+        tokenize() -> {modality: codes [I, num_levels] int64}.
+    """
+
+    uses_features = True
+    has_tokenizer = True
+
+    def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
+        super().__init__(features=features, **kw)
+        from motorec.nn.rqvae import RQVAE
+
+        self._register_features(features)
+        if not self._modalities:
+            raise ValueError("MoToRec needs at least one feature modality; the dataset has none")
+        c = self.config
+        dev = self.device
+        self.tokenizers = nn.ModuleDict({
+            m: RQVAE(input_dim=features[m].shape[1], latent_dim=c.latent_dim, hidden_dims=list(c.hidden_dims),
+                     num_levels=c.num_levels, codebook_size=c.codebook_size, commitment=c.commitment,
+                     sparse_weight=c.sparse_weight, sparse_mode=c.sparse_mode, temperature=c.sparse_temperature,
+                     continuous=c.continuous, ema=c.ema, kmeans_init=c.kmeans_init, backend=self.backend)
+            for m in self._modalities
+        }).to(dev)
+        self.token_proj = nn.ModuleDict({m: nn.Linear(c.latent_dim, c.dim) for m in self._modalities}).to(dev)
+        self.use_tokens = c.token_embeddings and not c.continuous
+        if self.use_tokens:
+            self.token_emb = nn.ModuleDict({
+                m: nn.Embedding(c.num_levels * c.codebook_size, c.dim) for m in self._modalities}).to(dev)
+            for e in self.token_emb.values():
+                nn.init.normal_(e.weight, std=0.01)
+        self.fusion = _Attention(c.dim).to(dev)
+        self.user_emb = nn.Parameter(torch.randn(self.num_users, c.dim, device=dev) * 0.1)
+        self.item_emb = nn.Parameter(torch.randn(self.num_items, c.dim, device=dev) * 0.1)
+        self.item_graphs: Dict[str, Graph] = {}
+        s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
+        # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
+        self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
+
+    # ------------------------------------------------------------------ tokenizer
+    def _normalized(self, m: str, items: Optional[Tensor] = None) -> Tensor:
+        f = getattr(self, f"feat_{m}")
+        if items is not None:
+            f = f[items]
+        return nn.functional.normalize(f, dim=1)
+
+    def rq_losses(self, items: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, float], Dict[str, object]]:
+        """Tokenizer losses (summed over modalities) and each modality's RQ-VAE output, on ``items``
+        (default: all items). Returns ``(lambda_rq * (rec + codebook + commitment) + sparse_weight * sparsity,
+        parts, outputs)``."""
+        c = self.config
+        rec = cb = com = sp = 0.0
+        outs = {}
+        for m in self._modalities:
+            out = self.tokenizers[m](self._normalized(m, items))
+            outs[m] = out
+            rec = rec + out.losses.reconstruction
+            cb = cb + out.losses.codebook
+            com = com + out.losses.commitment
+            sp = sp + out.losses.sparsity
+        total = c.lambda_rq * (rec + cb + com) + c.sparse_weight * sp
+        parts = {"rec": _f(rec), "codebook": _f(cb), "commit": _f(com), "sparse": _f(sp)}
+        return total, parts, outs
+
+    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        """Tokenizer-only loss on a batch of items (the pre-training stage)."""
+        total, parts, _ = self.rq_losses(items)
+        return total, parts
+
+    @torch.no_grad()
+    def tokenize(self) -> Dict[str, Tensor]:
+        """Every item's semantic IDs per modality.
+
+        Shapes:
+            -> {modality: [num_items, num_levels] int64}. Raises ValueError for a continuous model.
+        """
+        if self.config.continuous:
+            raise ValueError("a continuous MoToRec (model.continuous=true) has no tokens to export")
+        was = self.training
+        self.eval()
+        try:
+            return {m: self.tokenizers[m](self._normalized(m)).codes.long() for m in self._modalities}
+        finally:
+            self.train(was)
+
+    # ------------------------------------------------------------------ graph encoder
+    def _token_level(self, outs) -> Dict[str, Tensor]:
+        h = {}
+        c = self.config
+        for m in self._modalities:
+            z = outs[m].z_e if c.continuous else outs[m].z_q
+            hm = self.token_proj[m](z)
+            if self.use_tokens:
+                offset = torch.arange(c.num_levels, device=z.device) * c.codebook_size
+                hm = hm + self.token_emb[m](outs[m].codes.long() + offset).sum(1)
+            h[m] = hm
+        return h
+
+    @torch.no_grad()
+    def rebuild_item_graphs(self) -> None:
+        """Rebuild each modality's cosine kNN item-item graph on the current quantized codes (all items,
+        cold ones included: they attach to the catalog by similarity)."""
+        from motorec.nn.knn import knn_graph
+
+        was = self.training
+        self.eval()
+        try:
+            for m in self._modalities:
+                out = self.tokenizers[m](self._normalized(m))
+                z = out.z_e if self.config.continuous else out.z_q
+                self.item_graphs[m] = knn_graph(z.float(), k=min(self.config.knn_k, max(self.num_items - 1, 1)))
+        finally:
+            self.train(was)
+
+    def content_view(self, outs) -> Tensor:
+        """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, fused by attention."""
+        h = self._token_level(outs)
+        if self.config.item_item:
+            if not self.item_graphs:
+                self.rebuild_item_graphs()
+            hs = [ops.propagate(self.item_graphs[m], h[m], 1, backend=self.backend) for m in self._modalities]
+        else:
+            hs = [h[m] for m in self._modalities]
+        fused, _ = self.fusion(torch.stack(hs))
+        return fused
+
+    def _forward(self, items_for_rq: Optional[Tensor] = None):
+        c = self.config
+        outs = {m: self.tokenizers[m](self._normalized(m)) for m in self._modalities}
+        content = self.content_view(outs)
+        id_part = self.item_emb * self.warm_mask.unsqueeze(1)
+        if c.rarity_gate:
+            id_part = id_part * self.id_gate.unsqueeze(1)
+        if self.training and c.id_dropout > 0:
+            keep = (torch.rand(self.num_items, device=self.device) >= c.id_dropout).float()
+            id_part = id_part * keep.unsqueeze(1)
+        x = torch.cat([self.user_emb, id_part + content])
+        out = ops.propagate(self.graph, x, c.num_layers, backend=self.backend)
+        users, collab = out[: self.num_users], out[self.num_users:]
+        return users, collab, content, outs
+
+    def embeddings(self) -> Tuple[Tensor, Tensor]:
+        users, collab, content, _ = self._forward()
+        return users, collab + content
+
+    # ------------------------------------------------------------------ training
+    def rarity_ramp(self) -> float:
+        c = self.config
+        if not c.rarity:
+            return 0.0
+        if c.rarity_warmup_epochs == 0:
+            return 1.0
+        return min(1.0, self.epoch / c.rarity_warmup_epochs)
+
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+        c = self.config
+        u, p, n = batch["users"], batch["pos"], batch["neg"]
+        users, collab, content, outs = self._forward()
+        items = collab + content
+        ue = users[u]
+        w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
+        rank = bpr_loss((ue * items[p]).sum(1), (ue * items[n]).sum(1), w)
+        total = rank
+        parts = {"bpr": _f(rank)}
+        if c.lambda_cl > 0:
+            uniq, first = _unique_first(p)
+            cw = None
+            if c.rarity_contrastive:
+                cw = w[first]
+                cw = cw / cw.mean()
+            cl = info_nce(collab[uniq], content[uniq], c.tau, cw)
+            total = total + c.lambda_cl * cl
+            parts["cl"] = _f(cl)
+        rq = cb = com = sp = rec = 0.0
+        for m in self._modalities:
+            lo = outs[m].losses
+            rec = rec + lo.reconstruction
+            cb = cb + lo.codebook
+            com = com + lo.commitment
+            sp = sp + lo.sparsity
+        rq = c.lambda_rq * (rec + cb + com) + c.sparse_weight * sp
+        total = total + rq
+        parts.update(rq=_f(rq), sparse=_f(sp))
+        reg = self.reg_loss(self.user_emb[u], self.item_emb[p] * self.warm_mask[p].unsqueeze(1),
+                            self.item_emb[n] * self.warm_mask[n].unsqueeze(1))
+        total = total + reg
+        parts["reg"] = _f(reg)
+        return total, parts
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        if self.config.item_item and (not self.item_graphs or epoch % self.config.knn_rebuild_every == 0):
+            self.rebuild_item_graphs()
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.item_graphs = {m: g.to(self.device) for m, g in self.item_graphs.items()}
+        return out
+
+    # ------------------------------------------------------------------ checkpoint state
+    def extra_state(self) -> Dict[str, Tensor]:
+        st = {}
+        for m, g in self.item_graphs.items():
+            st[f"knn.{m}.rowptr"] = g.rowptr
+            st[f"knn.{m}.col"] = g.col
+            st[f"knn.{m}.val"] = g.val
+        return st
+
+    def load_extra_state(self, state: Dict[str, Tensor]) -> None:
+        self.item_graphs = {}
+        for m in self._modalities:
+            if f"knn.{m}.rowptr" in state:
+                self.item_graphs[m] = Graph.from_csr(state[f"knn.{m}.rowptr"].to(self.device),
+                                                     state[f"knn.{m}.col"].to(self.device),
+                                                     state[f"knn.{m}.val"].to(self.device), self.num_items)
+        self._cache = None
+
+
+def _unique_first(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Unique values of ``x`` and, for each, the index of one occurrence (the first)."""
+    uniq, inv = torch.unique(x, return_inverse=True)
+    idx = torch.arange(x.numel(), device=x.device)
+    first = torch.full((uniq.numel(),), x.numel(), dtype=torch.long, device=x.device).scatter_reduce(
+        0, inv, idx, reduce="amin")
+    return uniq, first

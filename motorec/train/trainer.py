@@ -1,0 +1,238 @@
+"""The training loop: tokenizer pre-training, joint training, early stopping, checkpoints, resume.
+
+Epochs are counted over both stages: epochs ``0 .. pretrain_epochs - 1`` pre-train the tokenizer (models
+with one), the next ``epochs`` train everything jointly with BPR batches. After each epoch a checkpoint
+(model, optimizer, every RNG, early-stopping state, config, dataset fingerprint) is written atomically to
+``<checkpoint_dir>/last.pt``; ``resume=True`` continues from it and gives the same result as an
+uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from motorec.config import Config, ConfigError
+from motorec.models import Recommender, build_model
+from motorec.train.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state)
+from motorec.train.sampler import BPRSampler
+
+__all__ = ["Trainer", "seed_everything", "resolve_device"]
+
+SELECT_METRIC = "recall@20"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``torch.device`` for a user string, with a clear error if it is not usable here."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    if d.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: only cpu and cuda are supported")
+    return d
+
+
+def _progress(iterable, *, total: int, desc: str, quiet: bool):
+    disable = quiet or not sys.stderr.isatty()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True)
+
+
+class Trainer:
+    """Train one model on one dataset.
+
+    Args:
+        config: the full :class:`~motorec.config.Config` (``config.model.name`` picks the model).
+        dataset: a :class:`motorec.data.Dataset`.
+        checkpoint_dir: where ``last.pt`` goes (``None``: no checkpoints, no resume).
+        quiet: no progress bars and no log lines on stderr.
+        logger: where epoch lines go (default: the ``motorec`` logger).
+        evaluate_fn: ``evaluate(score_fn, dataset, split=..., ...)`` (default :func:`motorec.eval.evaluate`).
+
+    :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "seconds_per_epoch",
+    "history"}``, with ``metrics[group][metric]`` for ``group`` in overall / warm / cold.
+    """
+
+    def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
+                 logger: Optional[logging.Logger] = None, evaluate_fn: Optional[Callable] = None) -> None:
+        self.config = config.validate()
+        self.dataset = dataset
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.quiet = quiet
+        self.log = logger or logging.getLogger("motorec")
+        if evaluate_fn is None:
+            from motorec.eval import evaluate as evaluate_fn
+        self.evaluate_fn = evaluate_fn
+        self.device = resolve_device(config.train.device)
+        self.model: Optional[Recommender] = None
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / "last.pt"
+
+    # ------------------------------------------------------------------ helpers
+    def evaluate(self, split: str) -> Dict[str, Dict[str, float]]:
+        """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``)."""
+        assert self.model is not None
+        self.model.eval()
+        res = self.evaluate_fn(self.model.score, self.dataset, split=split,
+                               batch_size=self.config.train.eval_batch_size, device=self.device)
+        return {g: {k: float(v) for k, v in m.items()} for g, m in res.items()}
+
+    def _snapshot(self) -> Dict[str, Any]:
+        return {"model": copy.deepcopy(self.model.state_dict()),
+                "extra": {k: v.clone() for k, v in self.model.extra_state().items()}}
+
+    def _restore(self, snap: Dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.model.load_extra_state(snap["extra"])
+
+    def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
+        path = self.checkpoint_path
+        if state.get("config_fingerprint") != self.config.fingerprint():
+            raise CheckpointError(f"checkpoint {str(path)!r} was written with another configuration "
+                                  f"(model {state.get('config', {}).get('model', {}).get('name')!r}); "
+                                  "use a fresh --out directory or the same config")
+        if state.get("dataset_fingerprint") != fingerprint:
+            raise CheckpointError(f"checkpoint {str(path)!r} was written for another dataset or split; "
+                                  "use a fresh --out directory or the same data")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = False) -> Dict[str, Any]:
+        cfg, tc = self.config, self.config.train
+        seed_everything(tc.seed)
+        ds = self.dataset.to(self.device)
+        self.dataset = ds
+        fingerprint = ds.fingerprint()
+        model = build_model(ds, cfg.model, backend=tc.backend, device=str(self.device))
+        self.model = model
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        gen = torch.Generator(device=self.device).manual_seed(tc.seed)
+        sampler = BPRSampler(ds.train, ds.num_items, batch_size=tc.batch_size)
+        pre = tc.pretrain_epochs if model.has_tokenizer else 0
+        total_epochs = pre + tc.epochs
+
+        epoch, best, best_epoch, bad, stopped = 0, -1.0, -1, 0, False
+        best_snap: Optional[Dict[str, Any]] = None
+        history: list = []
+        train_seconds: list = []
+        if resume:
+            path = self.checkpoint_path
+            if path is None:
+                raise CheckpointError("resume needs a checkpoint directory holding last.pt")
+            state = load_checkpoint(path, map_location=self.device)
+            self._check_compatible(state, fingerprint)
+            model.load_state_dict(state["model"])
+            model.load_extra_state(state["extra"])
+            opt.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"], gen)
+            epoch, best, best_epoch, bad, stopped = (state["epoch"], state["best"], state["best_epoch"],
+                                                     state["bad_epochs"], state["stopped"])
+            best_snap = state["best_state"]
+            history = list(state["history"])
+            train_seconds = list(state["train_seconds"])
+            self.log.info("resumed %s from %s at epoch %d", cfg.model.name, path, epoch)
+
+        while epoch < total_epochs and not stopped:
+            t0 = time.perf_counter()
+            model.train()
+            if epoch < pre:
+                parts = self._pretrain_epoch(model, opt, gen, epoch)
+                row = {"epoch": epoch, "stage": "pretrain", **parts}
+            else:
+                joint = epoch - pre
+                model.on_epoch_start(joint)
+                parts = self._joint_epoch(model, opt, sampler, gen, joint)
+                seconds = time.perf_counter() - t0
+                train_seconds.append(seconds)
+                row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
+                if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
+                    valid = self.evaluate("valid")
+                    score = valid["overall"][SELECT_METRIC]
+                    row["valid_" + SELECT_METRIC] = score
+                    row["valid_cold_" + SELECT_METRIC] = valid.get("cold", {}).get(SELECT_METRIC, float("nan"))
+                    if score > best:
+                        best, best_epoch, bad = score, epoch, 0
+                        best_snap = self._snapshot()
+                    else:
+                        bad += 1
+                        if tc.patience and bad >= tc.patience:
+                            stopped = True
+            history.append(row)
+            self.log.info("%s epoch %d %s", cfg.model.name, epoch,
+                          " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                   if k != "epoch"))
+            epoch += 1
+            if self.checkpoint_path is not None:
+                save_checkpoint({
+                    "model": model.state_dict(), "extra": model.extra_state(), "optimizer": opt.state_dict(),
+                    "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                    "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
+                    "train_seconds": train_seconds, "config": cfg.to_dict(),
+                    "config_fingerprint": cfg.fingerprint(), "dataset_fingerprint": fingerprint,
+                    "model_name": cfg.model.name,
+                }, self.checkpoint_path)
+            if stopped:
+                self.log.info("%s: early stop after epoch %d (best valid %s %.4f at epoch %d)",
+                              cfg.model.name, epoch - 1, SELECT_METRIC, best, best_epoch)
+
+        if best_snap is not None:
+            self._restore(best_snap)
+        elif pre and tc.epochs == 0:
+            model.on_epoch_start(0)
+        valid, test = self.evaluate("valid"), self.evaluate("test")
+        return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
+                "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
+                "history": history}
+
+    def _pretrain_epoch(self, model, opt, gen, epoch) -> Dict[str, float]:
+        n = model.num_items
+        perm = torch.randperm(n, device=self.device, generator=gen)
+        bs = self.config.train.batch_size
+        sums: Dict[str, float] = {}
+        steps = 0
+        for start in _progress(range(0, n, bs), total=(n + bs - 1) // bs, desc=f"pretrain {epoch}", quiet=self.quiet):
+            loss, parts = model.pretrain_loss(perm[start:start + bs])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def _joint_epoch(self, model, opt, sampler, gen, joint) -> Dict[str, float]:
+        sums: Dict[str, float] = {}
+        steps = 0
+        for batch in _progress(sampler.epoch(gen), total=len(sampler), desc=f"{self.config.model.name} {joint}",
+                               quiet=self.quiet):
+            loss, parts = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(steps, 1) for k, v in sums.items()}

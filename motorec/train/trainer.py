@@ -23,6 +23,7 @@ from motorec.config import Config, ConfigError
 from motorec.models import Recommender, build_model
 from motorec.train.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state)
+from motorec.train import distributed as _dist
 from motorec.train.sampler import BPRSampler
 
 __all__ = ["Trainer", "seed_everything", "resolve_device"]
@@ -84,7 +85,8 @@ class Trainer:
         if evaluate_fn is None:
             from motorec.eval import evaluate as evaluate_fn
         self.evaluate_fn = evaluate_fn
-        self.device = resolve_device(config.train.device)
+        self.dist = _dist.current()  # set under torchrun (motorec.train.distributed.init_from_env)
+        self.device = _dist.local_device(self.dist, resolve_device(config.train.device))
         self.model: Optional[Recommender] = None
 
     @property
@@ -96,8 +98,9 @@ class Trainer:
         """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``)."""
         assert self.model is not None
         self.model.eval()
-        res = self.evaluate_fn(self.model.score, self.dataset, split=split,
-                               batch_size=self.config.train.eval_batch_size, device=self.device)
+        res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
+            self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
+            device=self.device))
         return {g: {k: float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
@@ -128,6 +131,7 @@ class Trainer:
         model = build_model(ds, cfg.model, backend=tc.backend, device=str(self.device))
         self.model = model
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self._step = _dist.make_step(model, self.dist)  # model.<loss>(batch), or this rank's shard under DDP
         gen = torch.Generator(device=self.device).manual_seed(tc.seed)
         sampler = BPRSampler(ds.train, ds.num_items, batch_size=tc.batch_size)
         pre = tc.pretrain_epochs if model.has_tokenizer else 0
@@ -141,7 +145,7 @@ class Trainer:
             path = self.checkpoint_path
             if path is None:
                 raise CheckpointError("resume needs a checkpoint directory holding last.pt")
-            state = load_checkpoint(path, map_location=self.device)
+            state = _dist.load_on_main(self.dist, load_checkpoint, path, map_location=self.device)
             self._check_compatible(state, fingerprint)
             model.load_state_dict(state["model"])
             model.load_extra_state(state["extra"])
@@ -184,7 +188,7 @@ class Trainer:
                           " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                    if k != "epoch"))
             epoch += 1
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and (self.dist is None or self.dist.is_main):
                 save_checkpoint({
                     "model": model.state_dict(), "extra": model.extra_state(), "optimizer": opt.state_dict(),
                     "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
@@ -213,7 +217,7 @@ class Trainer:
         sums: Dict[str, float] = {}
         steps = 0
         for start in _progress(range(0, n, bs), total=(n + bs - 1) // bs, desc=f"pretrain {epoch}", quiet=self.quiet):
-            loss, parts = model.pretrain_loss(perm[start:start + bs])
+            loss, parts = self._step("pretrain_loss", perm[start:start + bs])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -227,7 +231,7 @@ class Trainer:
         steps = 0
         for batch in _progress(sampler.epoch(gen), total=len(sampler), desc=f"{self.config.model.name} {joint}",
                                quiet=self.quiet):
-            loss, parts = model.loss(batch)
+            loss, parts = self._step("loss", batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,266 @@
+"""``motorec.nn.LGConv`` and ``motorec.nn.LightGCN``: LightGCN propagation on top of :func:`motorec.ops.spmm`
+and :func:`motorec.ops.propagate`."""
+from __future__ import annotations
+
+import weakref
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from motorec._dispatch import BACKENDS
+from motorec.graph import Graph
+from motorec.ops import propagate, spmm
+
+__all__ = ["LGConv", "LightGCN", "as_graph"]
+
+try:  # optional: torch_sparse.SparseTensor inputs
+    from torch_sparse import SparseTensor as _SparseTensor
+except Exception:  # pragma: no cover - depends on the environment
+    _SparseTensor = None
+
+GraphLike = Union[Graph, Tensor, "_SparseTensor"]
+
+
+def _is_torch_sparse(t) -> bool:
+    return isinstance(t, Tensor) and t.layout in (torch.sparse_coo, torch.sparse_csr)
+
+
+def _sparse_to_graph(a: Tensor) -> Graph:
+    if a.dim() != 2:
+        raise ValueError(f"a sparse adjacency must be 2-D, got shape {tuple(a.shape)}")
+    if a.layout == torch.sparse_coo:
+        a = a.coalesce()
+        row, col = a.indices()
+        val = a.values().detach()
+        counts = torch.bincount(row, minlength=a.shape[0])
+        rowptr = torch.zeros(a.shape[0] + 1, dtype=torch.int64, device=row.device)
+        torch.cumsum(counts, 0, out=rowptr[1:])
+        return Graph.from_csr(rowptr, col.contiguous(), val.float().contiguous(), a.shape[1])
+    return Graph.from_csr(a.crow_indices().long().contiguous(), a.col_indices().contiguous(),
+                          a.values().detach().float().contiguous(), a.shape[1])
+
+
+def _sparse_tensor_to_graph(adj) -> Graph:
+    rowptr, col, value = adj.csr()
+    num_rows, num_cols = adj.sparse_sizes()
+    if value is not None:
+        value = value.detach().float().contiguous()
+    return Graph.from_csr(rowptr.contiguous(), col.contiguous(), value, num_cols)
+
+
+def as_graph(graph: GraphLike, num_nodes: Optional[int] = None, *, edge_weight: Optional[Tensor] = None,
+             normalize: bool = True) -> Graph:
+    """Convert an adjacency in any accepted form to a :class:`motorec.Graph` (uncached; see :class:`LGConv`).
+
+    * :class:`motorec.Graph`: returned as is.
+    * ``edge_index`` [2, E] integer tensor (PyG convention, messages source -> target), optional
+      ``edge_weight`` [E]: ``Graph.from_edge_index``; ``normalize`` applies ``gcn_norm`` without self loops.
+    * torch sparse tensor (COO or CSR) [R, C], or ``torch_sparse.SparseTensor``: the matrix ``A`` of
+      ``out = A @ x``, used as given (already normalized; values carry no gradient).
+    """
+    if isinstance(graph, Graph):
+        return graph
+    if _is_torch_sparse(graph):
+        return _sparse_to_graph(graph)
+    if _SparseTensor is not None and isinstance(graph, _SparseTensor):
+        return _sparse_tensor_to_graph(graph)
+    if isinstance(graph, Tensor):
+        return Graph.from_edge_index(graph, num_nodes, edge_weight=edge_weight, normalize=normalize)
+    raise TypeError("graph must be a motorec.Graph, an edge_index [2, E] LongTensor, a torch sparse tensor "
+                    f"(COO/CSR) or a torch_sparse.SparseTensor, got {type(graph).__name__}")
+
+
+class _GraphCache:
+    """One-entry cache of the Graph built from a tensor input, keyed by the tensor object (weakly held), its
+    in-place version counter, and the conversion arguments: reusing the same ``edge_index`` each step
+    converts it once; modifying it in place or passing another tensor rebuilds."""
+
+    def __init__(self) -> None:
+        self._refs: Tuple = ()
+        self._key: Tuple = ()
+        self._graph: Optional[Graph] = None
+
+    @staticmethod
+    def _version(t) -> int:
+        try:
+            return int(t._version)
+        except Exception:  # torch_sparse.SparseTensor has no version counter
+            return -1
+
+    def get(self, graph, num_nodes, edge_weight, normalize) -> Graph:
+        if isinstance(graph, Graph):
+            return graph
+        objs = (graph, edge_weight)
+        key = (tuple(self._version(o) for o in objs if o is not None), num_nodes, normalize)
+        if (self._graph is not None and len(self._refs) == len(objs) and key == self._key
+                and all((r is None and o is None) or (r is not None and r() is o) for r, o in zip(self._refs, objs))):
+            return self._graph
+        g = as_graph(graph, num_nodes, edge_weight=edge_weight, normalize=normalize)
+        self._refs = tuple(None if o is None else weakref.ref(o) for o in objs)
+        self._key, self._graph = key, g
+        return g
+
+
+class LGConv(nn.Module):
+    r"""LightGCN layer with PyG ``LGConv`` semantics: ``out = A_hat @ x``, no weights, no self loops.
+
+    ``graph`` may be:
+
+    * a :class:`motorec.Graph` (already normalized, e.g. ``Graph.from_interactions``): used as is;
+    * an ``edge_index`` [2, E] integer tensor (optional ``edge_weight`` [E]): messages flow source ->
+      target; with ``normalize=True`` the weights are ``w / sqrt(deg(src) deg(dst))`` with in-degrees (PyG's
+      ``gcn_norm(add_self_loops=False)``; duplicate edges add up); with ``normalize=False`` the raw weights;
+    * a torch sparse tensor (COO or CSR) or ``torch_sparse.SparseTensor`` holding the matrix ``A`` of
+      ``out = A @ x``, used **as given**: it is assumed to be normalized already (PyG would normalize a
+      sparse ``adj_t`` itself when ``normalize=True``; here ``normalize`` applies to ``edge_index`` only).
+
+    Tensor inputs are converted once and cached for as long as the same tensor object (same in-place
+    version) is passed again.
+
+    Shapes:
+        x: [C, D], graph: [R, C] (R = C = x.shape[0] for an edge_index) -> out [R, D]
+    """
+
+    def __init__(self, normalize: bool = True, *, backend: str = "auto") -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.normalize = bool(normalize)
+        self.backend = backend
+        self._cache = _GraphCache()
+
+    def extra_repr(self) -> str:
+        return f"normalize={self.normalize}, backend={self.backend!r}"
+
+    def graph(self, graph: GraphLike, num_nodes: Optional[int] = None,
+              edge_weight: Optional[Tensor] = None) -> Graph:
+        """The (cached) :class:`motorec.Graph` this layer multiplies by for ``graph``."""
+        return self._cache.get(graph, num_nodes, edge_weight, self.normalize)
+
+    def forward(self, x: Tensor, graph: GraphLike, edge_weight: Optional[Tensor] = None) -> Tensor:
+        if edge_weight is not None and not (isinstance(graph, Tensor) and not _is_torch_sparse(graph)):
+            raise ValueError("edge_weight is only accepted with an edge_index graph")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        g = self.graph(graph, x.shape[0] if x.dim() == 2 else None, edge_weight)
+        return spmm(g, x, backend=self.backend)
+
+
+class LightGCN(nn.Module):
+    r"""LightGCN (He et al., 2020): user and item ID embeddings smoothed over the normalized user-item graph,
+    read out as the mean over layers 0..L (:func:`motorec.ops.propagate`, fused where a kernel exists).
+
+    Node order is users first, then items (as ``motorec.Graph.from_interactions``).
+
+    Args:
+        num_users, num_items: table sizes.
+        embedding_dim: d.
+        num_layers: L >= 0 (2 by default, per PAPER.md; 3 in the LightGCN paper).
+        init_std: standard deviation of the normal initialization of the tables.
+        backend: backend of the propagation op.
+
+    Shapes:
+        forward: graph [U + I, U + I] -> (user_emb [U, d], item_emb [I, d])
+        get_embedding: graph -> [U + I, d]
+        recommend: users [B] -> (scores [B, k], items [B, k])
+    """
+
+    def __init__(self, num_users: int, num_items: int, *, embedding_dim: int = 64, num_layers: int = 2,
+                 init_std: float = 0.1, backend: str = "auto") -> None:
+        super().__init__()
+        for name, v, low in (("num_users", num_users, 0), ("num_items", num_items, 1),
+                             ("embedding_dim", embedding_dim, 1), ("num_layers", num_layers, 0)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.num_users, self.num_items = num_users, num_items
+        self.embedding_dim, self.num_layers, self.backend = embedding_dim, num_layers, backend
+        self.user_embedding = nn.Embedding(num_users, embedding_dim)
+        self.item_embedding = nn.Embedding(num_items, embedding_dim)
+        nn.init.normal_(self.user_embedding.weight, std=init_std)
+        nn.init.normal_(self.item_embedding.weight, std=init_std)
+        self._cache = _GraphCache()
+
+    def extra_repr(self) -> str:
+        return (f"num_users={self.num_users}, num_items={self.num_items}, embedding_dim={self.embedding_dim}, "
+                f"num_layers={self.num_layers}, backend={self.backend!r}")
+
+    def _graph(self, graph: GraphLike) -> Graph:
+        n = self.num_users + self.num_items
+        g = self._cache.get(graph, n, None, True)
+        if g.num_rows != n or g.num_cols != n:
+            raise ValueError(f"graph must be [{n}, {n}] (num_users + num_items nodes, users first), "
+                             f"got {g.num_rows} x {g.num_cols}")
+        return g
+
+    def get_embedding(self, graph: GraphLike) -> Tensor:
+        """Final embeddings of all nodes, users first. Shapes: -> [U + I, d]."""
+        g = self._graph(graph)
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        if x.device != g.device:
+            raise ValueError(f"graph is on {g.device} but the embeddings are on {x.device}")
+        return propagate(g, x, self.num_layers, backend=self.backend)
+
+    def forward(self, graph: GraphLike) -> Tuple[Tensor, Tensor]:
+        """``(user_emb [U, d], item_emb [I, d])`` after propagation and layer-mean readout."""
+        out = self.get_embedding(graph)
+        return out[: self.num_users], out[self.num_users:]
+
+    @torch.no_grad()
+    def recommend(self, graph: GraphLike, users: Tensor, k: int,
+                  exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Top-``k`` items by inner product for each user in ``users``.
+
+        Args:
+            users: [B] user ids (duplicates allowed).
+            k: 1 <= k <= num_items.
+            exclude: items never to recommend (e.g. training interactions), either a [2, E] integer tensor of
+                (user id, item id) pairs — pairs whose user is not in ``users`` are ignored — or a bool mask
+                [B, num_items] aligned with ``users``. Excluded items score ``-inf``; they appear only when
+                fewer than ``k`` items remain.
+
+        Shapes:
+            users: [B] -> (scores [B, k] float, items [B, k] int64), scores descending.
+        """
+        if not isinstance(users, Tensor) or users.dim() != 1 or users.is_floating_point():
+            raise ValueError("users must be a 1-D integer tensor of user ids")
+        if not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
+        if users.numel() and (int(users.min()) < 0 or int(users.max()) >= self.num_users):
+            raise ValueError(f"users must lie in [0, num_users={self.num_users})")
+        user_emb, item_emb = self.forward(graph)
+        users = users.to(user_emb.device).long()
+        scores = user_emb[users] @ item_emb.t()
+        if exclude is not None:
+            scores.masked_fill_(self._exclude_mask(exclude, users), float("-inf"))
+        return torch.topk(scores, k, dim=1)
+
+    def _exclude_mask(self, exclude: Tensor, users: Tensor) -> Tensor:
+        b = users.numel()
+        if not isinstance(exclude, Tensor):
+            raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
+        if exclude.dtype == torch.bool:
+            if exclude.shape != (b, self.num_items):
+                raise ValueError(f"a bool exclude mask must be [B={b}, num_items={self.num_items}], "
+                                 f"got {tuple(exclude.shape)}")
+            return exclude.to(users.device)
+        if exclude.dim() != 2 or exclude.shape[0] != 2 or exclude.is_floating_point():
+            raise ValueError(f"exclude must be a [2, E] integer tensor of (user, item) pairs or a bool mask, "
+                             f"got {exclude.dtype} of shape {tuple(exclude.shape)}")
+        eu, ei = exclude.to(users.device).long()
+        if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= self.num_items):
+            raise ValueError(f"exclude item ids must lie in [0, num_items={self.num_items})")
+        # Every position p with users[p] == eu[e] gets item ei[e] masked (users may repeat).
+        sorted_users, order = torch.sort(users)
+        lo = torch.searchsorted(sorted_users, eu, right=False)
+        hi = torch.searchsorted(sorted_users, eu, right=True)
+        reps = hi - lo
+        pair = torch.repeat_interleave(torch.arange(eu.numel(), device=users.device), reps)
+        start = torch.repeat_interleave(lo, reps)
+        offset = torch.arange(pair.numel(), device=users.device) - torch.repeat_interleave(reps.cumsum(0) - reps, reps)
+        rows = order[start + offset]
+        mask = torch.zeros(b, self.num_items, dtype=torch.bool, device=users.device)
+        mask[rows, ei[pair]] = True
+        return mask

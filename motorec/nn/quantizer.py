@@ -1,0 +1,491 @@
+"""``motorec.nn.ResidualQuantizer``: residual vector quantization with k-means init, EMA option and dead-code
+re-seeding, on top of the fused op :func:`motorec.ops.residual_quantize`.
+
+Arguments and return order follow vector-quantize-pytorch's ``ResidualVQ`` (``forward -> (quantized, codes,
+losses)``, ``decode(codes)``; ``num_quantizers`` and ``commitment_weight`` are accepted as aliases).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from motorec._dispatch import BACKENDS
+from motorec.ops import residual_quantize
+from motorec.ops._common import check_float_matrix
+
+__all__ = ["ResidualQuantizer", "QuantizerLosses", "kmeans"]
+
+# Rows per chunk of a nearest-centroid search: chunk x K distances stay around 16M floats (64 MiB) on the
+# torch backend, which builds the distance matrix; the fused kernels never do.
+_DIST_BUDGET = 1 << 24
+
+
+class QuantizerLosses(NamedTuple):
+    """Losses of one :class:`ResidualQuantizer` forward. Backpropagate ``total`` (or ``codebook + commitment``).
+
+    One fused op gives both gradients (see :mod:`motorec.reference.residual_quantize`), so the gradient of
+    the two terms cannot be carried separately. The split of values and gradients is:
+
+    * ``ema=False``: ``codebook`` has value ``sum_k mean_i ||r_i^(k)||^2`` and carries *both* gradients
+      (codewords move toward their residuals; x receives ``commitment * d/dx``); ``commitment`` is its value
+      times beta with no gradient.
+    * ``ema=True``: codebooks learn by EMA, so ``codebook`` is 0 and ``commitment`` (value beta times the
+      same sum) carries the gradient to x.
+
+    In both modes ``total = codebook + commitment`` equals the usual VQ-VAE loss
+    ``||sg[r] - q||^2 + beta ||r - sg[q]||^2`` summed over levels, in value and gradient.
+
+    Attributes:
+        total: scalar.
+        codebook: scalar.
+        commitment: scalar.
+        per_level: [L] detached ``mean_i ||r_i^(k)||^2`` per level (the per-level codebook loss; the
+            per-level commitment loss is ``commitment_weight`` times it).
+    """
+
+    total: Tensor
+    codebook: Tensor
+    commitment: Tensor
+    per_level: Tensor
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient times ``scale`` backward: weights the commitment gradient that the fused op
+    sends to x without changing x's value (so codes are exactly those of x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def _nearest(data: Tensor, centroids: Tensor, backend: str, chunk: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Nearest centroid of every row of ``data`` (ties: lowest index), in chunks of rows.
+
+    Shapes:
+        data: [N, D], centroids: [K, D] -> (assign [N] int64, squared distance [N] float32)
+    """
+    n, k = data.shape[0], centroids.shape[0]
+    if chunk is None:
+        chunk = max(1, _DIST_BUDGET // max(k, 1))
+    cb = centroids.unsqueeze(0).to(data.dtype)
+    codes, dists = [], []
+    for s in range(0, n, chunk):
+        out = residual_quantize(data[s:s + chunk], cb, backend=backend)
+        codes.append(out.codes[:, 0])
+        dists.append(out.residual_sq[:, 0].float())
+    if not codes:
+        return (torch.empty(0, dtype=torch.int64, device=data.device),
+                torch.empty(0, dtype=torch.float32, device=data.device))
+    return torch.cat(codes), torch.cat(dists)
+
+
+def _rng_device(generator: Optional[torch.Generator], data: Tensor) -> torch.device:
+    return data.device if generator is None else generator.device
+
+
+def _kmeans_plusplus(data: Tensor, k: int, generator: Optional[torch.Generator]) -> Tensor:
+    """k-means++ seeding (D^2 sampling) on ``data`` [M, D] -> [k, D]. Once every point coincides with a
+    centre (fewer distinct points than k), the remaining centres are uniform random picks."""
+    m = data.shape[0]
+    rng = _rng_device(generator, data)
+    idx = torch.empty(k, dtype=torch.int64, device=data.device)
+    idx[0] = torch.randint(m, (1,), generator=generator, device=rng)[0].to(data.device)
+    d2 = (data - data[idx[0]]).pow(2).sum(1)
+    for j in range(1, k):
+        total = d2.sum()
+        if bool(total > 0):
+            pick = torch.multinomial((d2 / total).to(rng), 1, generator=generator)
+        else:
+            pick = torch.randint(m, (1,), generator=generator, device=rng)
+        idx[j] = pick[0].to(data.device)
+        d2 = torch.minimum(d2, (data - data[idx[j]]).pow(2).sum(1))
+    return data[idx].clone()
+
+
+def kmeans(
+    data: Tensor,
+    num_clusters: int,
+    iters: int = 10,
+    *,
+    max_seed_points: Optional[int] = None,
+    backend: str = "auto",
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Lloyd's k-means with k-means++ seeding, vectorized; the assignment step is chunked (and runs through
+    :func:`motorec.ops.residual_quantize` with one level, so the fused kernels serve it where available).
+
+    Seeding runs on a random subset of at most ``max_seed_points`` rows (default ``max(4096, 16 K)``).
+    Clusters left empty by an iteration are re-seeded with random data points.
+
+    Args:
+        data: [N, D] float, N >= 1.
+        num_clusters: K >= 1 (may exceed N: the surplus centres duplicate data points).
+        iters: Lloyd iterations (0: seeding only).
+
+    Shapes:
+        data: [N, D] -> (centroids [K, D] float32, assign [N] int64, the nearest final centroid per row)
+    """
+    check_float_matrix(data, "data")
+    if data.shape[0] < 1:
+        raise ValueError("data must have at least one row for k-means")
+    if not isinstance(num_clusters, int) or num_clusters < 1:
+        raise ValueError(f"num_clusters must be an int >= 1, got {num_clusters!r}")
+    if not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    x = data.detach().float()
+    n, dim = x.shape
+    limit = max_seed_points if max_seed_points is not None else max(4096, 16 * num_clusters)
+    seed_rows = x
+    if n > limit:
+        sel = torch.randperm(n, generator=generator, device=_rng_device(generator, x))[:limit].to(x.device)
+        seed_rows = x[sel]
+    centroids = _kmeans_plusplus(seed_rows, num_clusters, generator)
+    assign = _nearest(x, centroids, backend)[0]
+    for _ in range(iters):
+        counts = torch.bincount(assign, minlength=num_clusters)
+        sums = torch.zeros(num_clusters, dim, dtype=x.dtype, device=x.device).index_add_(0, assign, x)
+        empty = counts == 0
+        centroids = torch.where(empty.unsqueeze(1), centroids, sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype))
+        n_empty = int(empty.sum())
+        if n_empty:
+            pick = torch.randint(n, (n_empty,), generator=generator, device=_rng_device(generator, x)).to(x.device)
+            centroids[empty] = x[pick]
+        assign = _nearest(x, centroids, backend)[0]
+    return centroids, assign
+
+
+class ResidualQuantizer(nn.Module):
+    r"""Residual vector quantizer over ``num_levels`` codebooks (RQ-VAE, TIGER; ``ResidualVQ``-compatible).
+
+    Per level k (``r^(-1) = x``): ``codes[:, k] = argmin_j ||r^(k-1) - C_k[j]||^2`` (ties: lowest j),
+    ``r^(k) = r^(k-1) - C_k[codes[:, k]]``; ``quantized = sum_k C_k[codes[:, k]]``. All levels run in one call
+    of :func:`motorec.ops.residual_quantize`; its ``residual_sq`` output gives the codebook loss (gradient to
+    the codebooks) and the commitment loss (gradient to x, weighted by ``commitment`` through a gradient-scaling
+    identity on x). The output is straight-through: ``x + (quantized - x).detach()``.
+
+    Training-mode side effects of ``forward`` (all under ``no_grad``, after the op):
+
+    * k-means init: on the first training batch when ``kmeans_init`` and the codebooks are not initialized
+      yet (or call :meth:`init_codebooks` on the whole catalog first). Level k runs k-means on the residuals
+      left by levels < k.
+    * usage counts per code (:meth:`usage`, :meth:`dead_code_fraction`, :meth:`perplexity`).
+    * ``ema=True``: ``C_k[j] <- EMA of the mean of the residuals r^(k-1) assigned to j`` (Laplace-smoothed
+      counts, as in VQ-VAE-2); the codebooks then get no gradient.
+    * dead-code re-seeding: counts are kept over tumbling windows of ``dead_code_window`` training steps; at
+      the end of a window every code used fewer than ``dead_code_threshold`` times in it is replaced by a
+      random residual r^(k-1) of the current batch (its EMA state reset to that vector with count 1, its
+      usage count reset to 0). ``dead_code_threshold=0`` turns re-seeding off.
+
+    The op saves its own copy of the codebooks while training, so these in-place updates never change the
+    gradient of the step that triggered them. Optimizer state (e.g. Adam moments) of a re-seeded row is not
+    reset: it lives outside the module.
+
+    Distributed: counts and EMA sums go through :meth:`_sync` (all-reduce sum) and k-means results and
+    re-seeded codewords through :meth:`_broadcast` (from rank 0) when ``torch.distributed`` is initialized.
+
+    Args:
+        dim: D, width of the vectors.
+        num_levels: L >= 1 (alias ``num_quantizers``).
+        codebook_size: K >= 1.
+        commitment: beta >= 0, weight of the commitment loss (alias ``commitment_weight``).
+        ema: learn codebooks by EMA instead of gradients.
+        decay: EMA decay in [0, 1).
+        eps: Laplace smoothing of the EMA counts (> 0).
+        kmeans_init: initialize by k-means on the first training batch.
+        kmeans_iters: Lloyd iterations of that init.
+        dead_code_threshold: a code with fewer assignments than this over a window is re-seeded (0: never).
+        dead_code_window: window length in training steps (>= 1).
+        backend: backend of the op (``auto | torch | cpu | triton``).
+
+    Shapes:
+        forward: x [N, D] -> (quantized [N, D], codes [N, L] int64, :class:`QuantizerLosses`)
+        decode: codes [N, l] (l <= L, leading levels) -> [N, D]
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_levels: int = 3,
+        codebook_size: int = 256,
+        commitment: float = 0.25,
+        ema: bool = False,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 1.0,
+        dead_code_window: int = 20,
+        backend: str = "auto",
+        num_quantizers: Optional[int] = None,
+        commitment_weight: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        if num_quantizers is not None:
+            if num_levels != 3 and num_levels != num_quantizers:
+                raise ValueError(f"num_levels={num_levels} and its alias num_quantizers={num_quantizers} disagree")
+            num_levels = num_quantizers
+        if commitment_weight is not None:
+            if commitment != 0.25 and commitment != commitment_weight:
+                raise ValueError(f"commitment={commitment} and its alias commitment_weight={commitment_weight} disagree")
+            commitment = commitment_weight
+        for name, v in (("dim", dim), ("num_levels", num_levels), ("codebook_size", codebook_size),
+                        ("dead_code_window", dead_code_window)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not isinstance(kmeans_iters, int) or kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be an int >= 0, got {kmeans_iters!r}")
+        if not commitment >= 0:
+            raise ValueError(f"commitment must be >= 0, got {commitment!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if not dead_code_threshold >= 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.dim, self.num_levels, self.codebook_size = dim, num_levels, codebook_size
+        self.commitment = float(commitment)
+        self.ema, self.decay, self.eps = bool(ema), float(decay), float(eps)
+        self.kmeans_init, self.kmeans_iters = bool(kmeans_init), kmeans_iters
+        self.dead_code_threshold, self.dead_code_window = float(dead_code_threshold), dead_code_window
+        self.backend = backend
+
+        cb = torch.empty(num_levels, codebook_size, dim)
+        for k in range(num_levels):
+            nn.init.kaiming_uniform_(cb[k])
+        self.codebooks = nn.Parameter(cb, requires_grad=not self.ema)
+        self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
+        # Integer counts: exact at any scale, and untouched by module.half().
+        self.register_buffer("code_counts", torch.zeros(num_levels, codebook_size, dtype=torch.int64))
+        self.register_buffer("window_counts", torch.zeros(num_levels, codebook_size, dtype=torch.int64))
+        self.register_buffer("window_step", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("ema_cluster_size", torch.ones(num_levels, codebook_size))
+        self.register_buffer("ema_embed_sum", cb.clone())
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_levels={self.num_levels}, codebook_size={self.codebook_size}, "
+                f"commitment={self.commitment}, ema={self.ema}, kmeans_init={self.kmeans_init}, "
+                f"dead_code_threshold={self.dead_code_threshold}, dead_code_window={self.dead_code_window}, "
+                f"backend={self.backend!r}")
+
+    # ------------------------------------------------------------------ distributed hooks
+    def _sync(self, t: Tensor) -> Tensor:
+        """All-reduce (sum) ``t`` in place across ranks when ``torch.distributed`` is initialized."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t)
+        return t
+
+    def _broadcast(self, t: Tensor) -> Tensor:
+        """Broadcast ``t`` in place from rank 0 when ``torch.distributed`` is initialized (random choices,
+        like k-means seeds and re-seeded codewords, must agree across ranks)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(t, src=0)
+        return t
+
+    # ------------------------------------------------------------------ checks
+    def _check_x(self, x: Tensor, name: str = "x") -> None:
+        check_float_matrix(x, name)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"{name} must have dim={self.dim} columns, got shape {tuple(x.shape)}")
+
+    def _check_codes(self, codes: Tensor) -> None:
+        if not isinstance(codes, Tensor) or codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"codes must be an integer tensor, got "
+                            f"{codes.dtype if isinstance(codes, Tensor) else type(codes).__name__}")
+        if codes.dim() != 2 or not 1 <= codes.shape[1] <= self.num_levels:
+            raise ValueError(f"codes must be [N, l] with 1 <= l <= num_levels={self.num_levels}, "
+                             f"got shape {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, codebook_size={self.codebook_size}), got values in "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+
+    # ------------------------------------------------------------------ main API
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, QuantizerLosses]:
+        """Quantize ``x``; see the class docstring for losses and training-mode side effects.
+
+        Shapes:
+            x: [N, D] -> (quantized [N, D] straight-through, codes [N, L] int64, :class:`QuantizerLosses`)
+        """
+        self._check_x(x)
+        if self.training and not bool(self.initialized) and x.shape[0] > 0:
+            self.init_codebooks(x)
+        cb = self.codebooks.to(x.dtype)
+        if self.training and cb is self.codebooks:
+            cb = cb.clone()
+        x_in = _ScaleGrad.apply(x, self.commitment) if x.requires_grad else x
+        out = residual_quantize(x_in, cb, backend=self.backend)
+
+        per_level = out.residual_sq.sum(0) / max(x.shape[0], 1)
+        vq = per_level.sum()
+        value = vq.detach()
+        if self.ema:
+            codebook = torch.zeros_like(value)
+            commitment = vq + (self.commitment - 1.0) * value
+        else:
+            codebook = vq
+            commitment = self.commitment * value
+        losses = QuantizerLosses(codebook + commitment, codebook, commitment, per_level.detach())
+
+        quantized = x + (out.quantized - x).detach()
+        if self.training:
+            with torch.no_grad():
+                self._update(x.detach(), out.codes, cb.detach())
+        return quantized, out.codes, losses
+
+    @torch.no_grad()
+    def quantize(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Codes and quantized vectors without gradients or statistics updates.
+
+        Shapes:
+            x: [N, D] -> (quantized [N, D], codes [N, L] int64)
+        """
+        self._check_x(x)
+        out = residual_quantize(x.detach(), self.codebooks.detach().to(x.dtype), backend=self.backend)
+        return out.quantized, out.codes
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes only (no gradient, no statistics). Shapes: x [N, D] -> codes [N, L] int64."""
+        return self.quantize(x)[1]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Sum of the codewords of ``codes`` (differentiable in the codebooks). Leading levels only when
+        ``codes`` has l < L columns (coarse reconstruction).
+
+        Shapes:
+            codes: [N, l] integer, 1 <= l <= L -> [N, D]
+        """
+        self._check_codes(codes)
+        num = codes.shape[1]
+        flat = self.codebooks[:num].reshape(num * self.codebook_size, self.dim)
+        offsets = torch.arange(num, device=codes.device, dtype=torch.int64) * self.codebook_size
+        return F.embedding(codes.long() + offsets, flat).sum(1)
+
+    get_output_from_indices = decode  # vector-quantize-pytorch name
+
+    # ------------------------------------------------------------------ initialization
+    @torch.no_grad()
+    def init_codebooks(self, data: Tensor, *, iters: Optional[int] = None,
+                       generator: Optional[torch.Generator] = None) -> None:
+        """k-means initialization, level by level on the residuals of ``data`` (e.g. the whole catalog).
+
+        Resets the EMA state (counts = cluster sizes, sums = centroid * size) and the usage statistics, and
+        marks the quantizer initialized (the first-batch init is then skipped).
+
+        Shapes:
+            data: [N, D], N >= 1
+        """
+        self._check_x(data, "data")
+        if data.shape[0] < 1:
+            raise ValueError("data must have at least one row to initialize the codebooks")
+        iters = self.kmeans_iters if iters is None else iters
+        r = data.detach().to(device=self.codebooks.device, dtype=torch.float32)
+        for k in range(self.num_levels):
+            centroids, assign = kmeans(r, self.codebook_size, iters, backend=self.backend, generator=generator)
+            self.codebooks[k].copy_(centroids)
+            self.ema_cluster_size[k].copy_(torch.bincount(assign, minlength=self.codebook_size).float())
+            r = r - centroids[assign]
+        self._broadcast(self.codebooks.data)
+        self._broadcast(self.ema_cluster_size)
+        # An unused centre keeps a unit count so its EMA codeword stays put rather than decaying to zero.
+        self.ema_cluster_size.clamp_(min=1.0)
+        self.ema_embed_sum.copy_(self.codebooks.detach() * self.ema_cluster_size.unsqueeze(-1))
+        self.reset_usage()
+        self.initialized.fill_(True)
+
+    def reset_usage(self) -> None:
+        """Zero the usage counts and restart the dead-code window."""
+        self.code_counts.zero_()
+        self.window_counts.zero_()
+        self.window_step.zero_()
+
+    # ------------------------------------------------------------------ training-time updates
+    def _update(self, x: Tensor, codes: Tensor, cb: Tensor) -> None:
+        num_levels, size = self.num_levels, self.codebook_size
+        offsets = torch.arange(num_levels, device=codes.device) * size
+        counts = torch.bincount((codes + offsets).reshape(-1), minlength=num_levels * size)
+        counts = self._sync(counts.view(num_levels, size).to(self.code_counts.dtype))
+        self.code_counts += counts
+        self.window_counts += counts
+        self.window_step += 1
+        reseed = self.dead_code_threshold > 0 and int(self.window_step) >= self.dead_code_window
+        if not (self.ema or reseed):
+            return
+        r = x.to(torch.float32)
+        cbf = cb.to(torch.float32)
+        for k in range(num_levels):
+            idx = codes[:, k]
+            if self.ema:
+                sums = torch.zeros(size, self.dim, dtype=torch.float32, device=r.device).index_add_(0, idx, r)
+                self._ema_update(k, counts[k], self._sync(sums))
+            if reseed:
+                self._reseed(k, r)
+            r = r - cbf[k].index_select(0, idx)
+        if reseed:
+            self.window_counts.zero_()
+            self.window_step.zero_()
+
+    def _ema_update(self, k: int, counts: Tensor, sums: Tensor) -> None:
+        d = self.decay
+        cs = self.ema_cluster_size[k]
+        cs.mul_(d).add_(counts.to(cs.dtype), alpha=1.0 - d)
+        self.ema_embed_sum[k].mul_(d).add_(sums, alpha=1.0 - d)
+        total = cs.sum()
+        smoothed = (cs + self.eps) / (total + self.codebook_size * self.eps) * total
+        self.codebooks.data[k].copy_(self.ema_embed_sum[k] / smoothed.unsqueeze(1))
+
+    def _reseed(self, k: int, residuals: Tensor) -> None:
+        # Counts are all-reduced, so every rank finds the same dead codes.
+        dead = self.window_counts[k] < self.dead_code_threshold
+        n_dead, n = int(dead.sum()), residuals.shape[0]
+        if n_dead == 0 or n == 0:
+            return
+        if n >= n_dead:
+            pick = torch.randperm(n, device=residuals.device)[:n_dead]
+        else:
+            pick = torch.randint(n, (n_dead,), device=residuals.device)
+        new = self._broadcast(residuals[pick].contiguous())
+        self.codebooks.data[k][dead] = new.to(self.codebooks.dtype)
+        self.ema_cluster_size[k][dead] = 1.0
+        self.ema_embed_sum[k][dead] = new
+        self.code_counts[k][dead] = 0
+
+    # ------------------------------------------------------------------ statistics
+    def _counts(self, x: Optional[Tensor]) -> Tensor:
+        if x is None:
+            return self.code_counts.float()
+        codes = self.encode(x)
+        offsets = torch.arange(self.num_levels, device=codes.device) * self.codebook_size
+        c = torch.bincount((codes + offsets).reshape(-1), minlength=self.num_levels * self.codebook_size)
+        return c.view(self.num_levels, self.codebook_size).float()
+
+    @torch.no_grad()
+    def usage(self, x: Optional[Tensor] = None) -> Tensor:
+        """Fraction of assignments per code: over the training steps since the last reset (or init), or over
+        ``x`` when given. Shapes: -> [L, K], rows summing to 1 (0 when nothing was counted)."""
+        c = self._counts(x)
+        return c / c.sum(1, keepdim=True).clamp_min(1)
+
+    @torch.no_grad()
+    def dead_code_fraction(self, x: Optional[Tensor] = None) -> Tensor:
+        """Fraction of codes never assigned (since the last reset, or over ``x``). Shapes: -> [L]."""
+        return (self._counts(x) == 0).float().mean(1)
+
+    @torch.no_grad()
+    def perplexity(self, x: Optional[Tensor] = None) -> Tensor:
+        """``exp(entropy)`` of the code distribution per level (K when usage is uniform, 1 when one code takes
+        everything). Shapes: -> [L]."""
+        p = self.usage(x)
+        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
+        return torch.exp(ent)

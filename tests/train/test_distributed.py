@@ -1,0 +1,127 @@
+"""Distributed data-parallel training on 2 CPU processes (gloo) against a single-process run.
+
+Tolerance for "the same result": with the loss scaling of :mod:`motorec.train.distributed`, a 2-rank step
+computes the gradient of the same global-batch loss as one process; only the order of the floating-point
+sum differs (two half-batch sums added by the all-reduce instead of one sum), i.e. a relative difference of
+a few float32 ulps (~1e-7) per step. Adam divides by sqrt(v), which keeps such differences at the same
+relative size, so after ~50 steps parameters differ by ~1e-7..1e-6 (measured: 1.2e-7 for LightGCN, 1e-6 for
+MoToRec). We allow 2e-5 absolute on parameters of size O(1) (20x the worst measured) and 1e-4 on the
+metrics, whose rankings would only move if two items' scores tied within 1e-5. A real bug (a shard counted
+twice, unsynchronized gradients, statistics summed over replicated data) moves parameters by 1e-2 or more.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mmrec import free_port, load_model_state, small_config, subprocess_env, write_mmrec  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+PARAM_TOL = 2e-5
+METRIC_TOL = 1e-4
+
+
+def _run(cmd, cwd, timeout=240):
+    p = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-3000:]}"
+    return p
+
+
+def test_torchrun_cli_matches_single_process(tmp_path):
+    """``torchrun --nproc_per_node=2 -m motorec train`` == ``motorec train`` with the same global batch.
+
+    MoToRec runs without the terms that couple the samples of a batch (InfoNCE, batch-normalized rarity
+    weights) and without pre-training (k-means on a shard), so that equality is exact up to rounding; its
+    quantizer statistics are then identical too (counted once, not once per rank)."""
+    data = write_mmrec(tmp_path / "data")
+    cfg = small_config(tmp_path / "cfg.yaml", model={"lambda_cl": 0.0, "rarity": False})
+    common = ["train", "--data", str(data), "--config", str(cfg), "--split", "warm", "--model", "lightgcn",
+              "--model", "motorec", "--quiet"]
+    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}", "-m", "motorec", *common, "--out", str(tmp_path / "ddp")], tmp_path)
+    single = _run([sys.executable, "-m", "motorec", *common, "--out", str(tmp_path / "single")], tmp_path)
+    assert ddp.stdout.count("test results") == 1, "only rank 0 prints the results table"
+    assert single.stdout.count("test results") == 1
+
+    m_ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    m_one = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    for model in ("lightgcn", "motorec"):
+        for split in ("valid", "test"):
+            for metric, v in m_one[model][split]["overall"].items():
+                assert abs(m_ddp[model][split]["overall"][metric] - v) <= METRIC_TOL, (model, split, metric)
+        a = load_model_state(tmp_path / "ddp" / "checkpoints" / model / "last.pt")
+        b = load_model_state(tmp_path / "single" / "checkpoints" / model / "last.pt")
+        assert a.keys() == b.keys()
+        for k in a:
+            if a[k].is_floating_point():
+                diff = (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0
+                assert diff <= PARAM_TOL, f"{model}.{k}: 2-rank vs 1-process max |diff| = {diff:.2e}"
+            else:  # code usage counts, initialized flags: exactly equal
+                assert torch.equal(a[k], b[k]), f"{model}.{k} differs between 2 ranks and 1 process"
+        assert int(a.get("tokenizers.image.quantizer.code_counts", torch.ones(1)).sum()) > 0
+
+
+# ---------------------------------------------------------------------------------------------- spawn
+def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from motorec.config import Config
+    from motorec.data import synthetic
+    from motorec.nn.quantizer import ResidualQuantizer
+    from motorec.train import Trainer
+    from motorec.train import distributed as d
+
+    ctx = d.init_from_env("cpu")
+    assert ctx is not None and ctx.world_size == world and d.current() is ctx
+
+    # The quantizer's statistics hook: each rank quantizes its shard; counts must add up to the global batch.
+    torch.manual_seed(100 + rank)  # different data per rank
+    q = ResidualQuantizer(dim=4, num_levels=2, codebook_size=5, kmeans_iters=3, dead_code_threshold=0).train()
+    x = torch.randn(10 + rank, 4)
+    q(x)
+    counts = q.code_counts.clone()
+
+    # Full MoToRec: pre-training (sharded items: statistics all-reduced, k-means broadcast from rank 0),
+    # InfoNCE, rarity, EMA codebooks and dead-code re-seeding (re-seeded codewords broadcast).
+    torch.manual_seed(0)
+    ds = synthetic(100, 70, num_interactions=1200, modalities={"image": 12, "text": 6}, seed=data_seed)
+    cfg = Config.from_dict({
+        "model": {"name": "motorec", "dim": 16, "latent_dim": 8, "hidden_dims": [16], "num_levels": 2,
+                  "codebook_size": 8, "knn_k": 4, "ema": True},
+        "train": {"epochs": 2, "pretrain_epochs": 1, "batch_size": 48, "lr": 0.01, "patience": 0, "seed": 0}})
+    trainer = Trainer(cfg, ds, quiet=True)
+    res = trainer.fit()
+    torch.save({"counts": counts, "codebooks": q.codebooks.detach().clone(), "res": res,
+                "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}},
+               f"{out}.meta.{rank}")
+    d.shutdown()
+
+
+def test_spawned_ranks_stay_synchronized(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "rank")
+    mp.spawn(_worker, args=(2, free_port(), 3, out), nprocs=2, join=True)
+    r0 = torch.load(f"{out}.meta.0", weights_only=False)
+    r1 = torch.load(f"{out}.meta.1", weights_only=False)
+    # 10 + 11 rows quantized across the two ranks: every level counts all 21 on both ranks.
+    assert r0["counts"].sum(1).tolist() == [21, 21] and torch.equal(r0["counts"], r1["counts"])
+    assert torch.equal(r0["codebooks"], r1["codebooks"]), "k-means init must be broadcast from rank 0"
+    # Gradients averaged, statistics synchronized, random re-seeds broadcast: the replicas are identical,
+    # parameters and buffers (EMA sums, usage counts, dead-code windows) alike.
+    for k, v in r0["model"].items():
+        assert torch.equal(v, r1["model"][k]), f"{k} differs between rank 0 and rank 1"
+    assert int(r0["model"]["tokenizers.image.quantizer.code_counts"].sum()) > 0
+    # Rank 0 evaluated and broadcast: both ranks report the same metrics and the same best epoch.
+    assert r0["res"]["test"] == r1["res"]["test"] and r0["res"]["best_epoch"] == r1["res"]["best_epoch"]

@@ -173,9 +173,9 @@ class ResidualQuantizer(nn.Module):
     the codebooks) and the commitment loss (gradient to x, weighted by ``commitment`` through a gradient-scaling
     identity on x). The output is straight-through: ``x + (quantized - x).detach()``.
 
-    Training-mode side effects of ``forward`` (all under ``no_grad``, after the op):
+    Training-mode side effects of ``forward`` (under ``no_grad``; all but the first after the op):
 
-    * k-means init: on the first training batch when ``kmeans_init`` and the codebooks are not initialized
+    * k-means init: before the op, on the first training batch when ``kmeans_init`` and the codebooks are not initialized
       yet (or call :meth:`init_codebooks` on the whole catalog first). Level k runs k-means on the residuals
       left by levels < k.
     * usage counts per code (:meth:`usage`, :meth:`dead_code_fraction`, :meth:`perplexity`).
@@ -184,7 +184,8 @@ class ResidualQuantizer(nn.Module):
     * dead-code re-seeding: counts are kept over tumbling windows of ``dead_code_window`` training steps; at
       the end of a window every code used fewer than ``dead_code_threshold`` times in it is replaced by a
       random residual r^(k-1) of the current batch (its EMA state reset to that vector with count 1, its
-      usage count reset to 0). ``dead_code_threshold=0`` turns re-seeding off.
+      usage count reset to 0). ``dead_code_threshold=0`` turns re-seeding off. The step count of the
+      current window lives on the host (no device sync per step) and restarts after loading a checkpoint.
 
     The op saves its own copy of the codebooks while training, so these in-place updates never change the
     gradient of the step that triggered them. Optimizer state (e.g. Adam moments) of a re-seeded row is not
@@ -270,10 +271,16 @@ class ResidualQuantizer(nn.Module):
         # Integer counts: exact at any scale, and untouched by module.half().
         self.register_buffer("code_counts", torch.zeros(num_levels, codebook_size, dtype=torch.int64))
         self.register_buffer("window_counts", torch.zeros(num_levels, codebook_size, dtype=torch.int64))
-        self.register_buffer("window_step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("ema_cluster_size", torch.ones(num_levels, codebook_size))
         self.register_buffer("ema_embed_sum", cb.clone())
+        # Host-side state, so that a training step never waits on the device: the steps into the current
+        # dead-code window (restarts at 0 after loading a checkpoint) and whether `initialized` was seen True.
+        self._window_step = 0
+        self._init_seen = False
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_levels={self.num_levels}, codebook_size={self.codebook_size}, "
                 f"commitment={self.commitment}, ema={self.ema}, kmeans_init={self.kmeans_init}, "
@@ -319,8 +326,11 @@ class ResidualQuantizer(nn.Module):
             x: [N, D] -> (quantized [N, D] straight-through, codes [N, L] int64, :class:`QuantizerLosses`)
         """
         self._check_x(x)
-        if self.training and not bool(self.initialized) and x.shape[0] > 0:
-            self.init_codebooks(x)
+        if self.training and not self._init_seen:
+            if bool(self.initialized):
+                self._init_seen = True
+            elif x.shape[0] > 0:
+                self.init_codebooks(x)
         cb = self.codebooks.to(x.dtype)
         if self.training and cb is self.codebooks:
             cb = cb.clone()
@@ -404,11 +414,18 @@ class ResidualQuantizer(nn.Module):
         self.reset_usage()
         self.initialized.fill_(True)
 
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """Restart the EMA state from the current codebooks (count 1 per code). Call it after setting the
+        codebooks by hand with ``ema=True``; otherwise the next EMA step pulls them back toward the old sums."""
+        self.ema_cluster_size.fill_(1.0)
+        self.ema_embed_sum.copy_(self.codebooks.detach())
+
     def reset_usage(self) -> None:
         """Zero the usage counts and restart the dead-code window."""
         self.code_counts.zero_()
         self.window_counts.zero_()
-        self.window_step.zero_()
+        self._window_step = 0
 
     # ------------------------------------------------------------------ training-time updates
     def _update(self, x: Tensor, codes: Tensor, cb: Tensor) -> None:
@@ -418,8 +435,8 @@ class ResidualQuantizer(nn.Module):
         counts = self._sync(counts.view(num_levels, size).to(self.code_counts.dtype))
         self.code_counts += counts
         self.window_counts += counts
-        self.window_step += 1
-        reseed = self.dead_code_threshold > 0 and int(self.window_step) >= self.dead_code_window
+        self._window_step += 1
+        reseed = self.dead_code_threshold > 0 and self._window_step >= self.dead_code_window
         if not (self.ema or reseed):
             return
         r = x.to(torch.float32)
@@ -434,7 +451,7 @@ class ResidualQuantizer(nn.Module):
             r = r - cbf[k].index_select(0, idx)
         if reseed:
             self.window_counts.zero_()
-            self.window_step.zero_()
+            self._window_step = 0
 
     def _ema_update(self, k: int, counts: Tensor, sums: Tensor) -> None:
         d = self.decay

@@ -113,6 +113,10 @@ def test_ema_moves_codewords_toward_assigned_means():
     x = torch.randn(300, 5)
     q = _quantizer(5, 2, 6, ema=True, decay=0.5)
     assert not q.codebooks.requires_grad
+    with torch.no_grad():
+        q.codebooks.copy_(torch.randn(2, 6, 5))
+        q.codebooks[:, 5] = 50.0  # never the nearest: an unused code per level
+    q.reset_ema()  # codebooks set by hand: restart the EMA sums from them
     before = q.codebooks.detach().clone()
     q.train()
     _, codes, _ = q(x)
@@ -120,6 +124,7 @@ def test_ema_moves_codewords_toward_assigned_means():
     r = x.clone()
     for k in range(2):
         used = torch.bincount(codes[:, k], minlength=6) > 0
+        assert not bool(used[5])
         means = torch.zeros(6, 5).index_add_(0, codes[:, k], r) / torch.bincount(codes[:, k], minlength=6).clamp_min(1).unsqueeze(1)
         d_before = (before[k][used] - means[used]).norm(dim=1)
         d_after = (after[k][used] - means[used]).norm(dim=1)
@@ -198,7 +203,7 @@ def test_reseeding_resets_ema_state_and_counts():
     torch.testing.assert_close(q.ema_cluster_size[0][dead], torch.ones(int(dead.sum())))
     torch.testing.assert_close(q.ema_embed_sum[0][dead], cb[dead])
     assert int(q.code_counts[0][dead].sum()) == 0
-    assert int(q.window_step) == 0
+    assert q._window_step == 0
 
 
 def test_updates_do_not_change_the_step_gradient():

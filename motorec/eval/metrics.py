@@ -125,7 +125,8 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     Returns ``{group: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}``
     for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``). A group with no
     held-out pair reports 0.0 for every metric with ``num_users == 0``. Raises ``ValueError`` when
-    ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores.
+    ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores (NaN at a masked position is
+    ignored; torch ranks NaN above every number, so any other NaN reaches the top K).
 
     Shapes:
         score_fn: user_ids [B] int64 -> scores [B, num_items] float
@@ -144,7 +145,9 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     mkey = torch.unique(torch.cat([_pair_keys(p.to(device), n_items) for p in masked]))
     tkey = torch.unique(_pair_keys(dataset.interactions(split).to(device), n_items))
     if tkey.numel() and mkey.numel():
-        tkey = tkey[~torch.isin(tkey, mkey)]
+        # mkey is sorted and unique: a binary search beats torch.isin on millions of pairs.
+        pos = torch.searchsorted(mkey, tkey).clamp_(max=mkey.numel() - 1)
+        tkey = tkey[mkey[pos] != tkey]
     t_user, t_item = tkey // n_items, tkey % n_items
     m_user, m_item = mkey // n_items, mkey % n_items
     m_rowptr = torch.zeros(n_users + 1, dtype=torch.int64, device=device)
@@ -181,12 +184,13 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         scores = scores.to(device)
         if scores._base is not None or scores.requires_grad:
             scores = scores.detach().clone()
-        saw_nan |= torch.isnan(scores).any()
         local, pos = _segments(m_rowptr, users)
         scores[local, m_item[pos]] = float("-inf")
         k_eff = min(kmax, n_items)
-        top = torch.topk(scores, k_eff, dim=1, sorted=True).indices
+        top_scores, top = torch.topk(scores, k_eff, dim=1, sorted=True)
         del scores
+        # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.
+        saw_nan |= torch.isnan(top_scores).any()
 
         t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
         lo, hi = int(t_rowptr[s]), int(t_rowptr[e])

@@ -281,6 +281,15 @@ class ResidualQuantizer(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._init_seen = False
+
+    def get_extra_state(self):
+        # The dead-code window position lives on the host but must travel with a checkpoint: a resumed run
+        # re-seeds at the same steps as an uninterrupted one.
+        return {"window_step": int(self._window_step)}
+
+    def set_extra_state(self, state) -> None:
+        self._window_step = int(state["window_step"])
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_levels={self.num_levels}, codebook_size={self.codebook_size}, "
                 f"commitment={self.commitment}, ema={self.ema}, kmeans_init={self.kmeans_init}, "

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The GPU check, one script for the GPU machine (Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, nvcc,
+# ninja, pytest, no internet). Stages, in order: build motorec._C with CUDA (editable install, in place);
+# the benchmark table at the target shapes (--quick); the GPU tests (not slow); as much of the full
+# benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (7 files at most):
+#   env.txt, build.log, bench.log, tests.log, <device-slug>.csv, <device-slug>_speedup.png,
+#   <device-slug>_throughput.png
+#
+# Usage (from anywhere):  bash benchmarks/gpu_check.sh OUTDIR
+#   GPU_CHECK_BUDGET=415   total seconds for all stages (default 415: under 7 minutes)
+#   MOTOREC_GIT_SHA=abc123 the commit to record in the CSV (the machine's copy may have no .git)
+#   PYTHON=python3         the interpreter holding torch
+#
+# Stages run under `timeout`, each capped by what is left of the budget and leaving room for the later
+# ones. The benchmarks write each row as soon as it is measured, so a stage cut by its timeout keeps its
+# rows. Exit status: the number of failed stages (0: all passed; a FAILED benchmark check fails its stage);
+# later stages run anyway. hypothesis and pytest-timeout are used only when importable.
+set -u -o pipefail
+
+OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET:-415}
+START=$(date +%s)
+FAILED=0
+export PYTHONUNBUFFERED=1
+export MOTOREC_WITH_CUDA=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export MPLBACKEND=Agg
+export PIP_NO_INDEX=1  # no internet there: never let pip try an index
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+# cap CAP RESERVE: seconds for a stage, at most CAP, leaving RESERVE seconds for the stages after it.
+cap() {
+    local t=$(( $(left) - $2 ))
+    (( t > $1 )) && t=$1
+    (( t < 5 )) && t=5
+    echo "$t"
+}
+stage() {  # stage NAME LOG SECONDS CMD...: run CMD under timeout, tee its output into LOG
+    local name=$1 log=$2 secs=$3
+    shift 3
+    echo "== $name (timeout ${secs}s, $(left)s of budget left) ==" | tee -a "$log"
+    timeout --kill-after=10 "$secs" "$@" 2>&1 | tee -a "$log"
+    local rc=$?
+    if (( rc == 124 || rc == 137 )) && [ "${ALLOW_TIMEOUT:-0}" = 1 ]; then
+        echo "== $name: stopped at its time limit (${secs}s), as planned ==" | tee -a "$log"
+        rc=0
+    elif (( rc == 124 || rc == 137 )); then
+        echo "== $name: TIMED OUT after ${secs}s ==" | tee -a "$log"
+    elif (( rc != 0 )); then
+        echo "== $name: FAILED (exit $rc) ==" | tee -a "$log"
+    else
+        echo "== $name: ok ==" | tee -a "$log"
+    fi
+    (( rc != 0 )) && FAILED=$((FAILED + 1))
+    return 0
+}
+
+# 1. environment --------------------------------------------------------------------------------------
+{
+    date -u +%Y-%m-%dT%H:%M:%SZ
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
+    nvcc --version 2>&1 | tail -2 || true
+    "$PY" - <<'EOF' 2>&1
+import importlib, os, platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE", "| cpus", os.cpu_count())
+for m in ("triton", "numpy", "pytest", "pytest_benchmark", "pytest_timeout", "hypothesis", "matplotlib", "torch_sparse"):
+    try:
+        print(f"{m:18s}", getattr(importlib.import_module(m), "__version__", "present"))
+    except ImportError:
+        print(f"{m:18s} MISSING")
+EOF
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# 2. build motorec._C with CUDA, editable (kernels/ installs as motorec.kernels) -------------------------
+stage build "$OUT/build.log" "$(cap 170 230)" \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
+stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
+
+# 3. benchmarks: the target shapes (--quick) first --------------------------------------------------
+stage "bench --quick" "$OUT/bench.log" "$(cap 190 130)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot
+
+# 4. GPU tests (not slow), with a time limit ---------------------------------------------------------
+TEST_ARGS=(tests -m "not slow" -x -q -p no:cacheprovider)
+if ! "$PY" -c "import hypothesis" 2>/dev/null; then
+    for f in $(grep -rlE "^\s*(import|from) hypothesis" tests --include='*.py'); do TEST_ARGS+=(--ignore "$f"); done
+fi
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    TEST_ARGS+=(--timeout 90)
+fi
+stage tests "$OUT/tests.log" "$(cap 110 40)" "$PY" -m pytest "${TEST_ARGS[@]}"
+
+# 5. as much of the full grid as the budget allows (rows are kept as they are measured) ----------------
+if (( $(left) > 80 )); then
+    ALLOW_TIMEOUT=1 stage "bench --full (until the budget ends)" "$OUT/bench.log" "$(cap 600 35)" \
+        "$PY" -m benchmarks.run --full --out "$OUT" --no-plot --only residual_quantize,propagate,spmm
+fi
+
+# 6. charts ------------------------------------------------------------------------------------------
+CSVS=$(ls "$OUT"/*.csv 2>/dev/null)
+if [ -n "$CSVS" ]; then
+    stage plot "$OUT/bench.log" "$(cap 40 0)" "$PY" -m benchmarks.plot $CSVS --out "$OUT"
+else
+    echo "no CSV was written" | tee -a "$OUT/bench.log"
+    FAILED=$((FAILED + 1))
+fi
+
+echo "gpu_check: $FAILED failed stage(s), $(( $(date +%s) - START ))s; files in $OUT:"
+ls -la "$OUT"
+exit "$FAILED"

@@ -2,9 +2,12 @@
 // Device files add implementations with TORCH_LIBRARY_IMPL(motorec_C, CPU|CUDA, m).
 // The Python layer (motorec/ops/*.py) wraps these in torch.library custom ops "motorec::<op>" that carry
 // autograd and fake kernels; these raw ops do no autograd of their own.
+#ifndef MOTOREC_NO_PYTHON  // set by CMakeLists.txt: the libtorch build has no Python module
 #include <Python.h>
+#endif
 #include <torch/library.h>
 
+#ifndef MOTOREC_NO_PYTHON
 extern "C" {
 // Importing motorec._C from Python runs the static TORCH_LIBRARY initializers below; the module itself is
 // empty. No pybind11, so the module needs nothing beyond libtorch.
@@ -13,6 +16,7 @@ PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 TORCH_LIBRARY(motorec_C, m) {
   // CSR sparse x dense: out[r] = sum_{e in rowptr[r]..rowptr[r+1]} val[e] * x[col[e]].

@@ -31,6 +31,16 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _lowest_duplicate(c: Tensor) -> Tensor:
+    """[K] int64: for each codeword, the lowest index of a codeword equal to it. BLAS may round the products
+    with identical columns differently, so argmin alone does not give duplicated codewords' lowest index."""
+    k = c.shape[0]
+    _, inv = torch.unique(c, dim=0, return_inverse=True)
+    ar = torch.arange(k, device=c.device)
+    first = torch.full((k,), k, dtype=torch.int64, device=c.device).scatter_reduce_(0, inv, ar, "amin")
+    return first[inv]
+
+
 def residual_quantize_forward(x: Tensor, codebooks: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     acc = _acc_dtype(x.dtype)
     n, _ = x.shape
@@ -45,6 +55,7 @@ def residual_quantize_forward(x: Tensor, codebooks: Tensor) -> Tuple[Tensor, Ten
         # matrix from cancelling catastrophically when r is far from the origin.
         d = (c * c).sum(1).unsqueeze(0) - 2.0 * (r @ c.t())
         idx = torch.argmin(d, dim=1) if n > 0 else torch.empty(0, dtype=torch.int64, device=x.device)
+        idx = _lowest_duplicate(c)[idx]
         codes[:, k] = idx
         r = r - c.index_select(0, idx)
         res_sq[:, k] = (r * r).sum(1)

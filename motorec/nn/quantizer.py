@@ -274,7 +274,7 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("ema_cluster_size", torch.ones(num_levels, codebook_size))
         self.register_buffer("ema_embed_sum", cb.clone())
         # Host-side state, so that a training step never waits on the device: the steps into the current
-        # dead-code window (restarts at 0 after loading a checkpoint) and whether `initialized` was seen True.
+        # dead-code window (saved as extra state, see get_extra_state) and whether `initialized` was seen True.
         self._window_step = 0
         self._init_seen = False
 

@@ -43,6 +43,16 @@ inline void check_csr_args(const char* op, const at::Tensor& rowptr, const at::T
   }
 }
 
+// The inputs as the kernels read them: rowptr as int64, every tensor contiguous.
+struct CsrInputs {
+  at::Tensor rowptr, col, val, x;
+};
+
+inline CsrInputs contiguous_inputs(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
+                                   const at::Tensor& x) {
+  return {rowptr.to(at::kLong).contiguous(), col.contiguous(), val.contiguous(), x.contiguous()};
+}
+
 inline void check_propagate_args(const at::Tensor& rowptr, const at::Tensor& x, int64_t num_layers) {
   TORCH_CHECK(num_layers >= 0, "propagate: num_layers must be >= 0, got ", num_layers);
   TORCH_CHECK(rowptr.numel() - 1 == x.size(0), "propagate: the graph must be square with one row per node: rowptr has ",

@@ -273,5 +273,16 @@ void check_csr_contents(const char* op, const int64_t* rowptr, int64_t R, const 
   }
 }
 
+// Calls fn(T{}, I{}) with T the dtype of x (float or double) and I the index type of col.
+template <typename Fn>
+void dispatch_types(at::ScalarType xt, at::ScalarType it, Fn&& fn) {
+  auto with_index = [&](auto t) {
+    if (it == at::kInt) fn(t, int32_t{});
+    else fn(t, int64_t{});
+  };
+  if (xt == at::kFloat) with_index(float{});
+  else with_index(double{});
+}
+
 }  // namespace cpu
 }  // namespace motorec

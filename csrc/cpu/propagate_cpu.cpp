@@ -61,18 +61,11 @@ at::Tensor propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const 
                          int64_t num_layers) {
   check_csr_args("propagate", rowptr, col, val, x, c10::DeviceType::CPU, /*half_ok=*/false);
   check_propagate_args(rowptr, x, num_layers);
-  const at::Tensor rp = rowptr.to(at::kLong).contiguous();
-  const at::Tensor c = col.contiguous();
-  const at::Tensor v = val.contiguous();
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (x.scalar_type() == at::kFloat) {
-    if (c.scalar_type() == at::kInt) propagate_kernel<float, int32_t>(rp, c, v, xc, num_layers, out);
-    else propagate_kernel<float, int64_t>(rp, c, v, xc, num_layers, out);
-  } else {
-    if (c.scalar_type() == at::kInt) propagate_kernel<double, int32_t>(rp, c, v, xc, num_layers, out);
-    else propagate_kernel<double, int64_t>(rp, c, v, xc, num_layers, out);
-  }
+  const CsrInputs in = contiguous_inputs(rowptr, col, val, x);
+  at::Tensor out = at::empty(x.sizes(), in.x.options());
+  dispatch_types(x.scalar_type(), col.scalar_type(), [&](auto t, auto i) {
+    propagate_kernel<decltype(t), decltype(i)>(in.rowptr, in.col, in.val, in.x, num_layers, out);
+  });
   return out;
 }
 

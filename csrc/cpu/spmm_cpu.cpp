@@ -32,18 +32,11 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
 
 at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, const at::Tensor& x) {
   check_csr_args("spmm", rowptr, col, val, x, c10::DeviceType::CPU, /*half_ok=*/false);
-  const at::Tensor rp = rowptr.to(at::kLong).contiguous();
-  const at::Tensor c = col.contiguous();
-  const at::Tensor v = val.contiguous();
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty({rp.numel() - 1, x.size(1)}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (x.scalar_type() == at::kFloat) {
-    if (c.scalar_type() == at::kInt) spmm_kernel<float, int32_t>(rp, c, v, xc, out);
-    else spmm_kernel<float, int64_t>(rp, c, v, xc, out);
-  } else {
-    if (c.scalar_type() == at::kInt) spmm_kernel<double, int32_t>(rp, c, v, xc, out);
-    else spmm_kernel<double, int64_t>(rp, c, v, xc, out);
-  }
+  const CsrInputs in = contiguous_inputs(rowptr, col, val, x);
+  at::Tensor out = at::empty({in.rowptr.numel() - 1, x.size(1)}, in.x.options());
+  dispatch_types(x.scalar_type(), col.scalar_type(), [&](auto t, auto i) {
+    spmm_kernel<decltype(t), decltype(i)>(in.rowptr, in.col, in.val, in.x, out);
+  });
   return out;
 }
 

@@ -12,10 +12,8 @@ namespace {
 at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, const at::Tensor& x) {
   check_csr_args("spmm", rowptr, col, val, x, c10::DeviceType::CUDA, /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor rp = rowptr.to(at::kLong).contiguous();
-  const at::Tensor c = col.contiguous();
-  const at::Tensor v = val.contiguous();
-  const at::Tensor xc = x.contiguous();
+  const CsrInputs in = contiguous_inputs(rowptr, col, val, x);
+  const at::Tensor &rp = in.rowptr, &c = in.col, &v = in.val, &xc = in.x;
   const int64_t R = rp.numel() - 1, D = x.size(1), nnz = c.numel();
   at::Tensor out = at::empty({R, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (R == 0 || D == 0) return out;

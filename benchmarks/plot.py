@@ -55,8 +55,13 @@ def _grouped_bars(ax, rows: List[Dict[str, str]], value_key: str, providers: Lis
                 ax.annotate(f"{v:.3g}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=6, rotation=30, ha="right")
-    if log:
+    finite = [v for b in ax.patches for v in [b.get_height()] if v == v and v > 0]
+    if log and finite and max(finite) / min(finite) > 20:  # log only where values span decades
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
 
@@ -65,7 +70,7 @@ def _save(fig, title: str, path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -98,6 +103,7 @@ def plot_csv(csv_path: str, out_dir: Optional[str] = None) -> List[str]:
             sub = [r for r in rows if r["op"] == op and r["provider"] != "torch" and r.get("speedup_vs_torch")]
             providers = list(OrderedDict.fromkeys(r["provider"] for r in sub))
             _grouped_bars(ax, sub, "speedup_vs_torch", providers, log=True)
+            ax.set_ylim(bottom=min(0.5, ax.get_ylim()[0]) if ax.get_yscale() == "log" else 0)
             ax.axhline(1.0, color="black", lw=0.8, ls="--")
             ax.set_title(f"{op}: speedup over torch (higher is better)", fontsize=9)
             ax.set_ylabel("x torch")

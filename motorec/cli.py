@@ -253,7 +253,7 @@ def cmd_evaluate(args) -> int:
     out: Dict[str, Any] = {}
     for name in names:
         model, cfg = _load_trained(run, name, ds, device)
-        out[name] = {s: {g: {k: float(v) for k, v in m.items()} for g, m in
+        out[name] = {s: {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in
                          evaluate(model.score, ds.to(dev), split=s, batch_size=cfg.train.eval_batch_size,
                                   device=dev).items()} for s in ("valid", "test")}
     print(results_table(out))

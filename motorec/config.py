@@ -71,6 +71,8 @@ class ModelConfig:
     # drop an item's ID embedding with this probability in training, so the content path alone must rank
     # (how a cold item is scored at test time); 0 disables it.
     id_dropout: float = 0.0
+    # score a positive/negative in BPR by its cold (content-only) embedding with this probability
+    cold_dropout: float = 0.2
     # content baselines: MLP hidden width
     content_hidden: int = 256
 
@@ -86,8 +88,9 @@ class ModelConfig:
         for k in ("tau", "sparse_temperature"):
             if _float(self, k) <= 0:
                 raise ConfigError(f"model.{k} must be > 0, got {getattr(self, k)}")
-        if not 0.0 <= _float(self, "id_dropout") < 1.0:
-            raise ConfigError(f"model.id_dropout must lie in [0, 1), got {self.id_dropout}")
+        for k in ("id_dropout", "cold_dropout"):
+            if not 0.0 <= _float(self, k) < 1.0:
+                raise ConfigError(f"model.{k} must lie in [0, 1), got {getattr(self, k)}")
         if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
             raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
                               f"{self.rarity_min}/{self.rarity_max}")

@@ -217,6 +217,14 @@ class MoToRec(_FeatureMixin, Recommender):
         users, collab, content, _ = self._forward()
         return users, collab + content
 
+    def cold_embedding(self, content: Tensor) -> Tensor:
+        """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.
+
+        Shapes:
+            content: [N, dim] -> [N, dim].
+        """
+        return content * (1.0 + 1.0 / (self.config.num_layers + 1))
+
     # ------------------------------------------------------------------ training
     def rarity_ramp(self) -> float:
         c = self.config
@@ -232,8 +240,17 @@ class MoToRec(_FeatureMixin, Recommender):
         users, collab, content, outs = self._forward()
         items = collab + content
         ue = users[u]
+        ip, ineg = items[p], items[n]
+        if c.cold_dropout > 0:
+            # Score some positives/negatives as if they were cold (content alone), so that content-only
+            # embeddings are trained to compete with warm ones in the same ranking, as at test time.
+            cold = self.cold_embedding(content)
+            dp = torch.rand(p.shape, device=p.device) < c.cold_dropout
+            dn = torch.rand(n.shape, device=n.device) < c.cold_dropout
+            ip = torch.where(dp.unsqueeze(1), cold[p], ip)
+            ineg = torch.where(dn.unsqueeze(1), cold[n], ineg)
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
-        rank = bpr_loss((ue * items[p]).sum(1), (ue * items[n]).sum(1), w)
+        rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w)
         total = rank
         parts = {"bpr": _f(rank)}
         if c.lambda_cl > 0:

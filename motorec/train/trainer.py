@@ -101,7 +101,7 @@ class Trainer:
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
             self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
             device=self.device))
-        return {g: {k: float(v) for k, v in m.items()} for g, m in res.items()}
+        return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
         return {"model": copy.deepcopy(self.model.state_dict()),

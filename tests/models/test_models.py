@@ -1,0 +1,244 @@
+"""Model-layer tests: loss formulas against hand computations, rarity weights, cold-item handling, token export,
+ablation switches, and the common interface of MoToRec and the baselines."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from motorec.config import Config, ConfigError, ModelConfig
+from motorec.data import synthetic
+from motorec.models import MODELS, MoToRec, bpr_loss, build_model, info_nce, item_degrees, rarity_weights
+from motorec.train import BPRSampler
+
+SMALL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=16, knn_k=5, content_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic(120, 90, num_topics=6, modalities={"image": 24, "text": 12}, seed=3)
+
+
+def _model(ds, name="motorec", **over):
+    torch.manual_seed(0)
+    return build_model(ds, ModelConfig(name=name, **{**SMALL, **over}))
+
+
+def _batch(ds, seed=0, size=64):
+    g = torch.Generator().manual_seed(seed)
+    return next(BPRSampler(ds.train, ds.num_items, batch_size=size).epoch(g))
+
+
+def test_item_degrees_counts_distinct_pairs():
+    train = torch.tensor([[0, 1], [0, 1], [1, 1], [2, 3], [1, 0]])
+    assert item_degrees(train, 5).tolist() == [1.0, 2.0, 0.0, 1.0, 0.0]
+
+
+def test_bpr_loss_matches_formula():
+    g = torch.Generator().manual_seed(1)
+    p, n, w = torch.randn(37, generator=g), torch.randn(37, generator=g), torch.rand(37, generator=g) + 0.5
+    expect = -(w * torch.log(torch.sigmoid(p.double() - n.double()))).mean()
+    assert torch.allclose(bpr_loss(p, n, w).double(), expect, atol=1e-6)
+    assert torch.allclose(bpr_loss(p, n).double(), -torch.log(torch.sigmoid(p.double() - n.double())).mean(), atol=1e-6)
+    assert bpr_loss(torch.zeros(0), torch.zeros(0)).item() == 0.0
+
+
+def test_info_nce_matches_formula():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(11, 7, generator=g).double(), torch.randn(11, 7, generator=g).double()
+    tau = 0.2
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    sim = an @ bn.t() / tau
+    l1 = -(sim.diag() - torch.logsumexp(sim, dim=1))
+    l2 = -(sim.diag() - torch.logsumexp(sim, dim=0))
+    assert torch.allclose(info_nce(a, b, tau), (0.5 * (l1 + l2)).mean(), atol=1e-10)
+    # aligned views give a lower loss than shuffled ones
+    assert info_nce(a, a, tau) < info_nce(a, b, tau)
+
+
+def test_rarity_weights_formula_normalization_clip_and_ramp():
+    deg = torch.tensor([0.0, 1.0, 3.0, 50.0, 400.0, 7.0])
+    pos = torch.tensor([1, 2, 3, 4, 5, 1, 4])
+    s = math.log1p(400.0) / torch.log(2.0 + deg[pos].double())
+    s = s / s.mean()
+    full = rarity_weights(deg, pos, ramp=1.0, clip=(0.5, 5.0)).double()
+    assert torch.allclose(full, s.clamp(0.5, 5.0), atol=1e-6)
+    assert full[0] > full[2] > full[3]  # rarer positives weigh more
+    assert torch.equal(rarity_weights(deg, pos, ramp=0.0, clip=(0.5, 5.0)), torch.ones(7))
+    half = rarity_weights(deg, pos, ramp=0.5, clip=(0.5, 5.0))
+    assert torch.allclose(half.double(), 1 + 0.5 * (full - 1), atol=1e-6)
+    tight = rarity_weights(deg, pos, ramp=1.0, clip=(0.9, 1.1))
+    assert float(tight.min()) >= 0.9 - 1e-6 and float(tight.max()) <= 1.1 + 1e-6
+    assert rarity_weights(deg, pos[:0], ramp=1.0, clip=(0.5, 5.0)).numel() == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_interface_loss_backward_score(ds, name):
+    m = _model(ds, name)
+    m.train()
+    m.on_epoch_start(0)
+    total, parts = m.loss(_batch(ds))
+    assert torch.isfinite(total) and "bpr" in parts and all(math.isfinite(v) for v in parts.values())
+    total.backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    m.eval()
+    users = torch.tensor([0, 5, 7])
+    s = m.score(users)
+    assert s.shape == (3, ds.num_items) and torch.isfinite(s).all()
+    u, i = m.user_embeddings(), m.item_embeddings()
+    assert u.shape == (ds.num_users, 16) and i.shape == (ds.num_items, 16)
+    assert torch.allclose(s, u[users] @ i.t())
+    s[:] = 0  # evaluate writes into the scores: they must not alias the cache
+    assert torch.allclose(m.score(users), u[users] @ i.t())
+
+
+def test_motorec_cold_items_ignore_id_embedding(ds):
+    m = _model(ds, "motorec")
+    m.on_epoch_start(0)
+    m.eval()
+    before = m.item_embeddings().clone()
+    cold = ds.cold_items()
+    assert cold.any() and (~cold).any()
+    with torch.no_grad():
+        m.item_emb[cold] += torch.randn(int(cold.sum()), m.item_emb.shape[1]) * 10
+    m.train()
+    m.eval()
+    after = m.item_embeddings()
+    assert torch.allclose(after[cold], before[cold], atol=1e-6)  # features alone
+    assert torch.allclose(after[~cold], before[~cold], atol=1e-6)  # cold ID never propagates either
+    with torch.no_grad():
+        m.item_emb[~cold] += 1.0
+    m.train()
+    m.eval()
+    assert not torch.allclose(m.item_embeddings()[~cold], before[~cold])
+
+
+def test_lightgcn_content_cold_items_from_features(ds):
+    m = _model(ds, "lightgcn_content")
+    m.eval()
+    before = m.item_embeddings().clone()
+    cold = ds.cold_items()
+    with torch.no_grad():
+        m.item_emb[cold] = torch.randn(int(cold.sum()), m.item_emb.shape[1])
+    m.train()
+    m.eval()
+    assert torch.allclose(m.item_embeddings()[cold], before[cold], atol=1e-6)
+
+
+def test_tokenize_shapes_and_range(ds):
+    m = _model(ds, "motorec", num_levels=2)
+    m.train()
+    m.pretrain_loss(torch.arange(ds.num_items))  # k-means init of the codebooks on the catalog
+    tok = m.tokenize()
+    assert set(tok) == set(ds.features)
+    for codes in tok.values():
+        assert codes.shape == (ds.num_items, 2) and codes.dtype == torch.int64
+        assert int(codes.min()) >= 0 and int(codes.max()) < 16
+        assert torch.unique(codes[:, 0]).numel() > 1
+    assert m.training  # tokenize restores the mode
+
+
+@pytest.mark.parametrize("switch", [
+    {"sparse_weight": 0.0}, {"rarity": False}, {"item_item": False}, {"continuous": True},
+    {"rarity_gate": True, "rarity_contrastive": True, "id_dropout": 0.3}, {"token_embeddings": False},
+], ids=["no-sparsity", "no-rarity", "no-item-item", "continuous", "gate+cl-weights+id-dropout", "no-token-emb"])
+def test_ablation_switches(ds, switch):
+    m = _model(ds, "motorec", **switch)
+    m.train()
+    m.on_epoch_start(3)
+    total, parts = m.loss(_batch(ds))
+    total.backward()
+    assert torch.isfinite(total)
+    if switch.get("item_item") is False:
+        assert m.item_graphs == {}
+    else:
+        assert set(m.item_graphs) == set(ds.features)
+    if switch.get("continuous"):
+        assert parts["rq"] >= 0 and m.tokenizers["image"].continuous
+        with pytest.raises(ValueError, match="continuous"):
+            m.tokenize()
+    if switch.get("rarity") is False:
+        assert m.rarity_ramp() == 0.0
+    m.eval()
+    assert torch.isfinite(m.score(torch.arange(4))).all()
+
+
+def test_sparse_weight_zero_removes_sparsity_gradient(ds):
+    b = _batch(ds)
+    for sw, expect_diff in ((0.0, False), (1.0, True)):
+        m = _model(ds, "motorec", sparse_weight=sw)
+        m.train()
+        m.on_epoch_start(0)
+        m.loss(b)  # k-means init happens here
+        m.zero_grad()
+        torch.manual_seed(5)
+        m.loss(b)[0].backward()
+        g1 = m.tokenizers["image"].encoder[0].weight.grad.clone()
+        m.config.sparse_weight = 0.0
+        m.zero_grad()
+        torch.manual_seed(5)
+        m.loss(b)[0].backward()
+        g0 = m.tokenizers["image"].encoder[0].weight.grad
+        assert (not torch.allclose(g1, g0)) == expect_diff
+
+
+def test_rarity_ramp_schedule(ds):
+    m = _model(ds, "motorec", rarity_warmup_epochs=4)
+    ramps = []
+    for e in range(6):
+        m.on_epoch_start(e)
+        ramps.append(m.rarity_ramp())
+    assert ramps == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_extra_state_roundtrip_rebuild_schedule(ds):
+    m = _model(ds, "motorec", knn_rebuild_every=2)
+    m.on_epoch_start(0)
+    g0 = m.item_graphs["image"]
+    m.on_epoch_start(1)
+    assert m.item_graphs["image"] is g0  # not rebuilt between rebuild epochs
+    m.on_epoch_start(2)
+    assert m.item_graphs["image"] is not g0
+    state = m.extra_state()
+    m2 = _model(ds, "motorec", knn_rebuild_every=2)
+    m2.load_state_dict(m.state_dict())
+    m2.load_extra_state(state)
+    m.eval(), m2.eval()
+    assert torch.equal(m.item_embeddings(), m2.item_embeddings())
+
+
+def test_model_rejects_bad_input(ds):
+    with pytest.raises(ValueError, match="train"):
+        MoToRec(num_users=3, num_items=4, train=torch.zeros(5, dtype=torch.long), features={},
+                config=ModelConfig())
+    with pytest.raises(ValueError, match="features"):
+        MoToRec(num_users=ds.num_users, num_items=ds.num_items, train=ds.train,
+                features={"image": torch.randn(ds.num_items + 1, 4)}, config=ModelConfig(**SMALL))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(ds, ModelConfig(name="nope"))
+
+
+def test_config_validation_and_yaml_roundtrip(tmp_path):
+    cfg = Config().replace(model={"name": "content", "hidden_dims": [8, 4], "lambda_cl": 0.5}, train={"epochs": 3})
+    p = tmp_path / "c.yaml"
+    cfg.save(p)
+    back = Config.load(p)
+    assert back == cfg and back.model.hidden_dims == (8, 4)
+    assert back.fingerprint() == cfg.fingerprint()
+    assert cfg.replace(train={"epochs": 9}).fingerprint() == cfg.fingerprint()  # epoch budget not part of it
+    assert cfg.replace(model={"lambda_cl": 0.2}).fingerprint() != cfg.fingerprint()
+    p.write_text("model: {lambda_cl: 1e-3}\n")  # YAML 1.1 reads 1e-3 as a string
+    assert Config.load(p).model.lambda_cl == 1e-3
+    for bad, match in (({"model": {"nope": 1}}, "unknown key"), ({"model": {"tau": 0}}, "tau"),
+                       ({"train": {"epochs": -1}}, "epochs"), ({"train": {"lr": "x"}}, "lr"),
+                       ({"extra": {}}, "section"), ({"data": {"split": "hot"}}, "split"),
+                       ({"model": {"name": "x"}}, "model.name"), ({"model": {"rarity": "yes"}}, "rarity")):
+        with pytest.raises(ConfigError, match=match):
+            Config.from_dict(bad)
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        Config.load(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.load(tmp_path / "missing.yaml")

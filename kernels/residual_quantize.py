@@ -107,10 +107,10 @@ def _rq_fwd_kernel(
         for k0 in range(0, K, BLOCK_K):
             kidx = k0 + kk
             kmask = kidx < K
-            ct = tl.load(cbl + kidx[None, :] * D + dcols[:, None], mask=dmask[:, None] & kmask[None, :],
-                         other=0.0).to(tl.float32)
+            c = tl.load(cbl + kidx[:, None] * D + dcols[None, :], mask=kmask[:, None] & dmask[None, :],
+                        other=0.0).to(tl.float32)
             cn = tl.load(cn_ptr + lvl * K + kidx, mask=kmask, other=float("inf"))
-            a = cn[None, :] - 2.0 * tl.dot(r, ct, input_precision=PRECISION)
+            a = cn[None, :] - 2.0 * tl.dot(r, tl.trans(c), input_precision=PRECISION)
             for _c in tl.static_range(4):
                 v, j = tl.min(a, axis=1, return_indices=True)
                 b0, i0, b1, i1, b2, i2, b3, i3 = _insert4(v, k0 + j, b0, i0, b1, i1, b2, i2, b3, i3)
@@ -230,16 +230,16 @@ def residual_quantize_fwd(x: Tensor, codebooks: Tensor, *, precision: Optional[s
     Args:
         x: [N, D] float32, float16 or bfloat16.
         codebooks: [L, K, D], dtype of x.
-        precision: ``tl.dot`` mode of the candidate search: ``tf32x3`` (default), ``tf32`` or ``ieee``; codes
-            are exact in every mode (the mode only moves work between the search and the fallback scan).
-            Ignored under ``TRITON_INTERPRET=1`` (float32).
+        precision: ``tl.dot`` mode of the candidate search: ``tf32x3`` (default, or ``MOTOREC_RQ_PRECISION``),
+            ``tf32`` or ``ieee``; codes are exact in every mode (the mode only moves work between the search and
+            the fallback scan). Ignored under ``TRITON_INTERPRET=1`` (float32).
         block_n: rows per program (a power of two >= 16), default from D.
 
     Returns:
         ``(codes [N, L] int64, quantized [N, D] x.dtype, residual_sq [N, L] float32)``.
     """
     _check(x, codebooks)
-    precision = "ieee" if _INTERPRET else (precision or "tf32x3")
+    precision = "ieee" if _INTERPRET else (precision or os.environ.get("MOTOREC_RQ_PRECISION", "tf32x3"))
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     x, codebooks = x.contiguous(), codebooks.contiguous()

@@ -147,22 +147,35 @@ void rq_forward(const T* x, const T* cb, int64_t N, int64_t D, int64_t K, int64_
           }
           const double bound = kBound * (std::sqrt(rn2[i]) * cmax[l] + cnmax[l] + std::abs(static_cast<double>(m)));
           const T thr = static_cast<T>(static_cast<double>(m) + 2.0 * bound);
-          int64_t best = 0;
-          double best_e = std::numeric_limits<double>::infinity();
+          // Candidates: usually only the minimum itself, which then needs no re-check.
+          int64_t first = -1, count = 0;
           for (int64_t j = 0; j < K; ++j) {
             if (g[j] <= thr) {
-              const double e = exact_sq_dist(ri, cbl + j * D, D);
-              if (e < best_e) {  // ascending j: ties keep the lowest index
-                best_e = e;
-                best = j;
+              if (count++ == 0) first = j;
+            }
+          }
+          int64_t best = first < 0 ? 0 : first;  // first < 0 only for NaN inputs
+          if (count > 1) {
+            double best_e = std::numeric_limits<double>::infinity();
+            for (int64_t j = first; j < K; ++j) {
+              if (g[j] <= thr) {
+                const double e = exact_sq_dist(ri, cbl + j * D, D);
+                if (e < best_e) {  // ascending j: ties keep the lowest index
+                  best_e = e;
+                  best = j;
+                }
               }
             }
           }
           codes[(i0 + i) * L + l] = best;
           const T* c = cbl + best * D;
-#pragma omp simd
-          for (int64_t t = 0; t < D; ++t) ri[t] = ri[t] - c[t];
-          rn2[i] = sq_norm(ri, D);
+          double s2 = 0.0;
+#pragma omp simd reduction(+ : s2)
+          for (int64_t t = 0; t < D; ++t) {
+            ri[t] = ri[t] - c[t];
+            s2 += static_cast<double>(ri[t]) * static_cast<double>(ri[t]);
+          }
+          rn2[i] = s2;
           res_sq[(i0 + i) * L + l] = static_cast<T>(rn2[i]);
         }
       }

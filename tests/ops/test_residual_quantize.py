@@ -421,3 +421,16 @@ def test_triton_interpreter():
     assert proc.returncode == 0, f"triton interpreter tests failed:\n{tail}"
     m = re.search(r"(\d+) passed", proc.stdout)
     assert m and int(m.group(1)) >= 10, f"too few triton cases ran:\n{tail}"
+
+
+@pytest.mark.skipif(not _ext.c_has_op("residual_quantize_fwd"), reason=_ext.C_REASON or "no C++ residual_quantize")
+def test_auto_passes_cpu_over_only_for_tiny_float32_codebooks(no_backend_env):
+    pick = motorec.ops.select_backend
+    assert pick(OP, "auto", device="cpu", dtype=torch.float32, n=20000, dim=64, k=256, levels=3) == "cpu"
+    assert pick(OP, "auto", device="cpu", dtype=torch.float64, n=20000, dim=3, k=2, levels=3) == "cpu"
+    assert pick(OP, "auto", device="cpu", dtype=torch.float32, n=20000, dim=3, k=2, levels=3) == "torch"
+    text = motorec.ops.explain(OP, device="cpu", dtype=torch.float32, n=20000, dim=3, k=2, levels=3)
+    assert "auto picks torch" in text
+    # An explicit request still runs the kernel.
+    x, cb = torch.randn(50, 3), torch.randn(2, 2, 3)
+    _check_codes(residual_quantize(x, cb, backend="cpu").codes, x, cb)

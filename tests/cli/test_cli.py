@@ -1,0 +1,149 @@
+"""CLI tests: ``python -m motorec train`` end to end in a subprocess (exit 0, output directory, metrics.json
+shape), user errors (exit 2, one line, no traceback), and ``evaluate`` / ``tokenize`` on a finished run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from _mmrec import small_config, subprocess_env, write_mmrec  # noqa: E402
+
+GROUPS = ("overall", "warm", "cold")
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+def _motorec(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "motorec", *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finished ``motorec train`` run (cold split, two models, one epoch) shared by several tests."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = write_mmrec(tmp / "data")
+    cfg = small_config(tmp / "cfg.yaml", train={"pretrain_epochs": 1})
+    out = tmp / "out"
+    p = _motorec(["train", "--data", data, "--epochs", 1, "--model", "lightgcn", "--model", "motorec",
+                  "--config", cfg, "--out", out, "--quiet", "--seed", 3], tmp)
+    return tmp, data, cfg, out, p
+
+
+def test_train_subprocess_writes_run_directory(run):
+    tmp, data, cfg, out, p = run
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "test results" in p.stdout and "motorec" in p.stdout and "lightgcn" in p.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == {"lightgcn", "motorec"}
+    for model in m:
+        for split in ("valid", "test"):
+            for g in GROUPS:
+                for k in METRICS:
+                    v = m[model][split][g][k]
+                    assert isinstance(v, float) and 0.0 <= v <= 1.0
+        assert m[model]["seconds_per_epoch"] > 0
+        assert (out / "checkpoints" / model / "last.pt").is_file()
+    assert m["motorec"]["test"]["cold"]["num_users"] > 0  # the default split is the cold-start split
+    info = json.loads((out / "run.json").read_text())
+    assert info["split"] == "cold" and Path(info["data"]) == Path(data).resolve()
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["seed"] == 3 and saved["model"]["dim"] == 16
+    log = (out / "train.log").read_text()
+    assert "motorec epoch" in log and "lightgcn epoch" in log
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+    (["train", "--model", "nope"], "invalid choice"),
+    (["train", "--epochs", "many"], "invalid int value"),
+], ids=["unknown-flag", "bad-model", "bad-int"])
+def test_bad_flags_exit_2_one_line(tmp_path, args, match):
+    p = _motorec(args, tmp_path)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_bad_data_exit_2_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "image_feat.npy").write_bytes(b"")
+    p = _motorec(["train", "--data", empty, "--epochs", 1, "--model", "lightgcn", "--out", tmp_path / "o"], tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("motorec: error:") and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "bad-config", "bad-config-key", "resume-without-out", "bad-device",
+                                  "nan-features"])
+def test_user_errors_in_process(tmp_path, capsys, case):
+    from motorec.cli import main
+
+    data = write_mmrec(tmp_path / "data")
+    args = ["train", "--data", str(data), "--model", "lightgcn", "--epochs", "1", "--quiet",
+            "--out", str(tmp_path / "o")]
+    if case == "missing-dir":
+        args[2] = str(tmp_path / "nope")
+    elif case == "bad-config":
+        (tmp_path / "c.yaml").write_text("model: [oops\n")
+        args += ["--config", str(tmp_path / "c.yaml")]
+    elif case == "bad-config-key":
+        (tmp_path / "c.yaml").write_text("model: {lambda_cl: -1}\n")
+        args += ["--config", str(tmp_path / "c.yaml")]
+    elif case == "resume-without-out":
+        args = args[:-2] + ["--resume"]
+    elif case == "bad-device":
+        args += ["--device", "tpu:7"]
+    else:
+        f = np.load(data / "text_feat.npy")
+        f[3, 2] = np.nan
+        np.save(data / "text_feat.npy", f)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("motorec"), err
+
+
+def test_evaluate_and_tokenize_a_run(run, capsys):
+    from motorec.cli import main
+
+    tmp, data, cfg, out, p = run
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", str(out), "--model", "motorec"]) == 0
+    text = capsys.readouterr().out
+    row = [line for line in text.splitlines() if line.startswith("motorec")][0]
+    assert f"{m['motorec']['test']['overall']['recall@20']:.4f}" in row  # the best checkpoint, re-evaluated
+
+    assert main(["tokenize", str(out)]) == 0
+    codes = np.load(out / "tokens.npy")
+    assert codes.shape == (80, 4) and codes.dtype == np.int64  # 2 modalities x 2 levels
+    assert codes.min() >= 0 and codes.max() < 8
+    lines = (out / "tokens.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["itemID", "image", "text"] and len(lines) == 81
+    item, image, text_codes = lines[5].split("\t")
+    assert item == "4" and [int(c) for c in image.split("-")] == codes[4, :2].tolist()
+    assert main(["tokenize", str(out), "--output", str(tmp / "t.csv")]) == 2
+    assert main(["tokenize", str(tmp)]) == 2  # not a run directory
+
+
+def test_resume_cli_continues_and_refuses_other_config(run, tmp_path, capsys):
+    from motorec.cli import main
+
+    tmp, data, cfg, out, p = run
+    assert p.returncode == 0
+    resumed = tmp_path / "r"
+    base = ["train", "--data", str(data), "--model", "lightgcn", "--config", str(cfg), "--out", str(resumed), "--quiet"]
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "2", "--resume"]) == 0
+    m = json.loads((resumed / "metrics.json").read_text())
+    assert m["lightgcn"]["epochs_run"] == 2
+    capsys.readouterr()
+    assert main(base + ["--epochs", "2", "--resume", "--seed", "9"]) == 2
+    assert "config" in capsys.readouterr().err

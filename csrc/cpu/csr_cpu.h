@@ -22,9 +22,11 @@
 #if defined(__GNUC__)
 #define MOTOREC_INLINE inline __attribute__((always_inline))
 #define MOTOREC_RESTRICT __restrict__
+#define MOTOREC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
 #define MOTOREC_INLINE inline
 #define MOTOREC_RESTRICT
+#define MOTOREC_UNLIKELY(x) (x)
 #endif
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -52,6 +54,7 @@ struct RowArgs {
   const T* x0;   // [R, D] layer-0 term added by the first layer, else nullptr
   T scale;
   int64_t D;
+  int64_t C;  // rows of src: col must lie in [0, C)
 };
 
 template <int MODE, typename T, typename I>
@@ -81,7 +84,7 @@ MOTOREC_INLINE void store_tile(const RowArgs<T, I>& a, int64_t r, int64_t d0, co
 constexpr int64_t kPrefetch = 8;
 
 template <int MODE, typename T, typename I, int W>
-MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0) {
+MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, char* bad) {
   T acc[W];
 #pragma GCC unroll 128
   for (int k = 0; k < W; ++k) acc[k] = T(0);
@@ -91,8 +94,13 @@ MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64
   const int64_t D = a.D;
   for (int64_t e = p; e < q; ++e) {
     if (e + kPrefetch < q) __builtin_prefetch(src + static_cast<int64_t>(col[e + kPrefetch]) * D);
+    const int64_t c = static_cast<int64_t>(col[e]);
+    if (MOTOREC_UNLIKELY(static_cast<uint64_t>(c) >= static_cast<uint64_t>(a.C))) {
+      *bad = 1;
+      continue;
+    }
     const T v = val[e];
-    const T* MOTOREC_RESTRICT xr = src + static_cast<int64_t>(col[e]) * D;
+    const T* MOTOREC_RESTRICT xr = src + c * D;
 #pragma GCC unroll 128
     for (int k = 0; k < W; ++k) acc[k] += v * xr[k];
   }
@@ -102,7 +110,7 @@ MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64
 // A tile of a run-time width w <= W: for feature widths that are not a multiple of the vector width, where
 // the fixed-width ladder would walk the row's edges once per power of two. Accumulators stay in L1.
 template <int MODE, typename T, typename I, int W>
-MOTOREC_INLINE void row_tile_dyn(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, int w) {
+MOTOREC_INLINE void row_tile_dyn(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, int w, char* bad) {
   T acc[W];
   for (int k = 0; k < w; ++k) acc[k] = T(0);
   const I* MOTOREC_RESTRICT col = a.col;
@@ -111,8 +119,13 @@ MOTOREC_INLINE void row_tile_dyn(const RowArgs<T, I>& a, int64_t r, int64_t p, i
   const int64_t D = a.D;
   for (int64_t e = p; e < q; ++e) {
     if (e + kPrefetch < q) __builtin_prefetch(src + static_cast<int64_t>(col[e + kPrefetch]) * D);
+    const int64_t c = static_cast<int64_t>(col[e]);
+    if (MOTOREC_UNLIKELY(static_cast<uint64_t>(c) >= static_cast<uint64_t>(a.C))) {
+      *bad = 1;
+      continue;
+    }
     const T v = val[e];
-    const T* MOTOREC_RESTRICT xr = src + static_cast<int64_t>(col[e]) * D;
+    const T* MOTOREC_RESTRICT xr = src + c * D;
 #pragma omp simd
     for (int k = 0; k < w; ++k) acc[k] += v * xr[k];
   }
@@ -121,62 +134,64 @@ MOTOREC_INLINE void row_tile_dyn(const RowArgs<T, I>& a, int64_t r, int64_t p, i
 
 // One dot product per row (D = 1).
 template <int MODE, typename T, typename I>
-MOTOREC_INLINE void row_dot(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q) {
-  T s0 = 0, s1 = 0;
-  int64_t e = p;
-  for (; e + 1 < q; e += 2) {
-    s0 += a.val[e] * a.src[a.col[e]];
-    s1 += a.val[e + 1] * a.src[a.col[e + 1]];
+MOTOREC_INLINE void row_dot(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, char* bad) {
+  T s = 0;
+  for (int64_t e = p; e < q; ++e) {
+    const int64_t c = static_cast<int64_t>(a.col[e]);
+    if (MOTOREC_UNLIKELY(static_cast<uint64_t>(c) >= static_cast<uint64_t>(a.C))) {
+      *bad = 1;
+      continue;
+    }
+    s += a.val[e] * a.src[c];
   }
-  if (e < q) s0 += a.val[e] * a.src[a.col[e]];
-  const T acc[1] = {s0 + s1};
+  const T acc[1] = {s};
   store_tile<MODE>(a, r, 0, acc, 1);
 }
 
 // Tiles of W columns while they fit, then one tile each of W/2, W/4, ..., down to one vector.
 template <int MODE, typename T, typename I, int W, int MINW>
-MOTOREC_INLINE void row_tiles(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0) {
-  for (; d0 + W <= a.D; d0 += W) row_tile<MODE, T, I, W>(a, r, p, q, d0);
-  if constexpr (W > MINW) row_tiles<MODE, T, I, W / 2, MINW>(a, r, p, q, d0);
+MOTOREC_INLINE void row_tiles(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, char* bad) {
+  for (; d0 + W <= a.D; d0 += W) row_tile<MODE, T, I, W>(a, r, p, q, d0, bad);
+  if constexpr (W > MINW) row_tiles<MODE, T, I, W / 2, MINW>(a, r, p, q, d0, bad);
 }
 
 template <int MODE, typename T, typename I, int WBYTES>
-MOTOREC_INLINE void rows_impl(const RowArgs<T, I>& a, int64_t r0, int64_t r1) {
+MOTOREC_INLINE void rows_impl(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
   constexpr int W = WBYTES / static_cast<int>(sizeof(T));
   constexpr int MINW = 16 / static_cast<int>(sizeof(T));  // narrowest fixed tile: one 16-byte vector
   constexpr int WDYN = 256 / static_cast<int>(sizeof(T));
   const int64_t D = a.D;
   if (D == 1) {
-    for (int64_t r = r0; r < r1; ++r) row_dot<MODE, T, I>(a, r, a.rowptr[r], a.rowptr[r + 1]);
+    for (int64_t r = r0; r < r1; ++r) row_dot<MODE, T, I>(a, r, a.rowptr[r], a.rowptr[r + 1], bad);
   } else if (D % MINW == 0) {
-    for (int64_t r = r0; r < r1; ++r) row_tiles<MODE, T, I, W, MINW>(a, r, a.rowptr[r], a.rowptr[r + 1], 0);
+    for (int64_t r = r0; r < r1; ++r) row_tiles<MODE, T, I, W, MINW>(a, r, a.rowptr[r], a.rowptr[r + 1], 0, bad);
   } else {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t p = a.rowptr[r], q = a.rowptr[r + 1];
       for (int64_t d0 = 0; d0 < D; d0 += WDYN)
-        row_tile_dyn<MODE, T, I, WDYN>(a, r, p, q, d0, static_cast<int>(std::min<int64_t>(WDYN, D - d0)));
+        row_tile_dyn<MODE, T, I, WDYN>(a, r, p, q, d0, static_cast<int>(std::min<int64_t>(WDYN, D - d0)), bad);
     }
   }
 }
 
 // Per-ISA entry points: rows [r0, r1) with the widest tile that fits 8 vector registers of accumulators.
 template <int MODE, typename T, typename I>
-void rows_default(const RowArgs<T, I>& a, int64_t r0, int64_t r1) {
-  rows_impl<MODE, T, I, 128>(a, r0, r1);
+void rows_default(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
+  rows_impl<MODE, T, I, 128>(a, r0, r1, bad);
 }
 #ifdef MOTOREC_X86_CLONES
 template <int MODE, typename T, typename I>
-__attribute__((target("avx2,fma"))) void rows_avx2(const RowArgs<T, I>& a, int64_t r0, int64_t r1) {
-  rows_impl<MODE, T, I, 256>(a, r0, r1);
+__attribute__((target("avx2,fma"))) void rows_avx2(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
+  rows_impl<MODE, T, I, 256>(a, r0, r1, bad);
 }
 template <int MODE, typename T, typename I>
-__attribute__((target("avx512f,avx2,fma"))) void rows_avx512(const RowArgs<T, I>& a, int64_t r0, int64_t r1) {
-  rows_impl<MODE, T, I, 512>(a, r0, r1);
+__attribute__((target("avx512f,avx2,fma"))) void rows_avx512(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
+  rows_impl<MODE, T, I, 512>(a, r0, r1, bad);
 }
 #endif
 
 template <typename T, typename I>
-using RowsFn = void (*)(const RowArgs<T, I>&, int64_t, int64_t);
+using RowsFn = void (*)(const RowArgs<T, I>&, int64_t, int64_t, char*);
 
 // MOTOREC_CPU_ISA=default|avx2|avx512 caps the ISA (for benchmarking and testing each path).
 inline int isa_level() {
@@ -236,41 +251,28 @@ inline int num_threads_for(int64_t work) {
   return std::max(1, at::get_num_threads());
 }
 
-// Validates rowptr's contents (starts at 0, non-decreasing, ends at nnz) and col's range [0, num_cols):
-// a bad index would read out of bounds. Linear in rows + nnz, cheap beside the product itself.
-template <typename I>
-void check_csr_contents(const char* op, const int64_t* rowptr, int64_t R, const I* col, int64_t nnz,
-                        int64_t num_cols, int threads) {
+// Validates rowptr's contents (starts at 0, non-decreasing, ends at nnz), linear in rows. Column indices are
+// checked inside the kernels (an out-of-range edge is skipped and flagged, then report_bad_col raises).
+inline void check_rowptr(const char* op, const int64_t* rowptr, int64_t R, int64_t nnz, int threads) {
   TORCH_CHECK(rowptr[0] == 0, op, ": rowptr[0] must be 0, got ", rowptr[0]);
   TORCH_CHECK(rowptr[R] == nnz, op, ": rowptr[-1] must equal nnz = ", nnz, ", got ", rowptr[R]);
   int64_t bad_row = -1;
-  int64_t lo = 0, hi = 0;
-  if (nnz > 0) lo = hi = static_cast<int64_t>(col[0]);
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t my_bad = -1, my_lo = lo, my_hi = hi;
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < R; ++r)
-      if (rowptr[r + 1] < rowptr[r]) my_bad = r;
-#pragma omp for schedule(static) nowait
-    for (int64_t e = 0; e < nnz; ++e) {
-      const int64_t c = static_cast<int64_t>(col[e]);
-      my_lo = c < my_lo ? c : my_lo;
-      my_hi = c > my_hi ? c : my_hi;
-    }
-#pragma omp critical
-    {
-      if (my_bad >= 0) bad_row = my_bad;
-      lo = std::min(lo, my_lo);
-      hi = std::max(hi, my_hi);
-    }
-  }
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : bad_row)
+  for (int64_t r = 0; r < R; ++r)
+    if (rowptr[r + 1] < rowptr[r]) bad_row = std::max(bad_row, r);
   TORCH_CHECK(bad_row < 0, op, ": rowptr must be non-decreasing, but rowptr[", bad_row + 1, "] < rowptr[", bad_row,
               "]");
-  if (nnz > 0) {
-    TORCH_CHECK(lo >= 0, op, ": col contains a negative index (", lo, ")");
-    TORCH_CHECK(hi < num_cols, op, ": col contains index ", hi, ", out of range for x with ", num_cols, " rows");
+}
+
+// Raises naming an out-of-range column index, after a kernel flagged one (the slow path).
+template <typename I>
+[[noreturn]] void report_bad_col(const char* op, const I* col, int64_t nnz, int64_t num_cols) {
+  for (int64_t e = 0; e < nnz; ++e) {
+    const int64_t c = static_cast<int64_t>(col[e]);
+    TORCH_CHECK(c >= 0, op, ": col contains a negative index (", c, ")");
+    TORCH_CHECK(c < num_cols, op, ": col contains index ", c, ", out of range for x with ", num_cols, " rows");
   }
+  TORCH_CHECK(false, op, ": col changed while the kernel ran");
 }
 
 // Calls fn(T{}, I{}) with T the dtype of x (float or double) and I the index type of col.

@@ -24,7 +24,7 @@ void propagate_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at:
   const int64_t nnz = col.numel();
   const int threads = num_threads_for((nnz + R) * std::max<int64_t>(D, 1) * std::max<int64_t>(L, 1));
   const int64_t* rp = rowptr.data_ptr<int64_t>();
-  check_csr_contents("propagate", rp, R, col.data_ptr<I>(), nnz, x.size(0), threads);
+  check_rowptr("propagate", rp, R, nnz, threads);
   if (R == 0 || D == 0) return;
   if (L == 0) {
     out.copy_(x);
@@ -39,6 +39,7 @@ void propagate_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at:
   }
   const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(R, 4 * threads);
   const std::vector<int64_t> b = partition_rows(rp, R, chunks);
+  std::vector<char> bad(chunks, 0);
   const RowsFn<T, I> mid = rows_fn<kMid, T, I>();
   const RowsFn<T, I> last = rows_fn<kLast, T, I>();
   const I* c = col.data_ptr<I>();
@@ -49,12 +50,14 @@ void propagate_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at:
 #pragma omp parallel num_threads(threads)
   for (int64_t l = 1; l <= L; ++l) {
     const RowArgs<T, I> a{rp, c, v, l == 1 ? x0 : h[(l - 2) % 2], o, l < L ? h[(l - 1) % 2] : nullptr,
-                          l == 1 ? x0 : nullptr, scale, D};
+                          l == 1 ? x0 : nullptr, scale, D, R};
     const RowsFn<T, I> fn = l < L ? mid : last;
     // The implicit barrier at the end of the loop orders the layers.
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < chunks; ++k) fn(a, b[k], b[k + 1]);
+    for (int64_t k = 0; k < chunks; ++k) fn(a, b[k], b[k + 1], &bad[k]);
   }
+  if (std::any_of(bad.begin(), bad.end(), [](char f) { return f != 0; }))
+    report_bad_col("propagate", c, nnz, R);
 }
 
 at::Tensor propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, const at::Tensor& x,

@@ -19,15 +19,18 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   const int64_t nnz = col.numel();
   const int threads = num_threads_for((nnz + R) * std::max<int64_t>(D, 1));
   const int64_t* rp = rowptr.data_ptr<int64_t>();
-  check_csr_contents("spmm", rp, R, col.data_ptr<I>(), nnz, x.size(0), threads);
+  check_rowptr("spmm", rp, R, nnz, threads);
   if (R == 0 || D == 0) return;
   RowArgs<T, I> a{rp, col.data_ptr<I>(), val.data_ptr<T>(), x.data_ptr<T>(), out.data_ptr<T>(), nullptr, nullptr,
-                  T(1), D};
+                  T(1), D, x.size(0)};
   const RowsFn<T, I> fn = rows_fn<kSpmm, T, I>();
   const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(R, 4 * threads);
   const std::vector<int64_t> b = partition_rows(rp, R, chunks);
+  std::vector<char> bad(chunks, 0);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t k = 0; k < chunks; ++k) fn(a, b[k], b[k + 1]);
+  for (int64_t k = 0; k < chunks; ++k) fn(a, b[k], b[k + 1], &bad[k]);
+  if (std::any_of(bad.begin(), bad.end(), [](char f) { return f != 0; }))
+    report_bad_col("spmm", col.data_ptr<I>(), nnz, x.size(0));
 }
 
 at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, const at::Tensor& x) {

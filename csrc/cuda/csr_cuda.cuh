@@ -101,7 +101,9 @@ __device__ __forceinline__ void gather_edges(const Params<T, A, I>& P, int64_t p
     if (e < q) {
       c = P.col[e];
       v = P.val[e];
-      CUDA_KERNEL_ASSERT(c >= 0 && c < P.C);
+      // An out-of-range column would read out of bounds. __trap() rather than CUDA_KERNEL_ASSERT: the
+      // assert's __assert_fail call made ptxas spill registers in the hot loop.
+      if (c < 0 || c >= P.C) __trap();
     }
     const int n = static_cast<int>(q - base < G ? q - base : G);
 #pragma unroll 4

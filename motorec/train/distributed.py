@@ -18,6 +18,8 @@ How a run is split across ``W`` ranks:
   run over the whole catalog on every rank, so the statistics are already global on each rank: summing them
   would count every item ``W`` times, and :func:`replicated_statistics` turns the all-reduce off there
   (the broadcasts stay, so random re-seeds agree).
+* **Random streams** are re-aligned to rank 0's before every step (:func:`sync_rng`), so replicated random
+  choices agree across ranks and rank 0's checkpointed RNG state is every rank's.
 * **Rank 0** evaluates (the result is broadcast, so early stopping agrees), writes checkpoints and loads
   them on resume (the state is broadcast: no shared file system needed across machines).
 
@@ -37,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["DistContext", "init_from_env", "current", "shutdown", "make_step", "on_main", "load_on_main",
-           "replicated_statistics"]
+           "replicated_statistics", "sync_rng"]
 
 _CURRENT: Optional["DistContext"] = None
 
@@ -226,6 +228,7 @@ def make_step(model: nn.Module, ctx: Optional[DistContext]) -> Callable[[str, An
             held.clear()  # drops the previous DDP and its gradient hooks first
             held.update(name=name, ddp=_wrap(model, ctx))
         shard, scale = ctx.shard(batch)
+        sync_rng(ctx)
         stats = replicated_statistics(model) if name == "loss" else contextlib.nullcontext()
         with stats:
             loss, parts = held["ddp"](name, shard)
@@ -248,6 +251,27 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return DDP(_Step(model), device_ids=ids, broadcast_buffers=False, static_graph=True)
+
+
+def sync_rng(ctx: DistContext) -> None:
+    """Give every rank rank 0's global torch RNG state (CPU, and CUDA when used).
+
+    Shards of an uneven batch draw different amounts of per-sample randomness (e.g. MoToRec's cold-view
+    dropout), which would leave the ranks' streams apart; re-aligning them before each step keeps replicated
+    random choices (ID dropout over the whole catalog) equal on every rank and makes rank 0's checkpointed
+    RNG state valid for all ranks, so a resumed run repeats an uninterrupted one. The price: equal-size
+    shards draw the same per-position random numbers (their samples differ).
+    """
+    states = [torch.get_rng_state()]
+    if ctx.device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(ctx.device))
+    for i, st in enumerate(states):
+        t = st.to(ctx.device) if ctx.backend == "nccl" else st.clone()
+        dist.broadcast(t, src=0)
+        states[i] = t.cpu()
+    torch.set_rng_state(states[0])
+    if ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], ctx.device)
 
 
 def on_main(ctx: Optional[DistContext], fn: Callable[[], Any]) -> Any:

@@ -40,17 +40,24 @@ def test_torchrun_cli_matches_single_process(tmp_path, capsys):
     """``torchrun --nproc_per_node=2 -m motorec train`` == ``motorec train`` with the same global batch.
 
     MoToRec runs without the terms that couple the samples of a batch (InfoNCE, batch-normalized rarity
-    weights) and without pre-training (k-means on a shard), so that equality is exact up to rounding; its
+    weights), without per-sample random draws (cold-view dropout: a shard draws other numbers than the global
+    batch) and without pre-training (k-means on a shard), so that equality is exact up to rounding; its
     quantizer statistics are then identical too (counted once, not once per rank)."""
     data = write_mmrec(tmp_path / "data")
-    cfg = small_config(tmp_path / "cfg.yaml", model={"lambda_cl": 0.0, "rarity": False}, train={"epochs": 2})
+    cfg = small_config(tmp_path / "cfg.yaml", model={"lambda_cl": 0.0, "rarity": False, "cold_dropout": 0.0},
+                       train={"epochs": 2})
     common = ["train", "--data", str(data), "--config", str(cfg), "--split", "warm", "--model", "lightgcn",
               "--model", "motorec", "--quiet"]
     ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}", "-m", "motorec", *common, "--out", str(tmp_path / "ddp")], tmp_path)
     from motorec.cli import main
 
-    assert main([*common, "--out", str(tmp_path / "single")]) == 0  # the same command in this process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1): thread count changes summation order
+    try:
+        assert main([*common, "--out", str(tmp_path / "single")]) == 0  # the same command in this process
+    finally:
+        torch.set_num_threads(threads)
     assert ddp.stdout.count("test results") == 1, "only rank 0 prints the results table"
     assert capsys.readouterr().out.count("test results") == 1
 

@@ -25,8 +25,8 @@ Shapes:
 
 Numerics: all arithmetic is float32 (half inputs are upcast on load). ``precision`` picks the ``tl.dot`` mode
 of the candidate search: ``tf32x3`` (default on GPUs; about float32 accuracy on tensor cores, so the
-certificate almost never fails), ``tf32`` (one tensor-core pass; its rounding bound is loose, so more blocks
-fall back to the exhaustive scan) or ``ieee``. Under ``TRITON_INTERPRET=1`` the dot runs in float32 (``ieee``).
+certificate almost never fails), ``tf32`` (one tensor-core pass; its rigorous rounding bound is so loose
+that on typical data most blocks fall back to the exhaustive scan: for experiments) or ``ieee``. Under ``TRITON_INTERPRET=1`` the dot runs in float32 (``ieee``).
 """
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ _TOPC = 4  # candidates kept per row by the tensor-core search (the kernel unrol
 
 # Relative error of one product r_i * c_i in the tl.dot candidate search, with a 2x margin: tf32 keeps 10
 # mantissa bits (hardware may truncate: 2^-10 per operand); tf32x3 drops only lo*lo terms and the rounding of
-# the lo parts (3 * 2^-20); ieee has none beyond the float32 accumulation, bounded separately by (D + 8) u.
+# the lo parts (3 * 2^-22); ieee has none. The accumulation is bounded separately: up to 3 D terms (tf32x3
+# chains three dots) with round-toward-zero steps (tensor cores truncate), 2 * 3 D * 2^-24 = 3 D * 2^-23.
 _EPS_DOT = {"tf32": 2.0 ** -8, "tf32x3": 2.0 ** -17, "ieee": 0.0}
+_ACC_TERMS = {"tf32": 3, "tf32x3": 3, "ieee": 1}
 
 
 @triton.jit
@@ -256,7 +258,7 @@ def residual_quantize_fwd(x: Tensor, codebooks: Tensor, *, precision: Optional[s
     bn, bk, bd = _block_sizes(d, k)
     if block_n is not None:
         bn = block_n
-    bound_rel = _EPS_DOT[precision] + (d + 8) * 2.0 ** -23
+    bound_rel = _EPS_DOT[precision] + (_ACC_TERMS[precision] * d + 16) * 2.0 ** -23
     grid = (triton.cdiv(n, bn),)
     _rq_fwd_kernel[grid](
         x, codebooks, cn, cnmax, codes, quantized, residual_sq, n,

@@ -7,6 +7,7 @@
 // vectors, accumulated in double). The codes are therefore the argmin of the exact distance to the working-
 // precision residual (ties: lowest index), not of the cancellation-prone expanded form. The residual is
 // updated in place and the next level runs on the same block while it is still in cache. No [N, K] tensor.
+// The bound assumes a float32/float64 GEMM (torch's default; not a reduced-precision fp32 matmul mode).
 //
 // Backward (definition in motorec/reference/residual_quantize.py): residuals are recomputed from x and the
 // codes with the same operations as the forward (bit-identical), grad_x is written per row, and the codebook

@@ -80,8 +80,9 @@ MOTOREC_INLINE void store_tile(const RowArgs<T, I>& a, int64_t r, int64_t d0, co
   }
 }
 
-// Gathered rows of src are scattered in memory: prefetch a few edges ahead.
+// Gathered rows of src are scattered in memory: prefetch every cache line of a tile a few edges ahead.
 constexpr int64_t kPrefetch = 8;
+constexpr int kLine = 64;
 
 template <int MODE, typename T, typename I, int W>
 MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, char* bad) {
@@ -93,7 +94,11 @@ MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64
   const T* MOTOREC_RESTRICT src = a.src + d0;
   const int64_t D = a.D;
   for (int64_t e = p; e < q; ++e) {
-    if (e + kPrefetch < q) __builtin_prefetch(src + static_cast<int64_t>(col[e + kPrefetch]) * D);
+    if (e + kPrefetch < q) {
+      const T* pf = src + static_cast<int64_t>(col[e + kPrefetch]) * D;
+#pragma GCC unroll 16
+      for (int k = 0; k < W; k += kLine / static_cast<int>(sizeof(T))) __builtin_prefetch(pf + k);
+    }
     const int64_t c = static_cast<int64_t>(col[e]);
     if (MOTOREC_UNLIKELY(static_cast<uint64_t>(c) >= static_cast<uint64_t>(a.C))) {
       *bad = 1;
@@ -118,7 +123,10 @@ MOTOREC_INLINE void row_tile_dyn(const RowArgs<T, I>& a, int64_t r, int64_t p, i
   const T* MOTOREC_RESTRICT src = a.src + d0;
   const int64_t D = a.D;
   for (int64_t e = p; e < q; ++e) {
-    if (e + kPrefetch < q) __builtin_prefetch(src + static_cast<int64_t>(col[e + kPrefetch]) * D);
+    if (e + kPrefetch < q) {
+      const T* pf = src + static_cast<int64_t>(col[e + kPrefetch]) * D;
+      for (int k = 0; k < w; k += kLine / static_cast<int>(sizeof(T))) __builtin_prefetch(pf + k);
+    }
     const int64_t c = static_cast<int64_t>(col[e]);
     if (MOTOREC_UNLIKELY(static_cast<uint64_t>(c) >= static_cast<uint64_t>(a.C))) {
       *bad = 1;

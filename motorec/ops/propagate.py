@@ -14,7 +14,7 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.graph import Graph
-from motorec.ops.spmm import _cpu_check, _cuda_check, check_graph_input, transpose_args
+from motorec.ops.spmm import _cpu_auto_check, _cpu_check, _cuda_check, check_graph_input, transpose_args
 from motorec.reference import propagate as _ref
 
 _D = dispatcher("propagate")
@@ -28,7 +28,8 @@ _D.register(Backend("cuda", _c_propagate, _ext.C_CUDA_REASON or None, _cuda_chec
                     note="fused multi-layer CUDA propagation (motorec._C)"))
 _D.register(Backend("cpu", _c_propagate,
                     None if _ext.c_has_op("propagate") else (_ext.C_REASON or "motorec._C has no propagate"),
-                    _cpu_check, note="fused multi-layer OpenMP propagation (motorec._C)"))
+                    _cpu_check, auto_check=_cpu_auto_check,
+                    note="fused multi-layer OpenMP propagation (motorec._C)"))
 _D.register(Backend("triton", None, "no Triton propagation kernel: the C++/CUDA kernels cover every device"))
 _D.register(Backend("torch", _ref.propagate, None, None, note="L torch CSR matmuls, summed (reference)"))
 

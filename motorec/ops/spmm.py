@@ -34,6 +34,15 @@ def _cpu_check(**inputs):
     return r
 
 
+def _cpu_auto_check(**inputs):
+    """``auto`` passes over the C++ CPU kernels where they measured slower than torch CSR (MKL): feature
+    widths 2..7 (1 has its own dot-product path). An explicit ``backend="cpu"`` still runs them."""
+    d = inputs.get("dim")
+    if d is not None and 2 <= d < 8:
+        return f"dim {d} in [2, 8): the C++ CPU kernel is slower than torch CSR (MKL) for such narrow features"
+    return None
+
+
 def _cuda_check(**inputs):
     r = cuda_only(**inputs)
     if r is None and inputs.get("dtype") not in (None,) + _CUDA_DTYPES:
@@ -44,7 +53,7 @@ def _cuda_check(**inputs):
 _D.register(Backend("cuda", _c_cpu, _ext.C_CUDA_REASON or None, _cuda_check,
                     note="C++/CUDA CSR SpMM (motorec._C)"))
 _D.register(Backend("cpu", _c_cpu, None if _ext.c_has_op("spmm") else (_ext.C_REASON or "motorec._C has no spmm"),
-                    _cpu_check, note="C++ OpenMP CSR SpMM (motorec._C)"))
+                    _cpu_check, auto_check=_cpu_auto_check, note="C++ OpenMP CSR SpMM (motorec._C)"))
 _D.register(Backend("triton", None, "no Triton SpMM kernel: the C++/CUDA kernels cover every device "
                     "(a Triton SpMM is kept only where a benchmark shows it winning)"))
 _D.register(Backend("torch", _ref.spmm, None, None, note="torch CSR sparse matmul (MKL / cuSPARSE) reference"))

@@ -259,3 +259,13 @@ def test_each_cpu_isa_path(isa):
     env = dict(os.environ, MOTOREC_CPU_ISA=isa)
     r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@needs_c
+@pytest.mark.skipif(_ext.HAS_C_CUDA, reason="auto prefers cuda on CUDA inputs; this checks the CPU choice")
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_auto_declines_cpu_where_it_is_slower(op, no_backend_env):
+    pick = lambda d: motorec.ops.select_backend(op, device="cpu", dtype=torch.float32, dim=d)  # noqa: E731
+    assert pick(64) == "cpu" and pick(1) == "cpu" and pick(33) == "cpu"
+    assert pick(4) == "torch"  # measured slower than torch CSR (MKL) at widths 2..7
+    assert motorec.ops.select_backend(op, "cpu", device="cpu", dtype=torch.float32, dim=4) == "cpu"

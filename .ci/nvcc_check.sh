@@ -26,7 +26,11 @@ if [ ${#SOURCES[@]} -eq 0 ]; then
   exit 1
 fi
 
+# The -D__CUDA_NO_* flags and --expt-relaxed-constexpr are what torch.utils.cpp_extension passes to nvcc
+# (setup.py's build), so the check sees the same half/bf16 operator set as the real build.
 FLAGS=(-c -std=c++17 "-arch=$ARCH" -O3 --expt-relaxed-constexpr -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE
+       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+       -D__CUDA_NO_HALF2_OPERATORS__
        "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DMOTOREC_WITH_CUDA=1 -Xcompiler -fPIC -Xptxas -warn-spills
        -diag-suppress=3306)
 for inc in "${INCLUDES[@]}"; do FLAGS+=("-I$inc"); done

@@ -194,3 +194,16 @@ def test_raw_op_rejects_bad_arguments():
         torch.ops.motorec_C.propagate(g.rowptr, g.col, g.val, x[:-1], 2)
     with pytest.raises(RuntimeError, match="val must have the dtype of x"):
         torch.ops.motorec_C.propagate(g.rowptr, g.col, g.val.double(), x, 2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params("propagate", torch.bfloat16))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_half_storage(plaw, device, backend, dtype):
+    """Half/bf16 features between layers, float32 layer sum: within 2x the error of torch's path."""
+    g = plaw.to(device)
+    x = torch.randn(g.num_nodes, 64, device=device).to(dtype)
+    ref = oracle(g, x, 3)
+    torch_err = rel_error(torch_csr_propagate(g.rowptr, g.col, g.val, x, 3), ref)
+    out = motorec.ops.propagate(g, x, 3, backend=backend)
+    assert out.dtype == dtype
+    assert_close_rel(out, ref, max(2 * torch_err, 1e-3), f"propagate[{backend}] {dtype}")

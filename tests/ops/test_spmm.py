@@ -269,3 +269,17 @@ def test_auto_declines_cpu_where_it_is_slower(op, no_backend_env):
     assert pick(64) == "cpu" and pick(1) == "cpu" and pick(33) == "cpu"
     assert pick(4) == "torch"  # measured slower than torch CSR (MKL) at widths 2..7
     assert motorec.ops.select_backend(op, "cpu", device="cpu", dtype=torch.float32, dim=4) == "cpu"
+
+
+@pytest.mark.parametrize("device,backend", backend_params("spmm", torch.bfloat16))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("dim", [33, 64])
+def test_half_storage(plaw, device, backend, dtype, dim):
+    """Half/bf16 features with float32 accumulation: within 2x the error of torch's path in that dtype."""
+    g = plaw.to(device)
+    x = torch.randn(g.num_cols, dim, device=device).to(dtype)
+    ref = oracle(g, x)
+    out = motorec.ops.spmm(g, x, backend=backend)
+    assert out.dtype == dtype
+    tol = max(2 * rel_error(torch_csr_spmm(g.rowptr, g.col, g.val, x), ref), 1e-3)
+    assert_close_rel(out, ref, tol, f"spmm[{backend}] {dtype}")

@@ -63,6 +63,8 @@ class ModelConfig:
     item_item: bool = True
     knn_k: int = 10
     knn_rebuild_every: int = 5
+    # the item-item layer also passes the neighbours' ID embeddings (an item's own ID left out)
+    item_item_ids: bool = False
     # objectives (section 4)
     lambda_cl: float = 0.1
     tau: float = 0.2
@@ -73,6 +75,8 @@ class ModelConfig:
     id_dropout: float = 0.0
     # score a positive/negative in BPR by its cold (content-only) embedding with this probability
     cold_dropout: float = 0.2
+    # at scoring, move each user's cold-item scores toward the mean/spread of their warm-item scores (0: off)
+    cold_calibration: float = 1.0
     # content baselines: MLP hidden width
     content_hidden: int = 256
 
@@ -91,6 +95,8 @@ class ModelConfig:
         for k in ("id_dropout", "cold_dropout"):
             if not 0.0 <= _float(self, k) < 1.0:
                 raise ConfigError(f"model.{k} must lie in [0, 1), got {getattr(self, k)}")
+        if not 0.0 <= _float(self, "cold_calibration") <= 1.0:
+            raise ConfigError(f"model.cold_calibration must lie in [0, 1], got {self.cold_calibration}")
         if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
             raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
                               f"{self.rarity_min}/{self.rarity_max}")
@@ -101,7 +107,7 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item"):
+                  "rarity_gate", "item_item", "item_item_ids"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
 

@@ -186,13 +186,21 @@ class MoToRec(_FeatureMixin, Recommender):
         finally:
             self.train(was)
 
-    def content_view(self, outs) -> Tensor:
-        """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, fused by attention."""
+    def content_view(self, outs, ids: Optional[Tensor] = None) -> Tensor:
+        """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, fused by attention.
+
+        With ``ids`` ([num_items, dim], zero rows for cold items) the item-item layer also passes the
+        neighbours' ID embeddings: ``(h_i + sum_j A_ij (h_j + e_j)) / 2``; an item's own ID is left out, so a
+        warm item's view is built exactly as a cold item's (whose neighbours are found by its features)."""
         h = self._token_level(outs)
         if self.config.item_item:
             if not self.item_graphs:
                 self.rebuild_item_graphs()
-            hs = [ops.propagate(self.item_graphs[m], h[m], 1, backend=self.backend) for m in self._modalities]
+            if ids is None:
+                hs = [ops.propagate(self.item_graphs[m], h[m], 1, backend=self.backend) for m in self._modalities]
+            else:
+                hs = [0.5 * (h[m] + ops.spmm(self.item_graphs[m], h[m] + ids, backend=self.backend))
+                      for m in self._modalities]
         else:
             hs = [h[m] for m in self._modalities]
         fused, _ = self.fusion(torch.stack(hs))
@@ -201,8 +209,8 @@ class MoToRec(_FeatureMixin, Recommender):
     def _forward(self, items_for_rq: Optional[Tensor] = None):
         c = self.config
         outs = {m: self.tokenizers[m](self._normalized(m)) for m in self._modalities}
-        content = self.content_view(outs)
         id_part = self.item_emb * self.warm_mask.unsqueeze(1)
+        content = self.content_view(outs, id_part if c.item_item_ids else None)
         if c.rarity_gate:
             id_part = id_part * self.id_gate.unsqueeze(1)
         if self.training and c.id_dropout > 0:
@@ -216,6 +224,31 @@ class MoToRec(_FeatureMixin, Recommender):
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, collab, content, _ = self._forward()
         return users, collab + content
+
+    def score(self, users: Tensor) -> Tensor:
+        """Scores of every item; with ``cold_calibration = a > 0`` each user's cold-item scores are moved
+        toward the mean and spread of that user's warm-item scores:
+        ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w)``.
+
+        Why: a warm item's embedding carries a collaborative part (largely popularity) that a cold item's
+        content-only embedding cannot have, so uncalibrated cold items sit below the popular warm items of
+        every list whatever their content says. Only training degrees are used (cold = no training
+        interaction), never validation or test data.
+
+        Shapes:
+            users: [B] int -> [B, num_items] float.
+        """
+        s = super().score(users)
+        a = self.config.cold_calibration
+        cold = ~self.warm_mask
+        n_cold = int(cold.sum())
+        if a <= 0 or n_cold < 2 or self.num_items - n_cold < 2:
+            return s
+        w, c = s[:, ~cold], s[:, cold]
+        mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
+        mc, sc = c.mean(1, keepdim=True), c.std(1, keepdim=True).clamp_min(1e-12)
+        s[:, cold] = (1.0 - a) * c + a * ((c - mc) / sc * sw + mw)
+        return s
 
     def cold_embedding(self, content: Tensor) -> Tensor:
         """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.

@@ -22,6 +22,8 @@ def ds():
 
 def _model(ds, name="motorec", **over):
     torch.manual_seed(0)
+    if name == "motorec":
+        over.setdefault("cold_calibration", 0.0)  # plain inner-product scores; calibration has its own test
     return build_model(ds, ModelConfig(name=name, **{**SMALL, **over}))
 
 
@@ -94,8 +96,9 @@ def test_interface_loss_backward_score(ds, name):
     assert torch.allclose(m.score(users), u[users] @ i.t())
 
 
-def test_motorec_cold_items_ignore_id_embedding(ds):
-    m = _model(ds, "motorec")
+@pytest.mark.parametrize("item_item_ids", [False, True], ids=["content-only", "neighbour-ids"])
+def test_motorec_cold_items_ignore_id_embedding(ds, item_item_ids):
+    m = _model(ds, "motorec", item_item_ids=item_item_ids)
     m.on_epoch_start(0)
     m.eval()
     before = m.item_embeddings().clone()
@@ -143,7 +146,9 @@ def test_tokenize_shapes_and_range(ds):
 @pytest.mark.parametrize("switch", [
     {"sparse_weight": 0.0}, {"rarity": False}, {"item_item": False}, {"continuous": True},
     {"rarity_gate": True, "rarity_contrastive": True, "id_dropout": 0.3}, {"token_embeddings": False},
-], ids=["no-sparsity", "no-rarity", "no-item-item", "continuous", "gate+cl-weights+id-dropout", "no-token-emb"])
+    {"item_item_ids": True, "cold_dropout": 0.0},
+], ids=["no-sparsity", "no-rarity", "no-item-item", "continuous", "gate+cl-weights+id-dropout", "no-token-emb",
+        "neighbour-ids"])
 def test_ablation_switches(ds, switch):
     m = _model(ds, "motorec", **switch)
     m.train()
@@ -242,3 +247,22 @@ def test_config_validation_and_yaml_roundtrip(tmp_path):
         Config.load(p)
     with pytest.raises(ConfigError, match="does not exist"):
         Config.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("a", [1.0, 0.4])
+def test_cold_calibration_matches_warm_score_distribution(ds, a):
+    m = _model(ds, "motorec", cold_calibration=a)
+    m.on_epoch_start(0)
+    m.eval()
+    users = torch.arange(0, ds.num_users, 7)
+    raw = m.user_embeddings()[users] @ m.item_embeddings().t()
+    s = m.score(users)
+    cold = ds.cold_items()
+    assert torch.equal(s[:, ~cold], raw[:, ~cold])  # warm items untouched
+    c, w = raw[:, cold].double(), raw[:, ~cold].double()
+    target = (c - c.mean(1, keepdim=True)) / c.std(1, keepdim=True) * w.std(1, keepdim=True) + w.mean(1, keepdim=True)
+    assert torch.allclose(s[:, cold].double(), (1 - a) * c + a * target, atol=1e-5)
+    if a == 1.0:
+        assert torch.allclose(s[:, cold].mean(1).double(), w.mean(1), atol=1e-5)
+    # a positive affine map per user: the order among cold items is unchanged
+    assert torch.equal(torch.argsort(s[:, cold], dim=1), torch.argsort(raw[:, cold], dim=1))

@@ -1,9 +1,10 @@
 // OpenMP CSR row kernels shared by spmm_cpu.cpp and propagate_cpu.cpp.
 //
 // Rows are cut into chunks of about equal work (nnz + rows) by binary search on rowptr, because power-law
-// degrees make equal row counts badly unbalanced. A row is computed in feature tiles whose accumulators are a
-// fixed-size array the compiler keeps in vector registers; the widest tile matches the best ISA found at run
-// time (AVX-512 / AVX2 clones through the `target` attribute, since the extension is built without -march).
+// degrees make equal row counts badly unbalanced. A row is computed in feature tiles whose accumulators are 8
+// vector registers (GCC vector types); the vector width follows the best ISA found at run time (AVX-512 /
+// AVX2 clones through the `target` attribute, since the extension is built without -march). Widths that are
+// not a multiple of 16 bytes take a generic path with accumulators in L1.
 // One tile walk fuses the layer-mean epilogue of propagate: no extra pass over the features.
 #pragma once
 
@@ -84,11 +85,18 @@ MOTOREC_INLINE void store_tile(const RowArgs<T, I>& a, int64_t r, int64_t d0, co
 constexpr int64_t kPrefetch = 8;
 constexpr int kLine = 64;
 
-template <int MODE, typename T, typename I, int W>
+// A tile of W columns held in W / VL vectors of VB bytes (GCC vector extensions: the clone's ISA decides
+// whether a 64-byte vector is one zmm or two ymm). Plain arrays with unrolled loops left GCC emitting scalar
+// FMAs and spilled accumulators.
+template <int MODE, typename T, typename I, int W, int VB>
 MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, char* bad) {
-  T acc[W];
-#pragma GCC unroll 128
-  for (int k = 0; k < W; ++k) acc[k] = T(0);
+  constexpr int VL = VB / static_cast<int>(sizeof(T));
+  constexpr int NV = W / VL;
+  static_assert(NV * VL == W, "tile width must be a multiple of the vector length");
+  typedef T V __attribute__((vector_size(VB)));
+  V acc[NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < NV; ++i) acc[i] = V{};
   const I* MOTOREC_RESTRICT col = a.col;
   const T* MOTOREC_RESTRICT val = a.val;
   const T* MOTOREC_RESTRICT src = a.src + d0;
@@ -106,10 +114,16 @@ MOTOREC_INLINE void row_tile(const RowArgs<T, I>& a, int64_t r, int64_t p, int64
     }
     const T v = val[e];
     const T* MOTOREC_RESTRICT xr = src + c * D;
-#pragma GCC unroll 128
-    for (int k = 0; k < W; ++k) acc[k] += v * xr[k];
+#pragma GCC unroll 16
+    for (int i = 0; i < NV; ++i) {
+      V xv;
+      __builtin_memcpy(&xv, xr + i * VL, VB);
+      acc[i] += v * xv;
+    }
   }
-  store_tile<MODE>(a, r, d0, acc, W);
+  T res[W];
+  __builtin_memcpy(res, acc, sizeof(res));
+  store_tile<MODE>(a, r, d0, res, W);
 }
 
 // A tile of a run-time width w <= W: for feature widths that are not a multiple of the vector width, where
@@ -157,22 +171,23 @@ MOTOREC_INLINE void row_dot(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_
 }
 
 // Tiles of W columns while they fit, then one tile each of W/2, W/4, ..., down to one vector.
-template <int MODE, typename T, typename I, int W, int MINW>
+template <int MODE, typename T, typename I, int W, int MINW, int VB>
 MOTOREC_INLINE void row_tiles(const RowArgs<T, I>& a, int64_t r, int64_t p, int64_t q, int64_t d0, char* bad) {
-  for (; d0 + W <= a.D; d0 += W) row_tile<MODE, T, I, W>(a, r, p, q, d0, bad);
-  if constexpr (W > MINW) row_tiles<MODE, T, I, W / 2, MINW>(a, r, p, q, d0, bad);
+  constexpr int TB = W * static_cast<int>(sizeof(T)) < VB ? W * static_cast<int>(sizeof(T)) : VB;
+  for (; d0 + W <= a.D; d0 += W) row_tile<MODE, T, I, W, TB>(a, r, p, q, d0, bad);
+  if constexpr (W > MINW) row_tiles<MODE, T, I, W / 2, MINW, VB>(a, r, p, q, d0, bad);
 }
 
-template <int MODE, typename T, typename I, int WBYTES>
+template <int MODE, typename T, typename I, int VB>
 MOTOREC_INLINE void rows_impl(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
-  constexpr int W = WBYTES / static_cast<int>(sizeof(T));
+  constexpr int W = 8 * VB / static_cast<int>(sizeof(T));  // 8 vector registers of accumulators
   constexpr int MINW = 16 / static_cast<int>(sizeof(T));  // narrowest fixed tile: one 16-byte vector
   constexpr int WDYN = 256 / static_cast<int>(sizeof(T));
   const int64_t D = a.D;
   if (D == 1) {
     for (int64_t r = r0; r < r1; ++r) row_dot<MODE, T, I>(a, r, a.rowptr[r], a.rowptr[r + 1], bad);
   } else if (D % MINW == 0) {
-    for (int64_t r = r0; r < r1; ++r) row_tiles<MODE, T, I, W, MINW>(a, r, a.rowptr[r], a.rowptr[r + 1], 0, bad);
+    for (int64_t r = r0; r < r1; ++r) row_tiles<MODE, T, I, W, MINW, VB>(a, r, a.rowptr[r], a.rowptr[r + 1], 0, bad);
   } else {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t p = a.rowptr[r], q = a.rowptr[r + 1];
@@ -185,16 +200,16 @@ MOTOREC_INLINE void rows_impl(const RowArgs<T, I>& a, int64_t r0, int64_t r1, ch
 // Per-ISA entry points: rows [r0, r1) with the widest tile that fits 8 vector registers of accumulators.
 template <int MODE, typename T, typename I>
 void rows_default(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
-  rows_impl<MODE, T, I, 128>(a, r0, r1, bad);
+  rows_impl<MODE, T, I, 16>(a, r0, r1, bad);
 }
 #ifdef MOTOREC_X86_CLONES
 template <int MODE, typename T, typename I>
 __attribute__((target("avx2,fma"))) void rows_avx2(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
-  rows_impl<MODE, T, I, 256>(a, r0, r1, bad);
+  rows_impl<MODE, T, I, 32>(a, r0, r1, bad);
 }
 template <int MODE, typename T, typename I>
 __attribute__((target("avx512f,avx2,fma"))) void rows_avx512(const RowArgs<T, I>& a, int64_t r0, int64_t r1, char* bad) {
-  rows_impl<MODE, T, I, 512>(a, r0, r1, bad);
+  rows_impl<MODE, T, I, 64>(a, r0, r1, bad);
 }
 #endif
 

@@ -69,8 +69,6 @@ class Graph:
         rowptr: [num_rows + 1] int64, col: [nnz] int64 or int32, val: [nnz] float32.
         symmetric: ``A == A^T``; the backward of ``spmm``/``propagate`` then reuses the same CSR.
         num_users, num_items: set for user-item graphs (else ``None``).
-        perm: optional node permutation for cache locality (``perm[new] = old``); the CSR is then stored in
-            the permuted order and ops map inputs and outputs so that users always see their own order.
     """
 
     def __init__(
@@ -83,7 +81,6 @@ class Graph:
         symmetric: bool = False,
         num_users: Optional[int] = None,
         num_items: Optional[int] = None,
-        perm: Optional[Tensor] = None,
         check: bool = True,
     ) -> None:
         if check:  # a hand-made CSR with an out-of-range column would make every kernel read out of bounds
@@ -96,7 +93,6 @@ class Graph:
         self.symmetric = bool(symmetric)
         self.num_users = num_users
         self.num_items = num_items
-        self.perm = perm
         self._transpose: Optional[Graph] = None
 
     # ------------------------------------------------------------------ constructors
@@ -289,7 +285,7 @@ class Graph:
         g = Graph(self.rowptr.to(device), self.col.to(device=device, dtype=index_dtype),
                   self.val.to(device=device, dtype=dtype), self.num_cols, symmetric=self.symmetric,
                   num_users=self.num_users, num_items=self.num_items,
-                  perm=None if self.perm is None else self.perm.to(device), check=False)
+                  check=False)
         return g
 
     def to_torch_sparse(self, layout=torch.sparse_csr) -> Tensor:

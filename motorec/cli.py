@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
     t.add_argument("--device", help="cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, help="training seed (torch, numpy, random, sampler)")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                   "fastest on a shared or small machine)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
 
@@ -154,6 +156,12 @@ def cmd_train(args) -> int:
     from motorec.config import MODEL_NAMES, Config, ConfigError
     from motorec.train import Trainer
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = _load_config(args.config)
     train_over: Dict[str, Any] = {}
     for flag, key in (("epochs", "epochs"), ("pretrain_epochs", "pretrain_epochs"), ("device", "device"),

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     cfg = small_config(tmp / "cfg.yaml", train={"pretrain_epochs": 1})
     out = tmp / "out"
     p = _motorec(["train", "--data", data, "--epochs", 1, "--model", "lightgcn", "--model", "motorec",
-                  "--config", cfg, "--out", out, "--quiet", "--seed", 3], tmp)
+                  "--config", cfg, "--out", out, "--quiet", "--seed", 3, "--threads", 1], tmp)
     return tmp, data, cfg, out, p
 
 
@@ -63,7 +63,8 @@ def test_train_subprocess_writes_run_directory(run):
     (["train", "--no-such-flag"], "unrecognized arguments"),
     (["train", "--model", "nope"], "invalid choice"),
     (["train", "--epochs", "many"], "invalid int value"),
-], ids=["unknown-flag", "bad-model", "bad-int"])
+    (["train", "--threads", "0"], "--threads must be >= 1"),
+], ids=["unknown-flag", "bad-model", "bad-int", "bad-threads"])
 def test_bad_flags_exit_2_one_line(tmp_path, args, match):
     p = _motorec(args, tmp_path)
     assert p.returncode == 2

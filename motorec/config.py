@@ -32,8 +32,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Model hyper-parameters (PAPER.md sections 1-4; defaults are the paper's or ours where it is silent).
 
-    Ablation switches: ``sparse_weight=0`` (no sparsity KL), ``rarity=False`` (all weights 1),
-    ``item_item=False`` (no source-level item-item graphs), ``continuous=True`` (skip quantization, use z_e).
+    Ablation switches: ``sparse_weight=0`` (no sparsity KL), ``rarity=True`` (rarity amplification; off by
+    default), ``item_item=False`` (no source-level item-item graphs), ``continuous=True`` (skip quantization,
+    use z_e), ``warm_content_skip=True`` (warm items also get the final ``+ h~``).
     """
 
     name: str = "motorec"
@@ -53,7 +54,8 @@ class ModelConfig:
     kmeans_init: bool = True
     token_embeddings: bool = True
     # rarity amplification (section 2)
-    rarity: bool = True
+    # off by default: on MovieLens-100k (cold split, validation) it cost warm recall without a cold gain
+    rarity: bool = False
     rarity_min: float = 0.5
     rarity_max: float = 5.0
     rarity_warmup_epochs: int = 5
@@ -66,7 +68,7 @@ class ModelConfig:
     # the item-item layer also passes the neighbours' ID embeddings (an item's own ID left out)
     item_item_ids: bool = False
     # objectives (section 4)
-    lambda_cl: float = 0.1
+    lambda_cl: float = 0.2
     tau: float = 0.2
     lambda_rq: float = 1.0
     lambda_reg: float = 1e-4
@@ -76,7 +78,10 @@ class ModelConfig:
     # score a positive/negative in BPR by its cold (content-only) embedding with this probability
     cold_dropout: float = 0.2
     # at scoring, move each user's cold-item scores toward the mean/spread of their warm-item scores (0: off)
-    cold_calibration: float = 1.0
+    cold_calibration: float = 0.5
+    # add the content view h~ to a warm item's final embedding as well (cold items always get it: their
+    # readout alone is h~ / (L + 1)); false: a warm item's final embedding is its LightGCN readout
+    warm_content_skip: bool = False
     # content baselines: MLP hidden width
     content_hidden: int = 256
 
@@ -107,7 +112,7 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item", "item_item_ids"):
+                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
 

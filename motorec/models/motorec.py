@@ -7,7 +7,8 @@ hierarchical graph encoder fuses content and collaborative signals:
 * source level: per modality a cosine kNN item-item graph on the quantized codes (rebuilt every few epochs)
   and one propagation layer ``(h + A^m h) / 2``; attention over modalities gives ``h~_i``;
 * collaborative level: LightGCN over the user-item graph, item layer-0 = ID embedding + ``h~_i``
-  (cold items: no ID), final item = readout + ``h~_i``, final user = readout.
+  (cold items: no ID), final item = readout + ``h~_i`` (warm items: readout only if ``warm_content_skip`` is
+  off), final user = readout.
 
 Objectives: rarity-weighted BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
@@ -221,9 +222,20 @@ class MoToRec(_FeatureMixin, Recommender):
         users, collab = out[: self.num_users], out[self.num_users:]
         return users, collab, content, outs
 
+    def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
+        """Final item embeddings: readout + ``h~`` (warm items: readout only when ``warm_content_skip`` is
+        off, since their layer 0 already holds ``h~`` and the second copy pulls them toward pure content).
+
+        Shapes:
+            collab, content: [num_items, dim] -> [num_items, dim].
+        """
+        if self.config.warm_content_skip:
+            return collab + content
+        return collab + content * (~self.warm_mask).unsqueeze(1).to(content.dtype)
+
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, collab, content, _ = self._forward()
-        return users, collab + content
+        return users, self._final_items(collab, content)
 
     def score(self, users: Tensor) -> Tensor:
         """Scores of every item; with ``cold_calibration = a > 0`` each user's cold-item scores are moved
@@ -271,7 +283,7 @@ class MoToRec(_FeatureMixin, Recommender):
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, collab, content, outs = self._forward()
-        items = collab + content
+        items = self._final_items(collab, content)
         ue = users[u]
         ip, ineg = items[p], items[n]
         if c.cold_dropout > 0:

@@ -146,9 +146,9 @@ def test_tokenize_shapes_and_range(ds):
 @pytest.mark.parametrize("switch", [
     {"sparse_weight": 0.0}, {"rarity": False}, {"item_item": False}, {"continuous": True},
     {"rarity_gate": True, "rarity_contrastive": True, "id_dropout": 0.3}, {"token_embeddings": False},
-    {"item_item_ids": True, "cold_dropout": 0.0},
+    {"item_item_ids": True, "cold_dropout": 0.0}, {"rarity": True, "rarity_warmup_epochs": 0},
 ], ids=["no-sparsity", "no-rarity", "no-item-item", "continuous", "gate+cl-weights+id-dropout", "no-token-emb",
-        "neighbour-ids"])
+        "neighbour-ids", "rarity"])
 def test_ablation_switches(ds, switch):
     m = _model(ds, "motorec", **switch)
     m.train()
@@ -164,8 +164,8 @@ def test_ablation_switches(ds, switch):
         assert parts["rq"] >= 0 and m.tokenizers["image"].continuous
         with pytest.raises(ValueError, match="continuous"):
             m.tokenize()
-    if switch.get("rarity") is False:
-        assert m.rarity_ramp() == 0.0
+    if "rarity" in switch:
+        assert m.rarity_ramp() == (1.0 if switch["rarity"] else 0.0)
     m.eval()
     assert torch.isfinite(m.score(torch.arange(4))).all()
 
@@ -190,7 +190,7 @@ def test_sparse_weight_zero_removes_sparsity_gradient(ds):
 
 
 def test_rarity_ramp_schedule(ds):
-    m = _model(ds, "motorec", rarity_warmup_epochs=4)
+    m = _model(ds, "motorec", rarity=True, rarity_warmup_epochs=4)
     ramps = []
     for e in range(6):
         m.on_epoch_start(e)
@@ -266,3 +266,23 @@ def test_cold_calibration_matches_warm_score_distribution(ds, a):
         assert torch.allclose(s[:, cold].mean(1).double(), w.mean(1), atol=1e-5)
     # a positive affine map per user: the order among cold items is unchanged
     assert torch.equal(torch.argsort(s[:, cold], dim=1), torch.argsort(raw[:, cold], dim=1))
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_warm_content_skip_final_item_embeddings(ds, skip):
+    m = _model(ds, "motorec", warm_content_skip=skip)
+    m.on_epoch_start(0)
+    m.eval()
+    with torch.no_grad():
+        users, collab, content, _ = m._forward()
+        _, items = m.embeddings()
+    warm = ds.warm_items()
+    assert torch.allclose(items[~warm], collab[~warm] + content[~warm], atol=1e-6)  # cold items keep h~
+    assert torch.allclose(items[~warm], m.cold_embedding(content[~warm]), atol=1e-5)  # no edges: readout h~/(L+1)
+    expect = collab[warm] + content[warm] if skip else collab[warm]
+    assert torch.allclose(items[warm], expect, atol=1e-6)
+    assert content[warm].abs().sum() > 0  # so the two cases differ
+    m.train()
+    total, _ = m.loss(_batch(ds))
+    total.backward()
+    assert torch.isfinite(total)

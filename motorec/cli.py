@@ -217,6 +217,8 @@ def cmd_train(args) -> int:
     if main:
         print(results_table({k: metrics[k] for k in models}))
         print(f"\nwrote {metrics_path}")
+    if dctx is not None:
+        dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts
     return 0
 
 
@@ -335,6 +337,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("motorec: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Leave a torchrun process group before the interpreter exits: its communication threads would
+        # otherwise be torn down by static destructors ("terminate called without an active exception").
+        from motorec.train import distributed as _dist
+
+        _dist.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.graph import Graph
-from motorec.ops.spmm import _cpu_auto_check, _cpu_check, _cuda_check, check_graph_input, transpose_args
+from motorec.ops.spmm import _cpu_auto_check, _cpu_check, _cuda_check, check_graph_input, graph_operands
 from motorec.reference import propagate as _ref
 
 _D = dispatcher("propagate")
@@ -98,8 +98,5 @@ def propagate(graph: Graph, x: Tensor, num_layers: int, backend: str = "auto") -
         raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
     name = _D.select(backend, device=x.device.type, dtype=x.dtype, rows=graph.num_rows, nnz=graph.nnz,
                      dim=x.shape[1])
-    val = graph.val if graph.val.dtype == x.dtype or x.dtype in (torch.float16, torch.bfloat16) else graph.val.to(x.dtype)
-    t_rowptr, t_col, t_val = transpose_args(graph)
-    if t_val is not None and t_val.dtype != val.dtype:
-        t_val = t_val.to(val.dtype)
-    return propagate_op(graph.rowptr, graph.col, val, x, t_rowptr, t_col, t_val, num_layers, name)
+    rowptr, col, val, t_rowptr, t_col, t_val = graph_operands(graph, x)
+    return propagate_op(rowptr, col, val, x, t_rowptr, t_col, t_val, num_layers, name)

@@ -124,11 +124,16 @@ def check_graph_input(graph: Graph, x: Tensor, *, square: bool = False) -> None:
         raise ValueError(f"x is on {x.device} but graph is on {graph.device}; move one with .to(device)")
 
 
-def transpose_args(graph: Graph):
+def graph_operands(graph: Graph, x: Tensor):
+    """``(rowptr, col, val, t_rowptr, t_col, t_val)`` for the raw ops: edge values in x's dtype (float32 for
+    half/bf16 x, which the kernels accumulate in float32) and the CSR of ``A^T`` (``None`` when symmetric)."""
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    val = graph.val if half or graph.val.dtype == x.dtype else graph.val.to(x.dtype)
     if graph.symmetric:
-        return None, None, None
+        return graph.rowptr, graph.col, val, None, None, None
     t = graph.transpose()
-    return t.rowptr, t.col, t.val
+    t_val = t.val if t.val.dtype == val.dtype else t.val.to(val.dtype)
+    return graph.rowptr, graph.col, val, t.rowptr, t.col, t_val
 
 
 def spmm(graph: Graph, x: Tensor, backend: str = "auto") -> Tensor:
@@ -146,8 +151,5 @@ def spmm(graph: Graph, x: Tensor, backend: str = "auto") -> Tensor:
     check_graph_input(graph, x)
     name = _D.select(backend, device=x.device.type, dtype=x.dtype, rows=graph.num_rows, nnz=graph.nnz,
                      dim=x.shape[1])
-    val = graph.val if graph.val.dtype == x.dtype or x.dtype in (torch.float16, torch.bfloat16) else graph.val.to(x.dtype)
-    t_rowptr, t_col, t_val = transpose_args(graph)
-    if t_val is not None and t_val.dtype != val.dtype:
-        t_val = t_val.to(val.dtype)
-    return spmm_op(graph.rowptr, graph.col, val, x, t_rowptr, t_col, t_val, name)
+    rowptr, col, val, t_rowptr, t_col, t_val = graph_operands(graph, x)
+    return spmm_op(rowptr, col, val, x, t_rowptr, t_col, t_val, name)

@@ -69,7 +69,7 @@ class ModelConfig:
     # the item-item layer also passes the neighbours' ID embeddings (an item's own ID left out)
     item_item_ids: bool = False
     # objectives (section 4)
-    lambda_cl: float = 0.2
+    lambda_cl: float = 0.05
     tau: float = 0.2
     lambda_rq: float = 1.0
     lambda_reg: float = 1e-4
@@ -77,9 +77,17 @@ class ModelConfig:
     # (how a cold item is scored at test time); 0 disables it.
     id_dropout: float = 0.0
     # score a positive/negative in BPR by its cold (content-only) embedding with this probability
-    cold_dropout: float = 0.2
-    # at scoring, move each user's cold-item scores toward the mean/spread of their warm-item scores (0: off)
-    cold_calibration: float = 0.5
+    cold_dropout: float = 0.0
+    # weight of an extra BPR term that scores the batch's positive and negative by their content-only (cold)
+    # embeddings, so the content path is trained to rank on its own without taking terms from warm ranking
+    lambda_cold: float = 0.2
+    # at scoring, move cold-item scores toward the mean/spread of warm-item scores (0: off, 1: full)
+    cold_calibration: float = 1.0
+    # where the means/spreads come from: "global" (all users x items: one affine map for every cold score) or
+    # "user" (each user's own scores)
+    cold_calibration_scope: str = "global"
+    # then lower cold-item scores by this many standard deviations of the warm-item scores (0: off)
+    cold_score_shift: float = 0.0
     # add the content view h~ to a warm item's final embedding as well (cold items always get it: their
     # readout alone is h~ / (L + 1)); false: a warm item's final embedding is its LightGCN readout
     warm_content_skip: bool = False
@@ -93,7 +101,7 @@ class ModelConfig:
             _positive_int(self, k)
         for k in ("num_layers", "rarity_warmup_epochs"):
             _nonneg_int(self, k)
-        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg"):
+        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold"):
             _nonneg_float(self, k)
         for k in ("tau", "sparse_temperature"):
             if _float(self, k) <= 0:
@@ -103,9 +111,14 @@ class ModelConfig:
                 raise ConfigError(f"model.{k} must lie in [0, 1), got {getattr(self, k)}")
         if not 0.0 <= _float(self, "cold_calibration") <= 1.0:
             raise ConfigError(f"model.cold_calibration must lie in [0, 1], got {self.cold_calibration}")
+        if not 0.0 <= _float(self, "cold_score_shift") < float("inf"):
+            raise ConfigError(f"model.cold_score_shift must be a finite number >= 0, got {self.cold_score_shift}")
         if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
             raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
                               f"{self.rarity_min}/{self.rarity_max}")
+        if self.cold_calibration_scope not in ("global", "user"):
+            raise ConfigError(f"model.cold_calibration_scope must be 'global' or 'user', got "
+                              f"{self.cold_calibration_scope!r}")
         if self.sparse_mode not in ("softmax", "sigmoid"):
             raise ConfigError(f"model.sparse_mode must be 'softmax' or 'sigmoid', got {self.sparse_mode!r}")
         if not isinstance(self.hidden_dims, (tuple, list)) or not all(
@@ -127,7 +140,7 @@ class TrainConfig:
     batch_size: int = 2048
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10
+    patience: int = 20
     eval_every: int = 1
     eval_batch_size: int = 1024
     seed: int = 0
@@ -266,8 +279,8 @@ def _float(obj, k: str) -> float:
 
 
 def _nonneg_float(obj, k: str) -> None:
-    if _float(obj, k) < 0:
-        raise ConfigError(f"{_sec(obj)}.{k} must be >= 0, got {getattr(obj, k)}")
+    if not 0.0 <= _float(obj, k) < float("inf"):  # also refuses NaN
+        raise ConfigError(f"{_sec(obj)}.{k} must be a finite number >= 0, got {getattr(obj, k)}")
 
 
 def _int(obj, k: str) -> int:

@@ -11,8 +11,12 @@ hierarchical graph encoder fuses content and collaborative signals:
   off), final user = readout.
 
 Objectives: rarity-weighted BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
++ lambda_cold * rarity-weighted BPR on the content-only (cold) embeddings
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
 + lambda_reg * squared norm of the batch's layer-0 embeddings.
+
+Scoring: cold items' scores go through one affine map onto the warm items' score distribution (see
+:meth:`MoToRec.score`), so content-only scores compete with collaborative ones on the same scale.
 
 Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 + d_i)``, normalized to mean
 1 over the batch's positives, clipped to ``[rarity_min, rarity_max]``, ramped in from 1 over
@@ -238,29 +242,66 @@ class MoToRec(_FeatureMixin, Recommender):
         return users, self._final_items(collab, content)
 
     def score(self, users: Tensor) -> Tensor:
-        """Scores of every item; with ``cold_calibration = a > 0`` each user's cold-item scores are moved
-        toward the mean and spread of that user's warm-item scores:
-        ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w)``.
+        """Scores of every item, cold items' scores calibrated onto the warm items' scale.
+
+        With ``a = cold_calibration`` (in [0, 1]), ``d = cold_score_shift`` and mean/std taken over
+        ``cold_calibration_scope``:
+
+        * ``"global"`` (default): over every (user, item) pair of the catalog, warm items and cold items
+          separately, so one affine map is applied to all cold scores and each user's cold scores keep
+          their level relative to other users';
+        * ``"user"``: over each user's own scores (every user's cold scores get the warm spread);
+
+        ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w) - d * std_w``.
 
         Why: a warm item's embedding carries a collaborative part (largely popularity) that a cold item's
-        content-only embedding cannot have, so uncalibrated cold items sit below the popular warm items of
-        every list whatever their content says. Only training degrees are used (cold = no training
-        interaction), never validation or test data.
+        content-only embedding cannot have, so raw cold scores live on another scale than warm ones and
+        whether cold items reach a top-K list would depend on that scale, not on their content. ``a = 1,
+        d = 0`` scores cold items as a random warm item is scored in distribution; ``d > 0`` lowers them
+        (a content-only score is a noisier guess). Only which items have training interactions is used,
+        never validation or test data.
 
         Shapes:
             users: [B] int -> [B, num_items] float.
         """
         s = super().score(users)
-        a = self.config.cold_calibration
+        c = self.config
+        a, shift = c.cold_calibration, c.cold_score_shift
         cold = ~self.warm_mask
         n_cold = int(cold.sum())
-        if a <= 0 or n_cold < 2 or self.num_items - n_cold < 2:
+        if (a <= 0 and shift == 0) or n_cold < 2 or self.num_items - n_cold < 2:
             return s
-        w, c = s[:, ~cold], s[:, cold]
-        mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
-        mc, sc = c.mean(1, keepdim=True), c.std(1, keepdim=True).clamp_min(1e-12)
-        s[:, cold] = (1.0 - a) * c + a * ((c - mc) / sc * sw + mw)
+        sc = s[:, cold]
+        if c.cold_calibration_scope == "global":
+            (mw, sw), (mc, sdc) = self._global_score_moments()
+        else:
+            w = s[:, ~cold]
+            mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
+            mc, sdc = sc.mean(1, keepdim=True), sc.std(1, keepdim=True)
+        if a > 0:
+            sc = (1.0 - a) * sc + a * ((sc - mc) / sdc.clamp_min(1e-12) * sw + mw)
+        s[:, cold] = sc - shift * sw
         return s
+
+    def _global_score_moments(self) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
+        """Mean and std of ``u . i`` over all users and the warm items, and over all users and the cold items,
+        without forming the score matrix: ``E[s] = mean(u) . mean(i)``, ``E[s^2] = <U^T U, I^T I> / (|U||I|)``
+        in float64 (O((|U| + |I|) d^2)). Cached with the eval-mode embeddings."""
+        u, items = self._eval_embeddings()
+        cache = getattr(self, "_moments", None)
+        if cache is not None and cache[0] is u:
+            return cache[1]
+        gu, mu = _gram_and_mean(u)
+        out = []
+        for sel in (self.warm_mask, ~self.warm_mask):
+            gi, mi = _gram_and_mean(items[sel])
+            mean = mu @ mi
+            var = ((gu * gi).sum() - mean * mean).clamp_min(0.0)
+            out.append((mean.to(items.dtype), var.sqrt().to(items.dtype)))
+        result = (out[0], out[1])
+        if not self.training:
+            self._moments = (u, result)
+        return result
 
     def cold_embedding(self, content: Tensor) -> Tensor:
         """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.
@@ -298,6 +339,11 @@ class MoToRec(_FeatureMixin, Recommender):
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w)
         total = rank
         parts = {"bpr": _f(rank)}
+        if c.lambda_cold > 0:
+            cold_emb = self.cold_embedding(content)
+            aux = bpr_loss((ue * cold_emb[p]).sum(1), (ue * cold_emb[n]).sum(1), w)
+            total = total + c.lambda_cold * aux
+            parts["bpr_cold"] = _f(aux)
         if c.lambda_cl > 0:
             uniq, first = _unique_first(p)
             cw = None
@@ -350,6 +396,23 @@ class MoToRec(_FeatureMixin, Recommender):
                                                      state[f"knn.{m}.col"].to(self.device),
                                                      state[f"knn.{m}.val"].to(self.device), self.num_items)
         self._cache = None
+
+
+def _gram_and_mean(x: Tensor, chunk: int = 65536) -> Tuple[Tensor, Tensor]:
+    """``(x^T x / n, mean of the rows)`` in float64, ``chunk`` rows at a time (no float64 copy of ``x``).
+
+    Shapes:
+        x: [n, d] -> ([d, d], [d]) float64.
+    """
+    d = x.shape[1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    total = torch.zeros(d, dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        part = x[s:s + chunk].double()
+        gram += part.t() @ part
+        total += part.sum(0)
+    n = max(x.shape[0], 1)
+    return gram / n, total / n
 
 
 def _unique_first(x: Tensor) -> Tuple[Tensor, Tensor]:

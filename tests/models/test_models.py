@@ -24,6 +24,7 @@ def _model(ds, name="motorec", **over):
     torch.manual_seed(0)
     if name == "motorec":
         over.setdefault("cold_calibration", 0.0)  # plain inner-product scores; calibration has its own test
+        over.setdefault("cold_score_shift", 0.0)
     return build_model(ds, ModelConfig(name=name, **{**SMALL, **over}))
 
 
@@ -170,6 +171,28 @@ def test_ablation_switches(ds, switch):
     assert torch.isfinite(m.score(torch.arange(4))).all()
 
 
+def test_lambda_cold_adds_content_only_bpr_term(ds):
+    """lambda_cold adds `lambda_cold * BPR(u . cold(p), u . cold(n))` and trains the content path through it."""
+    b = _batch(ds)
+    m0 = _model(ds, "motorec", lambda_cold=0.0, lambda_cl=0.0, cold_dropout=0.0)
+    m1 = _model(ds, "motorec", lambda_cold=0.7, lambda_cl=0.0, cold_dropout=0.0)
+    for m in (m0, m1):
+        m.train()
+        m.on_epoch_start(0)
+    torch.manual_seed(1)
+    t0, p0 = m0.loss(b)
+    torch.manual_seed(1)
+    t1, p1 = m1.loss(b)
+    assert "bpr_cold" not in p0 and p1["bpr_cold"] > 0
+    users, _, content, _ = m1._forward()
+    cold = m1.cold_embedding(content)
+    ue = users[b["users"]]
+    w = rarity_weights(m1.item_degree, b["pos"], ramp=m1.rarity_ramp(), clip=(0.5, 5.0))
+    expected = bpr_loss((ue * cold[b["pos"]]).sum(1), (ue * cold[b["neg"]]).sum(1), w)
+    assert math.isclose(p1["bpr_cold"], float(expected.detach()), rel_tol=1e-5)
+    assert math.isclose(float((t1 - t0).detach()), 0.7 * float(expected.detach()), rel_tol=1e-4, abs_tol=1e-6)
+
+
 def test_sparse_weight_zero_removes_sparsity_gradient(ds):
     b = _batch(ds)
     for sw, expect_diff in ((0.0, False), (1.0, True)):
@@ -251,7 +274,7 @@ def test_config_validation_and_yaml_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("a", [1.0, 0.4])
 def test_cold_calibration_matches_warm_score_distribution(ds, a):
-    m = _model(ds, "motorec", cold_calibration=a)
+    m = _model(ds, "motorec", cold_calibration=a, cold_calibration_scope="user")
     m.on_epoch_start(0)
     m.eval()
     users = torch.arange(0, ds.num_users, 7)
@@ -266,6 +289,57 @@ def test_cold_calibration_matches_warm_score_distribution(ds, a):
         assert torch.allclose(s[:, cold].mean(1).double(), w.mean(1), atol=1e-5)
     # a positive affine map per user: the order among cold items is unchanged
     assert torch.equal(torch.argsort(s[:, cold], dim=1), torch.argsort(raw[:, cold], dim=1))
+
+
+@pytest.mark.parametrize("a", [1.0, 0.3])
+def test_global_cold_calibration_is_one_affine_map(ds, a):
+    """scope "global": moments over all users x warm items and all users x cold items (computed from Gram
+    matrices), one affine map for every cold score; warm scores untouched."""
+    m = _model(ds, "motorec", cold_calibration=a, cold_calibration_scope="global", cold_score_shift=0.25)
+    m.on_epoch_start(0)
+    m.eval()
+    all_users = torch.arange(ds.num_users)
+    raw = (m.user_embeddings() @ m.item_embeddings().t()).double()
+    cold = ds.cold_items()
+    w, c = raw[:, ~cold], raw[:, cold]
+    mw, sw, mc, sc = w.mean(), w.std(unbiased=False), c.mean(), c.std(unbiased=False)
+    expected = (1 - a) * c + a * ((c - mc) / sc * sw + mw) - 0.25 * sw
+    s = m.score(all_users)
+    assert torch.equal(s[:, ~cold], raw[:, ~cold].float())
+    assert torch.allclose(s[:, cold].double(), expected, atol=1e-4)
+    # the same map whatever users are asked for (no dependence on the batch)
+    some = torch.tensor([3, 0, 17])
+    assert torch.allclose(m.score(some), s[some], atol=1e-6)
+    if a == 1.0:  # cold scores now have the warm scores' global mean (minus the shift)
+        assert math.isclose(float(s[:, cold].double().mean()), float(mw - 0.25 * sw), abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("a,shift", [(0.0, 1.5), (0.5, 0.75)])
+def test_cold_score_shift_lowers_cold_scores_by_warm_spread(ds, a, shift):
+    m = _model(ds, "motorec", cold_calibration=a, cold_calibration_scope="user")
+    m.on_epoch_start(0)
+    m.eval()
+    users = torch.arange(0, ds.num_users, 5)
+    base = m.score(users)  # calibrated, no shift
+    m.config.cold_score_shift = shift
+    m._cache = None
+    s = m.score(users)
+    cold = ds.cold_items()
+    raw = m.user_embeddings()[users] @ m.item_embeddings().t()
+    assert torch.equal(s[:, ~cold], raw[:, ~cold])  # warm items untouched
+    sw = raw[:, ~cold].double().std(1, keepdim=True)
+    assert torch.allclose(s[:, cold].double(), base[:, cold].double() - shift * sw, atol=1e-5)
+    assert torch.equal(torch.argsort(s[:, cold], dim=1), torch.argsort(raw[:, cold], dim=1))
+
+
+def test_cold_scoring_options_are_validated():
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="cold_score_shift"):
+            Config.from_dict({"model": {"cold_score_shift": bad}})
+        with pytest.raises(ConfigError, match="lambda_cold"):
+            Config.from_dict({"model": {"lambda_cold": bad}})
+    with pytest.raises(ConfigError, match="cold_calibration_scope"):
+        Config.from_dict({"model": {"cold_calibration_scope": "item"}})
 
 
 @pytest.mark.parametrize("skip", [True, False])
@@ -286,3 +360,14 @@ def test_warm_content_skip_final_item_embeddings(ds, skip):
     total, _ = m.loss(_batch(ds))
     total.backward()
     assert torch.isfinite(total)
+
+
+def test_gram_and_mean_chunked_matches_direct():
+    from motorec.models.motorec import _gram_and_mean
+
+    x = torch.randn(10, 4)
+    g, m = _gram_and_mean(x, chunk=3)
+    x64 = x.double()
+    assert torch.allclose(g, x64.t() @ x64 / 10) and torch.allclose(m, x64.mean(0))
+    g0, m0 = _gram_and_mean(torch.zeros(0, 4))
+    assert g0.shape == (4, 4) and torch.equal(m0, torch.zeros(4, dtype=torch.float64))

@@ -92,9 +92,11 @@ def test_texts_and_meta_by_hand():
 
 @need_recbole
 @need_text
-def test_real_text_features(request):
-    """The real all-MiniLM-L6-v2 features (cached in .pytest_cache, so only the first run encodes)."""
-    cache = request.config.cache.mkdir("motorec_features")
+def test_real_text_features(request, tmp_path):
+    """The real all-MiniLM-L6-v2 features (cached in .pytest_cache, so only the first run encodes; in a
+    temporary folder when pytest runs with ``-p no:cacheprovider``)."""
+    store = getattr(request.config, "cache", None)
+    cache = store.mkdir("motorec_features") if store is not None else tmp_path
     first = load_movielens100k(cache_dir=cache)
     d = load_movielens100k(cache_dir=cache)
     assert d.info["text_cache"] == "hit" and os.path.isfile(d.info["text_cache_path"])

@@ -140,7 +140,8 @@ def results_table(metrics: Dict[str, Any], split: str = "test") -> str:
         for g in GROUPS:
             gm = m.get(split, {}).get(g, {})
             row += f"{gm.get('recall@20', float('nan')):>13.4f}{gm.get('ndcg@20', float('nan')):>13.4f}"
-        row += f"{m.get('seconds_per_epoch', float('nan')):>10.2f}"
+        spe = m.get("seconds_per_epoch")
+        row += f"{spe:>10.2f}" if isinstance(spe, (int, float)) and spe == spe else f"{'-':>10}"  # evaluate: none
         lines.append(row)
     return "\n".join(lines)
 

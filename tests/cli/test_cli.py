@@ -148,3 +148,13 @@ def test_resume_cli_continues_and_refuses_other_config(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--epochs", "2", "--resume", "--seed", "9"]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_results_table_shows_dash_without_timing():
+    from motorec.cli import results_table
+
+    m = {"overall": {"recall@20": 0.25, "ndcg@20": 0.5}, "warm": {"recall@20": 0.3, "ndcg@20": 0.4},
+         "cold": {"recall@20": 0.1, "ndcg@20": 0.05}}
+    lines = results_table({"trained": {"test": m, "seconds_per_epoch": 1.25}, "evaluated": {"test": m}}).splitlines()
+    assert lines[3].split()[-1] == "1.25" and lines[4].split()[-1] == "-"
+    assert lines[3].split()[1:7] == ["0.2500", "0.5000", "0.3000", "0.4000", "0.1000", "0.0500"]

@@ -112,6 +112,8 @@ class MoToRec(_FeatureMixin, Recommender):
         self.user_emb = nn.Parameter(torch.randn(self.num_users, c.dim, device=dev) * 0.1)
         self.item_emb = nn.Parameter(torch.randn(self.num_items, c.dim, device=dev) * 0.1)
         self.item_graphs: Dict[str, Graph] = {}
+        # (eval user embeddings it was computed from, global score moments): see _global_score_moments
+        self._moments: Optional[Tuple[Tensor, tuple]] = None
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
@@ -288,13 +290,12 @@ class MoToRec(_FeatureMixin, Recommender):
         without forming the score matrix: ``E[s] = mean(u) . mean(i)``, ``E[s^2] = <U^T U, I^T I> / (|U||I|)``
         in float64 (O((|U| + |I|) d^2)). Cached with the eval-mode embeddings."""
         u, items = self._eval_embeddings()
-        cache = getattr(self, "_moments", None)
-        if cache is not None and cache[0] is u:
-            return cache[1]
+        if self._moments is not None and self._moments[0] is u:
+            return self._moments[1]
         gu, mu = _gram_and_mean(u)
         out = []
         for sel in (self.warm_mask, ~self.warm_mask):
-            gi, mi = _gram_and_mean(items[sel])
+            gi, mi = _gram_and_mean(items, sel)
             mean = mu @ mi
             var = ((gu * gi).sum() - mean * mean).clamp_min(0.0)
             out.append((mean.to(items.dtype), var.sqrt().to(items.dtype)))
@@ -327,21 +328,22 @@ class MoToRec(_FeatureMixin, Recommender):
         items = self._final_items(collab, content)
         ue = users[u]
         ip, ineg = items[p], items[n]
+        if c.cold_dropout > 0 or c.lambda_cold > 0:
+            # the embeddings the batch's items would get as cold items (content alone)
+            cold_p, cold_n = self.cold_embedding(content[p]), self.cold_embedding(content[n])
         if c.cold_dropout > 0:
             # Score some positives/negatives as if they were cold (content alone), so that content-only
             # embeddings are trained to compete with warm ones in the same ranking, as at test time.
-            cold = self.cold_embedding(content)
             dp = torch.rand(p.shape, device=p.device) < c.cold_dropout
             dn = torch.rand(n.shape, device=n.device) < c.cold_dropout
-            ip = torch.where(dp.unsqueeze(1), cold[p], ip)
-            ineg = torch.where(dn.unsqueeze(1), cold[n], ineg)
+            ip = torch.where(dp.unsqueeze(1), cold_p, ip)
+            ineg = torch.where(dn.unsqueeze(1), cold_n, ineg)
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w)
         total = rank
         parts = {"bpr": _f(rank)}
         if c.lambda_cold > 0:
-            cold_emb = self.cold_embedding(content)
-            aux = bpr_loss((ue * cold_emb[p]).sum(1), (ue * cold_emb[n]).sum(1), w)
+            aux = bpr_loss((ue * cold_p).sum(1), (ue * cold_n).sum(1), w)
             total = total + c.lambda_cold * aux
             parts["bpr_cold"] = _f(aux)
         if c.lambda_cl > 0:
@@ -398,20 +400,22 @@ class MoToRec(_FeatureMixin, Recommender):
         self._cache = None
 
 
-def _gram_and_mean(x: Tensor, chunk: int = 65536) -> Tuple[Tensor, Tensor]:
-    """``(x^T x / n, mean of the rows)`` in float64, ``chunk`` rows at a time (no float64 copy of ``x``).
+def _gram_and_mean(x: Tensor, rows: Optional[Tensor] = None, chunk: int = 65536) -> Tuple[Tensor, Tensor]:
+    """``(x_R^T x_R / n, mean of the rows of x_R)`` in float64 for the rows ``R`` selected by the bool mask
+    ``rows`` (default: all, ``n = |R|``), ``chunk`` rows at a time: no float64 or masked copy of ``x``.
 
     Shapes:
-        x: [n, d] -> ([d, d], [d]) float64.
+        x: [N, d], rows: optional [N] bool -> ([d, d], [d]) float64.
     """
     d = x.shape[1]
     gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
     total = torch.zeros(d, dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], chunk):
-        part = x[s:s + chunk].double()
+        part = x[s:s + chunk] if rows is None else x[s:s + chunk][rows[s:s + chunk]]
+        part = part.double()
         gram += part.t() @ part
         total += part.sum(0)
-    n = max(x.shape[0], 1)
+    n = max(x.shape[0] if rows is None else int(rows.sum()), 1)
     return gram / n, total / n
 
 

@@ -369,5 +369,9 @@ def test_gram_and_mean_chunked_matches_direct():
     g, m = _gram_and_mean(x, chunk=3)
     x64 = x.double()
     assert torch.allclose(g, x64.t() @ x64 / 10) and torch.allclose(m, x64.mean(0))
+    rows = torch.tensor([True, False, True, True, False, False, True, True, False, True])
+    gr, mr = _gram_and_mean(x, rows, chunk=3)
+    sel = x64[rows]
+    assert torch.allclose(gr, sel.t() @ sel / 6) and torch.allclose(mr, sel.mean(0))
     g0, m0 = _gram_and_mean(torch.zeros(0, 4))
     assert g0.shape == (4, 4) and torch.equal(m0, torch.zeros(4, dtype=torch.float64))

@@ -91,6 +91,9 @@ class ModelConfig:
     # add the content view h~ to a warm item's final embedding as well (cold items always get it: their
     # readout alone is h~ / (L + 1)); false: a warm item's final embedding is its LightGCN readout
     warm_content_skip: bool = False
+    # the token level also adds an MLP of the raw (L2-normalized) features:
+    # h_i^m = W_m z_q^m + sum_k E_m[code_k] + MLP_m(f_m); false: codes alone (the paper's token level)
+    feature_residual: bool = False
     # content baselines: MLP hidden width
     content_hidden: int = 256
 
@@ -126,7 +129,7 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip"):
+                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "feature_residual"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
 

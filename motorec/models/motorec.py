@@ -3,7 +3,8 @@
 Per modality m an RQ-VAE tokenizer turns item features into a quantized code ``z_q^m`` (N_q tokens); a
 hierarchical graph encoder fuses content and collaborative signals:
 
-* token level: ``h_i^m = W_m z_q^m + sum_k E_m[k, code_k]`` (the token embeddings are optional);
+* token level: ``h_i^m = W_m z_q^m + sum_k E_m[k, code_k] + MLP_m(f_m)`` (the token embeddings are optional;
+  the feature MLP is the ``feature_residual`` option, off by default: ``h`` then depends on the codes alone);
 * source level: per modality a cosine kNN item-item graph on the quantized codes (rebuilt every few epochs)
   and one propagation layer ``(h + A^m h) / 2``; attention over modalities gives ``h~_i``;
 * collaborative level: LightGCN over the user-item graph, item layer-0 = ID embedding + ``h~_i``
@@ -109,6 +110,10 @@ class MoToRec(_FeatureMixin, Recommender):
             for e in self.token_emb.values():
                 nn.init.normal_(e.weight, std=0.01)
         self.fusion = _Attention(c.dim).to(dev)
+        if c.feature_residual:
+            self.feature_mlp = nn.ModuleDict({
+                m: nn.Sequential(nn.Linear(features[m].shape[1], c.content_hidden), nn.LeakyReLU(0.1),
+                                 nn.Linear(c.content_hidden, c.dim)) for m in self._modalities}).to(dev)
         self.user_emb = nn.Parameter(torch.randn(self.num_users, c.dim, device=dev) * 0.1)
         self.item_emb = nn.Parameter(torch.randn(self.num_items, c.dim, device=dev) * 0.1)
         self.item_graphs: Dict[str, Graph] = {}
@@ -174,6 +179,8 @@ class MoToRec(_FeatureMixin, Recommender):
             if self.use_tokens:
                 offset = torch.arange(c.num_levels, device=z.device) * c.codebook_size
                 hm = hm + self.token_emb[m](outs[m].codes.long() + offset).sum(1)
+            if c.feature_residual:
+                hm = hm + self.feature_mlp[m](self._normalized(m))
             h[m] = hm
         return h
 

@@ -72,7 +72,9 @@ class Trainer:
         evaluate_fn: ``evaluate(score_fn, dataset, split=..., ...)`` (default :func:`motorec.eval.evaluate`).
 
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "seconds_per_epoch",
-    "history"}``, with ``metrics[group][metric]`` for ``group`` in overall / warm / cold.
+    "history"}``, with ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
+    ``history`` row also holds ``valid_recall@20`` (the early-stopping metric, overall) and
+    ``valid_warm_recall@20`` / ``valid_cold_recall@20``.
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -175,6 +177,7 @@ class Trainer:
                     valid = self.evaluate("valid")
                     score = valid["overall"][SELECT_METRIC]
                     row["valid_" + SELECT_METRIC] = score
+                    row["valid_warm_" + SELECT_METRIC] = valid.get("warm", {}).get(SELECT_METRIC, float("nan"))
                     row["valid_cold_" + SELECT_METRIC] = valid.get("cold", {}).get(SELECT_METRIC, float("nan"))
                     if score > best:
                         best, best_epoch, bad = score, epoch, 0

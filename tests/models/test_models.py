@@ -375,3 +375,28 @@ def test_gram_and_mean_chunked_matches_direct():
     assert torch.allclose(gr, sel.t() @ sel / 6) and torch.allclose(mr, sel.mean(0))
     g0, m0 = _gram_and_mean(torch.zeros(0, 4))
     assert g0.shape == (4, 4) and torch.equal(m0, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["tokens-only", "feature-residual"])
+def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
+    """``feature_residual`` adds ``MLP_m(normalize(f_m))`` to each modality's token-level embedding; without it
+    the token level is a function of the codes alone, so features that quantize alike embed alike."""
+    m = _model(ds, "motorec", feature_residual=residual)
+    m.train()
+    m.on_epoch_start(0)
+    outs = {k: m.tokenizers[k](m._normalized(k)) for k in m._modalities}
+    h = m._token_level(outs)
+    assert hasattr(m, "feature_mlp") == residual
+    for k in m._modalities:
+        z = outs[k].z_q
+        offset = torch.arange(m.config.num_levels) * m.config.codebook_size
+        expected = m.token_proj[k](z) + m.token_emb[k](outs[k].codes.long() + offset).sum(1)
+        if residual:
+            expected = expected + m.feature_mlp[k](torch.nn.functional.normalize(getattr(m, f"feat_{k}"), dim=1))
+        assert torch.allclose(h[k], expected, atol=1e-6)
+    total, _ = m.loss(_batch(ds))
+    total.backward()
+    if residual:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.feature_mlp.parameters())
+    m.eval()
+    assert torch.isfinite(m.score(torch.arange(4))).all()

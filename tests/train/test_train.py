@@ -160,6 +160,10 @@ def test_early_stopping_restores_best(ds):
     assert r["valid"]["overall"]["recall@20"] == pytest.approx(best, abs=1e-9)
     if r["epochs_run"] < 30:  # stopped early: the last `patience` evaluations did not improve
         assert max(valid_scores[-2:]) <= best
+    # the history also records each item group's validation Recall@20; the selected epoch's row matches
+    row = next(h for h in r["history"] if h.get("epoch") == r["best_epoch"])
+    for g in ("warm", "cold"):
+        assert row[f"valid_{g}_recall@20"] == pytest.approx(r["valid"][g]["recall@20"], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -119,6 +119,8 @@ class MoToRec(_FeatureMixin, Recommender):
         self.item_graphs: Dict[str, Graph] = {}
         # (eval user embeddings it was computed from, global score moments): see _global_score_moments
         self._moments: Optional[Tuple[Tensor, tuple]] = None
+        # fixed by the training data; counted once here, not per score() call (a device sync on GPU)
+        self._num_cold = int((~self.warm_mask).sum())
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
@@ -277,7 +279,7 @@ class MoToRec(_FeatureMixin, Recommender):
         c = self.config
         a, shift = c.cold_calibration, c.cold_score_shift
         cold = ~self.warm_mask
-        n_cold = int(cold.sum())
+        n_cold = self._num_cold
         if (a <= 0 and shift == 0) or n_cold < 2 or self.num_items - n_cold < 2:
             return s
         sc = s[:, cold]

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
     t.add_argument("--device", help="cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, help="training seed (torch, numpy, random, sampler)")
+    t.add_argument("--split-seed", type=int, help="seed of the cold-start split's draw of held-out items "
+                   "(data.seed, default 0): another draw is another benchmark")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
                    "fastest on a shared or small machine)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
@@ -170,7 +172,10 @@ def cmd_train(args) -> int:
         v = getattr(args, flag)
         if v is not None:
             train_over[key] = v
-    cfg = cfg.replace(train=train_over, data={"split": args.split} if args.split else {})
+    data_over: Dict[str, Any] = {"split": args.split} if args.split else {}
+    if args.split_seed is not None:
+        data_over["seed"] = args.split_seed
+    cfg = cfg.replace(train=train_over, data=data_over)
     from motorec.train.trainer import resolve_device
 
     resolve_device(cfg.train.device)

@@ -158,3 +158,20 @@ def test_results_table_shows_dash_without_timing():
     lines = results_table({"trained": {"test": m, "seconds_per_epoch": 1.25}, "evaluated": {"test": m}}).splitlines()
     assert lines[3].split()[-1] == "1.25" and lines[4].split()[-1] == "-"
     assert lines[3].split()[1:7] == ["0.2500", "0.5000", "0.3000", "0.4000", "0.1000", "0.0500"]
+
+
+def test_split_seed_flag_sets_the_cold_split_draw(tmp_path, capsys):
+    from motorec.cli import main
+
+    data = write_mmrec(tmp_path / "data")
+    base = ["train", "--data", str(data), "--model", "lightgcn", "--epochs", "1", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--split-seed", "5"]) == 0
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["data_seed"] == 5 and info["split"] == "cold"
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["data"]["seed"] == 5
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "b"), "--split-seed", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.seed" in err[0], err

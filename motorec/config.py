@@ -144,6 +144,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 20
+    # which item group's validation Recall@20 selects the epoch (early stopping and the restored weights):
+    # "warm" (items seen in training), "overall" or "cold"; a group without validation users falls back to
+    # "overall". Warm by default: the cold group's validation recall rests on a few hundred held-out items and
+    # spikes from epoch to epoch, and selecting on it (or on overall, which it dominates) locked onto spikes
+    # (docs/MODEL.md)
+    select_group: str = "warm"
     eval_every: int = 1
     eval_batch_size: int = 1024
     seed: int = 0
@@ -158,6 +164,8 @@ class TrainConfig:
         if _float(self, "lr") <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _nonneg_float(self, "weight_decay")
+        if self.select_group not in ("overall", "warm", "cold"):
+            raise ConfigError(f"train.select_group must be 'overall', 'warm' or 'cold', got {self.select_group!r}")
         if self.backend not in ("auto", "torch", "cpu", "cuda", "triton"):
             raise ConfigError(f"train.backend must be one of auto, torch, cpu, cuda, triton; got {self.backend!r}")
         if not isinstance(self.device, str) or not self.device:

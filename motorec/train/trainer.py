@@ -73,8 +73,9 @@ class Trainer:
 
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "seconds_per_epoch",
     "history"}``, with ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
-    ``history`` row also holds ``valid_recall@20`` (the early-stopping metric, overall) and
-    ``valid_warm_recall@20`` / ``valid_cold_recall@20``.
+    ``history`` row also holds ``valid_recall@20`` (overall), ``valid_warm_recall@20``,
+    ``valid_cold_recall@20`` and ``select_score``: the validation Recall@20 of ``train.select_group`` that
+    early stopping compares (overall when that group has no validation user).
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -175,8 +176,10 @@ class Trainer:
                 row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
                 if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
                     valid = self.evaluate("valid")
-                    score = valid["overall"][SELECT_METRIC]
-                    row["valid_" + SELECT_METRIC] = score
+                    group = tc.select_group if valid.get(tc.select_group, {}).get("num_users") else "overall"
+                    score = valid[group][SELECT_METRIC]
+                    row["valid_" + SELECT_METRIC] = valid["overall"][SELECT_METRIC]
+                    row["select_score"] = score
                     row["valid_warm_" + SELECT_METRIC] = valid.get("warm", {}).get(SELECT_METRIC, float("nan"))
                     row["valid_cold_" + SELECT_METRIC] = valid.get("cold", {}).get(SELECT_METRIC, float("nan"))
                     if score > best:
@@ -201,8 +204,8 @@ class Trainer:
                     "model_name": cfg.model.name,
                 }, self.checkpoint_path)
             if stopped:
-                self.log.info("%s: early stop after epoch %d (best valid %s %.4f at epoch %d)",
-                              cfg.model.name, epoch - 1, SELECT_METRIC, best, best_epoch)
+                self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
+                              cfg.model.name, epoch - 1, tc.select_group, SELECT_METRIC, best, best_epoch)
 
         if best_snap is not None:
             self._restore(best_snap)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from motorec.config import Config
+from motorec.config import Config, ConfigError
 from motorec.data import synthetic
 from motorec.eval import evaluate
 from motorec.train import BPRSampler, CheckpointError, Trainer, load_checkpoint, save_checkpoint
@@ -154,16 +154,30 @@ def test_resume_refuses_other_config_or_dataset(ds, tmp_path):
 def test_early_stopping_restores_best(ds):
     cfg = _cfg("lightgcn", epochs=30).replace(train={"patience": 2, "lr": 0.05})
     r = Trainer(cfg, ds, quiet=True).fit()
-    valid_scores = [h["valid_recall@20"] for h in r["history"] if "valid_recall@20" in h]
+    valid_scores = [h["select_score"] for h in r["history"] if "select_score" in h]
     assert r["epochs_run"] <= 30
     best = max(valid_scores)
-    assert r["valid"]["overall"]["recall@20"] == pytest.approx(best, abs=1e-9)
+    assert r["valid"][cfg.train.select_group]["recall@20"] == pytest.approx(best, abs=1e-9)
     if r["epochs_run"] < 30:  # stopped early: the last `patience` evaluations did not improve
         assert max(valid_scores[-2:]) <= best
     # the history also records each item group's validation Recall@20; the selected epoch's row matches
     row = next(h for h in r["history"] if h.get("epoch") == r["best_epoch"])
     for g in ("warm", "cold"):
         assert row[f"valid_{g}_recall@20"] == pytest.approx(r["valid"][g]["recall@20"], abs=1e-9)
+
+
+@pytest.mark.parametrize("group", ["overall", "warm", "cold"])
+def test_select_group_picks_the_best_epoch_of_that_group(ds, group):
+    cfg = _cfg("lightgcn_content", epochs=8).replace(train={"patience": 0, "select_group": group})
+    r = Trainer(cfg, ds, quiet=True).fit()
+    rows = [h for h in r["history"] if "select_score" in h]
+    key = "valid_recall@20" if group == "overall" else f"valid_{group}_recall@20"
+    assert all(h["select_score"] == h[key] for h in rows)
+    best = max(h[key] for h in rows)
+    chosen = next(h for h in rows if h["epoch"] == r["best_epoch"])
+    assert chosen[key] == best and r["valid"][group]["recall@20"] == pytest.approx(best, abs=1e-9)
+    with pytest.raises(ConfigError, match="select_group"):
+        _cfg("lightgcn").replace(train={"select_group": "popular"})
 
 
 # ---------------------------------------------------------------------------------------------- end to end

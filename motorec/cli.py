@@ -225,6 +225,15 @@ def cmd_train(args) -> int:
         print(f"\nwrote {metrics_path}")
     if dctx is not None:
         dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts
+        # Even after leaving the group, gloo's communication threads can be torn down by static destructors at
+        # interpreter exit, which aborts the process ("terminate called without an active exception") in about
+        # one run in three on a loaded 2-core machine; torchrun then kills the other rank. Every output is
+        # written and closed by now, so a torchrun rank ends here without running those destructors.
+        _dist.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

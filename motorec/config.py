@@ -104,7 +104,8 @@ class ModelConfig:
             _positive_int(self, k)
         for k in ("num_layers", "rarity_warmup_epochs"):
             _nonneg_int(self, k)
-        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold"):
+        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold",
+                  "cold_score_shift"):
             _nonneg_float(self, k)
         for k in ("tau", "sparse_temperature"):
             if _float(self, k) <= 0:
@@ -114,8 +115,6 @@ class ModelConfig:
                 raise ConfigError(f"model.{k} must lie in [0, 1), got {getattr(self, k)}")
         if not 0.0 <= _float(self, "cold_calibration") <= 1.0:
             raise ConfigError(f"model.cold_calibration must lie in [0, 1], got {self.cold_calibration}")
-        if not 0.0 <= _float(self, "cold_score_shift") < float("inf"):
-            raise ConfigError(f"model.cold_score_shift must be a finite number >= 0, got {self.cold_score_shift}")
         if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
             raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
                               f"{self.rarity_min}/{self.rarity_max}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, one script for the GPU machine (Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, nvcc,
 # ninja, pytest, no internet). Stages, in order: build motorec._C with CUDA (editable install, in place);
-# the benchmark table at the target shapes (--quick); the GPU tests (not slow); as much of the full
-# benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (7 files at most):
+# the op tests on the GPU (all cases); the benchmark table at the target shapes (--quick); the rest of the
+# tests (not slow); as much of the full benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (7 files at most):
 #   env.txt, build.log, bench.log, tests.log, <device-slug>.csv, <device-slug>_speedup.png,
 #   <device-slug>_throughput.png
 #
@@ -84,26 +84,38 @@ stage build "$OUT/build.log" "$(cap 170 230)" \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
 
-# 3. benchmarks: the target shapes (--quick) first --------------------------------------------------
-stage "bench --quick" "$OUT/bench.log" "$(cap 190 130)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot
+# 3. the op tests on the GPU first (every case, no -x: one run should show every failure) ---------------
+OPT_ARGS=(-q -p no:cacheprovider -rfE)
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    OPT_ARGS+=(--timeout 90)
+fi
+stage "op tests" "$OUT/tests.log" "$(cap 150 170)" \
+    "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py -m "not slow" "${OPT_ARGS[@]}"
 
-# 4. GPU tests (not slow), with a time limit ---------------------------------------------------------
-TEST_ARGS=(tests -m "not slow" -x -q -p no:cacheprovider)
+# 4. benchmarks: the target shapes (--quick) ---------------------------------------------------------
+stage "bench --quick" "$OUT/bench.log" "$(cap 150 80)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot
+
+# 5. the rest of the suite (not slow), spread over the CPU cores when pytest-xdist is there -------------
+TEST_ARGS=(tests -m "not slow" -q -p no:cacheprovider -rfE --ignore tests/ops --ignore tests/test_dispatch.py
+           --ignore tests/test_bad_input.py)
 if ! "$PY" -c "import hypothesis" 2>/dev/null; then
     for f in $(grep -rlE "^\s*(import|from) hypothesis" tests --include='*.py'); do TEST_ARGS+=(--ignore "$f"); done
 fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
     TEST_ARGS+=(--timeout 90)
 fi
-stage tests "$OUT/tests.log" "$(cap 110 40)" "$PY" -m pytest "${TEST_ARGS[@]}"
+if "$PY" -c "import xdist" 2>/dev/null; then
+    TEST_ARGS+=(-n 8)
+fi
+stage "other tests" "$OUT/tests.log" "$(cap 150 40)" "$PY" -m pytest "${TEST_ARGS[@]}"
 
-# 5. as much of the full grid as the budget allows (rows are kept as they are measured) ----------------
+# 6. as much of the full grid as the budget allows (rows are kept as they are measured) ----------------
 if (( $(left) > 80 )); then
     ALLOW_TIMEOUT=1 stage "bench --full (until the budget ends)" "$OUT/bench.log" "$(cap 600 35)" \
         "$PY" -m benchmarks.run --full --out "$OUT" --no-plot --only residual_quantize,propagate,spmm
 fi
 
-# 6. charts ------------------------------------------------------------------------------------------
+# 7. charts ------------------------------------------------------------------------------------------
 CSVS=$(ls "$OUT"/*.csv 2>/dev/null)
 if [ -n "$CSVS" ]; then
     stage plot "$OUT/bench.log" "$(cap 40 0)" "$PY" -m benchmarks.plot $CSVS --out "$OUT"

@@ -5,10 +5,13 @@
 // 8 x half/bf16) per edge. The group reads G (col, val) pairs at once, coalesced, and broadcasts them with
 // shuffles (GE-SpMM's coalesced row caching). Accumulation is float32 (float64 for double).
 //
-// Power-law rows: a row of more than kSegment edges would hold one group for its whole length, so the edge
-// list is cut into fixed segments of kSegment edges; a first kernel sums each heavy row's part of each
-// segment into a workspace (deterministic, no atomics), and the row kernel adds those partial sums instead
-// of walking the heavy row. The row kernel's epilogue also fuses propagate's running layer mean.
+// Power-law rows: a row of more than S edges would hold one group for its whole length (one dependent
+// round trip to memory per few edges), so the edge list is cut into fixed segments of S edges; a first
+// kernel sums each heavy row's part of each segment into a workspace (deterministic, no atomics), and the
+// row kernel adds those partial sums instead of walking the heavy row. The row kernel's epilogue also fuses
+// propagate's running layer mean. S is kDefaultSegment unless MOTOREC_CUDA_SEGMENT says otherwise (a
+// tuning knob read at each call; see docs/KERNELS.md). On an H100 (2026-11-27) S = 2048 left the longest
+// light rows as the critical path: SpMM at 54k nodes / 553k edges took 1.47 ms against cuSPARSE's 0.07 ms.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +23,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "../csr_check.h"
@@ -28,7 +32,18 @@ namespace motorec {
 namespace cuda {
 
 constexpr int kBlock = 256;
-constexpr int64_t kSegment = 2048;
+constexpr int64_t kDefaultSegment = 256;
+
+// The segment length S: MOTOREC_CUDA_SEGMENT (an integer in [16, 1 << 20]) or kDefaultSegment.
+inline int64_t segment_length() {
+  const char* env = std::getenv("MOTOREC_CUDA_SEGMENT");
+  if (env == nullptr || *env == '\0') return kDefaultSegment;
+  char* end = nullptr;
+  const long long s = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && s >= 16 && s <= (1 << 20),
+              "MOTOREC_CUDA_SEGMENT must be an integer in [16, 1048576], got '", env, "'");
+  return static_cast<int64_t>(s);
+}
 
 enum Mode : int {
   kSpmm = 0,  // out[r] = acc
@@ -63,6 +78,7 @@ struct Params {
   const T* x0;   // layer-0 term, added by the first layer (else nullptr)
   A scale;
   A* partial;    // [2 * num_segments, D] partial sums of heavy rows
+  int64_t seg;   // segment length S: rows of more than S edges are heavy
   int G;         // lanes per row
 };
 
@@ -135,7 +151,7 @@ template <typename T, typename A, typename I, int VEC>
 __device__ __forceinline__ void heavy_piece(const Params<T, A, I>& P, int64_t r, int64_t k0, int64_t k1, A* dst,
                                             int lane, unsigned mask) {
   const int64_t p = P.rowptr[r], q = P.rowptr[r + 1];
-  if (q - p <= kSegment) return;
+  if (q - p <= P.seg) return;
   const int64_t lo = max(p, k0), hi = min(q, k1);
   for (int64_t f = static_cast<int64_t>(lane) * VEC; f - lane * VEC < P.D; f += static_cast<int64_t>(P.G) * VEC) {
     A acc[VEC];
@@ -149,8 +165,8 @@ __device__ __forceinline__ void heavy_piece(const Params<T, A, I>& P, int64_t r,
   }
 }
 
-// One group per segment [s * kSegment, (s + 1) * kSegment) of the edge list: writes the part of a heavy row
-// (more than kSegment edges) that starts in or crosses this segment. Piece 0 is the row holding the
+// One group per segment [s * S, (s + 1) * S) of the edge list: writes the part of a heavy row
+// (more than S edges) that starts in or crosses this segment. Piece 0 is the row holding the
 // segment's first edge, piece 1 the row holding its last edge when that row is another one.
 template <typename T, typename A, typename I, int VEC>
 __global__ void __launch_bounds__(kBlock) heavy_partial_kernel(const Params<T, A, I> P, int64_t num_segments) {
@@ -159,8 +175,8 @@ __global__ void __launch_bounds__(kBlock) heavy_partial_kernel(const Params<T, A
   if (s >= num_segments) return;
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask(G);
-  const int64_t k0 = s * kSegment;
-  const int64_t k1 = min(k0 + kSegment, P.nnz);
+  const int64_t k0 = s * P.seg;
+  const int64_t k1 = min(k0 + P.seg, P.nnz);
   const int64_t r0 = row_of(P.rowptr, P.R, k0);
   const int64_t r1 = row_of(P.rowptr, P.R, k1 - 1);
   heavy_piece<T, A, I, VEC>(P, r0, k0, k1, P.partial + 2 * s * P.D, lane, mask);
@@ -175,7 +191,7 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const Params<T, A, I> P) {
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask(G);
   const int64_t p = P.rowptr[r], q = P.rowptr[r + 1];
-  const bool heavy = q - p > kSegment;
+  const bool heavy = q - p > P.seg;
   for (int64_t f = static_cast<int64_t>(lane) * VEC; f - lane * VEC < P.D; f += static_cast<int64_t>(G) * VEC) {
     A acc[VEC];
 #pragma unroll
@@ -183,8 +199,10 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const Params<T, A, I> P) {
     if (!heavy) {
       gather_edges<T, A, I, VEC>(P, p, q, f, lane, mask, acc);
     } else if (f < P.D) {
-      for (int64_t s = p / kSegment; s <= (q - 1) / kSegment; ++s) {
-        const A* src = P.partial + (2 * s + (s * kSegment >= p ? 0 : 1)) * P.D + f;
+      // Unrolled so that several partial-sum loads are in flight (a heavy row has (q - p) / S of them).
+#pragma unroll 8
+      for (int64_t s = p / P.seg; s <= (q - 1) / P.seg; ++s) {
+        const A* src = P.partial + (2 * s + (s * P.seg >= p ? 0 : 1)) * P.D + f;
 #pragma unroll
         for (int k = 0; k < VEC; ++k) acc[k] += src[k];
       }
@@ -231,7 +249,7 @@ void launch_layer(Params<T, A, I> P, bool vectorized, cudaStream_t stream) {
   const int vec = vectorized ? V : 1;
   P.G = lanes_per_row(P.D, vec);
   const int64_t groups_per_block = kBlock / P.G;
-  const int64_t num_segments = (P.nnz + kSegment - 1) / kSegment;
+  const int64_t num_segments = (P.nnz + P.seg - 1) / P.seg;
   if (num_segments > 0) {
     const int64_t blocks = (num_segments + groups_per_block - 1) / groups_per_block;
     if (vectorized) heavy_partial_kernel<T, A, I, V><<<blocks, kBlock, 0, stream>>>(P, num_segments);
@@ -244,9 +262,10 @@ void launch_layer(Params<T, A, I> P, bool vectorized, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The workspace of heavy-row partial sums for a graph of nnz edges and D features.
-inline at::Tensor partial_workspace(int64_t nnz, int64_t D, at::ScalarType acc, const at::Device& device) {
-  const int64_t num_segments = (nnz + kSegment - 1) / kSegment;
+// The workspace of heavy-row partial sums for a graph of nnz edges, D features and segment length seg.
+inline at::Tensor partial_workspace(int64_t nnz, int64_t D, int64_t seg, at::ScalarType acc,
+                                    const at::Device& device) {
+  const int64_t num_segments = (nnz + seg - 1) / seg;
   return at::empty({2 * num_segments, D}, at::TensorOptions().dtype(acc).device(device));
 }
 

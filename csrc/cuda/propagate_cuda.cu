@@ -29,11 +29,12 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr, const at::Tensor& col, const
     return out;
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t seg = segment_length();
   dispatch_types(x.scalar_type(), c.scalar_type(), [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     using A = typename AccOf<T>::type;
-    at::Tensor ws = partial_workspace(nnz, D, v.scalar_type(), x.device());
+    at::Tensor ws = partial_workspace(nnz, D, seg, v.scalar_type(), x.device());
     at::Tensor sum = std::is_same<T, A>::value ? out : at::empty({R, D}, v.options());
     at::Tensor h[2];
     for (int k = 0; k < 2 && k < L - 1; ++k) h[k] = at::empty_like(out);
@@ -55,6 +56,7 @@ at::Tensor propagate_cuda(const at::Tensor& rowptr, const at::Tensor& col, const
       P.x0 = l == 1 ? x0 : nullptr;
       P.scale = A(1) / static_cast<A>(L + 1);
       P.partial = ws.data_ptr<A>();
+      P.seg = seg;
       if (l < L) launch_layer<T, A, I, kMid>(P, vec, stream);
       else launch_layer<T, A, I, kLast>(P, vec, stream);
     }

@@ -18,11 +18,12 @@ at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::
   at::Tensor out = at::empty({R, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (R == 0 || D == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t seg = segment_length();
   dispatch_types(x.scalar_type(), c.scalar_type(), [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     using A = typename AccOf<T>::type;
-    at::Tensor ws = partial_workspace(nnz, D, v.scalar_type(), x.device());
+    at::Tensor ws = partial_workspace(nnz, D, seg, v.scalar_type(), x.device());
     Params<T, A, I> P{};
     P.rowptr = rp.data_ptr<int64_t>();
     P.col = c.data_ptr<I>();
@@ -34,6 +35,7 @@ at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::
     P.nnz = nnz;
     P.out = reinterpret_cast<T*>(out.data_ptr());
     P.partial = ws.data_ptr<A>();
+    P.seg = seg;
     P.scale = A(1);
     const bool vec = D % (16 / static_cast<int64_t>(sizeof(T))) == 0 && aligned16(P.src);
     launch_layer<T, A, I, kSpmm>(P, vec, stream);

@@ -48,6 +48,13 @@ def _extensions():
     if sys.platform == "darwin":
         cxx = ["-O3", "-std=c++17", "-Xpreprocessor", "-fopenmp"]
     link = ["-fopenmp"] if sys.platform != "darwin" else ["-lomp"]
+    if sys.platform.startswith("linux"):
+        # Link the shared C++ runtime by name, ahead of anything the compiler driver appends: torch throws its
+        # errors (c10::Error) from libstdc++.so.6, and a private static copy in _C (a compiler wrapper that adds
+        # -static-libstdc++, as on the GPU image's /opt/gcc/bin/g++) turned every TORCH_CHECK failure inside
+        # _C into a segmentation fault there (H100 machine, torch 2.11, 2026-11-27). motorec._ext refuses a
+        # _C that does not load libstdc++.so.6.
+        link.append("-lstdc++")
     if os.environ.get("MOTOREC_NATIVE", "0") == "1":
         cxx.append("-march=native")
     macros = []

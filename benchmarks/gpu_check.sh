@@ -83,11 +83,29 @@ cat "$OUT/env.txt"
 stage build "$OUT/build.log" "$(cap 170 230)" \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
 stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
+# A C++ error inside _C must reach Python as RuntimeError (a static C++ runtime in _C crashed here once).
+stage "C++ error path" "$OUT/build.log" 60 "$PY" -c "
+import torch, motorec
+from motorec import _C, _ext
+print('motorec._C loads', _ext.elf_needed(_C.__file__))
+for dev in ('cpu', 'cuda'):
+    r, c, v, x = (torch.tensor([0, 1, 2], device=dev), torch.tensor([1, 0], device=dev),
+                  torch.ones(2, device=dev), torch.randn(2, 3, device=dev))
+    try:
+        torch.ops.motorec_C.propagate(r, c, v, x, -1)
+    except RuntimeError as e:
+        print(dev, 'raised:', str(e).splitlines()[0])
+    else:
+        raise SystemExit(dev + ': no error raised')
+"
 
 # 3. the op tests on the GPU first (every case, no -x: one run should show every failure) ---------------
 OPT_ARGS=(-q -p no:cacheprovider -rfE)
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
     OPT_ARGS+=(--timeout 90)
+fi
+if "$PY" -c "import xdist" 2>/dev/null; then
+    OPT_ARGS+=(-n 4)  # a crashing test then costs one worker, not the rest of the stage
 fi
 stage "op tests" "$OUT/tests.log" "$(cap 150 170)" \
     "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py -m "not slow" "${OPT_ARGS[@]}"

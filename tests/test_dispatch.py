@@ -84,3 +84,57 @@ def test_import_without_compiled_extension():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout and "cpu     unavailable  motorec._C disabled" in r.stdout
+
+
+def _tiny_elf(needed):
+    """A minimal 64-bit little-endian ELF: one PT_LOAD over the whole file and a PT_DYNAMIC with ``needed``."""
+    import struct
+
+    strtab = b"\0" + b"".join(n.encode() + b"\0" for n in needed)
+    ph_off, n_ph = 64, 2
+    dyn_off = ph_off + 56 * n_ph
+    entries, pos = [], 1
+    for n in needed:
+        entries.append((1, pos))  # DT_NEEDED
+        pos += len(n) + 1
+    vaddr = 0x400000
+    str_off = dyn_off + 16 * (len(entries) + 2)
+    entries += [(5, vaddr + str_off), (0, 0)]  # DT_STRTAB, DT_NULL
+    size = str_off + len(strtab)
+    head = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    head += struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, ph_off, 0, 0, 64, 56, n_ph, 64, 0, 0)
+    ph = struct.pack("<IIQQQQQQ", 1, 5, 0, vaddr, vaddr, size, size, 0x1000)
+    ph += struct.pack("<IIQQQQQQ", 2, 6, dyn_off, vaddr + dyn_off, vaddr + dyn_off, 16 * len(entries),
+                      16 * len(entries), 8)
+    dyn = b"".join(struct.pack("<qQ", t, v) for t, v in entries)
+    return head + ph + dyn + strtab
+
+
+def test_elf_needed_reads_dynamic_section(tmp_path):
+    p = tmp_path / "lib.so"
+    p.write_bytes(_tiny_elf(["libc10.so", "libstdc++.so.6", "libc.so.6"]))
+    assert _ext.elf_needed(str(p)) == ["libc10.so", "libstdc++.so.6", "libc.so.6"]
+    assert _ext._cxx_runtime_problem(str(p)) == ""
+    (tmp_path / "text.so").write_text("not an ELF file")
+    assert _ext.elf_needed(str(tmp_path / "text.so")) is None
+    assert _ext.elf_needed(str(tmp_path / "missing.so")) is None
+    (tmp_path / "cut.so").write_bytes(_tiny_elf(["libc.so.6"])[:80])  # header promises headers it lacks
+    assert _ext.elf_needed(str(tmp_path / "cut.so")) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF / libstdc++ check is Linux-only")
+def test_extension_with_static_cxx_runtime_is_refused(tmp_path):
+    """A _C that carries its own C++ runtime (no libstdc++.so.6 in DT_NEEDED) is refused with a reason: torch
+    errors raised inside such a build crashed the process (H100 image, torch 2.11)."""
+    p = tmp_path / "_C.so"
+    p.write_bytes(_tiny_elf(["libc10.so", "libtorch_cpu.so", "libgomp.so.1", "libc.so.6"]))
+    reason = _ext._cxx_runtime_problem(str(p))
+    assert "does not load libstdc++.so.6" in reason and "CXX=g++" in reason
+
+
+@pytest.mark.skipif(not (_ext.HAS_C and sys.platform.startswith("linux")), reason="needs motorec._C on Linux")
+def test_built_extension_loads_shared_libstdcxx():
+    from motorec import _C
+
+    needed = _ext.elf_needed(_C.__file__)
+    assert needed is not None and any(n.startswith("libstdc++.so") for n in needed), needed

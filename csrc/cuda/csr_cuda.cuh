@@ -10,8 +10,10 @@
 // kernel sums each heavy row's part of each segment into a workspace (deterministic, no atomics), and the
 // row kernel adds those partial sums instead of walking the heavy row. The row kernel's epilogue also fuses
 // propagate's running layer mean. S is kDefaultSegment unless MOTOREC_CUDA_SEGMENT says otherwise (a
-// tuning knob read at each call; see docs/KERNELS.md). On an H100 (2026-11-27) S = 2048 left the longest
-// light rows as the critical path: SpMM at 54k nodes / 553k edges took 1.47 ms against cuSPARSE's 0.07 ms.
+// tuning knob read at each call; README "Installing and building"). On an H100 (2026-11-27) S = 2048 left
+// the longest light rows as the critical path (SpMM at 54k nodes / 553k edges: 1.47 ms, cuSPARSE 0.07 ms);
+// benchmarks/cuda_segment_sweep.py over S = 64..2048 (benchmarks/results/cuda-segment-sweep-h100.csv):
+// S = 64 was fastest at 54k nodes, S = 128 at 1.5M nodes / 36.5M edges (SpMM 3.41 ms, cuSPARSE 3.85 ms).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,7 +34,7 @@ namespace motorec {
 namespace cuda {
 
 constexpr int kBlock = 256;
-constexpr int64_t kDefaultSegment = 256;
+constexpr int64_t kDefaultSegment = 128;
 
 // The segment length S: MOTOREC_CUDA_SEGMENT (an integer in [16, 1 << 20]) or kDefaultSegment.
 inline int64_t segment_length() {

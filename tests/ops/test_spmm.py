@@ -14,6 +14,7 @@ import torch
 import motorec
 from motorec import BackendUnavailable, Graph, _ext
 from motorec.ops.spmm import spmm_op
+from motorec.reference import propagate as ref_propagate
 from motorec.reference.spmm import spmm as torch_csr_spmm
 from motorec.reference.spmm import spmm_gather
 from motorec.testing import assert_close_rel, backend_params, power_law_graph, rel_error
@@ -90,6 +91,32 @@ def test_heavy_row(heavy, device, backend, index_dtype, dim):
     x = torch.randn(g.num_cols, dim, device=device)
     ref = oracle(g, x)
     assert_close_rel(motorec.ops.spmm(g, x, backend=backend), ref, tolerance(g, x, ref), f"spmm[{backend}]")
+
+
+@pytest.mark.skipif(not _ext.HAS_C_CUDA, reason=f"needs the CUDA kernels ({_ext.C_CUDA_REASON})")
+@pytest.mark.parametrize("segment", ["16", "100", "2048", "200000"])
+def test_cuda_segment_lengths(heavy, monkeypatch, segment):
+    """Every segment length S (MOTOREC_CUDA_SEGMENT) computes the same product: rows of up to 200 edges and one
+    of 100,000 are heavy or light depending on S, and S not a power of two exercises unaligned segments."""
+    monkeypatch.setenv("MOTOREC_CUDA_SEGMENT", segment)
+    g = heavy.to("cuda")
+    for dim in (1, 64):
+        x = torch.randn(g.num_cols, dim, device="cuda")
+        ref = oracle(g, x)
+        assert_close_rel(motorec.ops.spmm(g, x, backend="cuda"), ref, tolerance(g, x, ref), f"spmm S={segment}")
+        gs = power_law_graph(300, 200, 4000, device="cuda")
+        xs = torch.randn(gs.num_nodes, dim, device="cuda")
+        ref = ref_propagate.propagate(gs.rowptr, gs.col, gs.val.double(), xs.double(), 3)
+        assert_close_rel(motorec.ops.propagate(gs, xs, 3, backend="cuda"), ref, 1e-5, f"propagate S={segment}")
+
+
+@pytest.mark.skipif(not _ext.HAS_C_CUDA, reason=f"needs the CUDA kernels ({_ext.C_CUDA_REASON})")
+@pytest.mark.parametrize("segment", ["0", "15", "abc", "64x", "99999999999"])
+def test_cuda_segment_length_bad_values_raise(plaw, monkeypatch, segment):
+    monkeypatch.setenv("MOTOREC_CUDA_SEGMENT", segment)
+    g = plaw.to("cuda")
+    with pytest.raises(RuntimeError, match="MOTOREC_CUDA_SEGMENT must be an integer in"):
+        motorec.ops.spmm(g, torch.randn(g.num_cols, 8, device="cuda"), backend="cuda")
 
 
 @pytest.mark.parametrize("device,backend", backend_params("spmm", torch.float32))

@@ -25,6 +25,7 @@ __all__ = ["main", "UserError"]
 
 EXIT_USAGE = 2
 GROUPS = ("overall", "warm", "cold")
+SETTINGS = ("warm_only", "cold_only")  # rankings over warm items alone / cold items alone (ColdRec's settings)
 
 
 class UserError(Exception):
@@ -134,14 +135,19 @@ def _load_config(path: Optional[str]):
 
 
 def results_table(metrics: Dict[str, Any], split: str = "test") -> str:
-    """Plain-text table: overall/warm/cold Recall@20 and NDCG@20 per model, and seconds per epoch."""
-    head = f"{'model':<18}" + "".join(f"{g + ' R@20':>13}{g + ' N@20':>13}" for g in GROUPS) + f"{'s/epoch':>10}"
+    """Plain-text table per model: overall/warm/cold Recall@20 and NDCG@20 of the shared ranking, Recall@20 of
+    the warm-only and cold-only rankings (where present), and seconds per epoch."""
+    head = (f"{'model':<18}" + "".join(f"{g + ' R@20':>13}{g + ' N@20':>13}" for g in GROUPS)
+            + "".join(f"{g.replace('_', '-') + ' R@20':>16}" for g in SETTINGS) + f"{'s/epoch':>10}")
     lines = [f"{split} results", head, "-" * len(head)]
     for name, m in metrics.items():
         row = f"{name:<18}"
         for g in GROUPS:
             gm = m.get(split, {}).get(g, {})
             row += f"{gm.get('recall@20', float('nan')):>13.4f}{gm.get('ndcg@20', float('nan')):>13.4f}"
+        for g in SETTINGS:
+            gm = m.get(split, {}).get(g)
+            row += f"{gm['recall@20']:>16.4f}" if gm else f"{'-':>16}"
         spe = m.get("seconds_per_epoch")
         row += f"{spe:>10.2f}" if isinstance(spe, (int, float)) and spe == spe else f"{'-':>10}"  # evaluate: none
         lines.append(row)
@@ -280,7 +286,7 @@ def cmd_evaluate(args) -> int:
         model, cfg = _load_trained(run, name, ds, device)
         out[name] = {s: {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in
                          evaluate(model.score, ds.to(dev), split=s, batch_size=cfg.train.eval_batch_size,
-                                  device=dev).items()} for s in ("valid", "test")}
+                                  device=dev, settings=True).items()} for s in ("valid", "test")}
     print(results_table(out))
     return 0
 

@@ -12,6 +12,10 @@ Definitions (the MMRec / LightGCN conventions, binary relevance):
 * Groups: ``"overall"`` (all held-out pairs), ``"warm"`` (pairs whose item has a training interaction) and
   ``"cold"`` (item without training interactions). All groups share the same full ranking: a warm item
   ranked above a cold one costs the cold group a slot, as it would a user.
+* Candidate-set settings (``settings=True``; ColdRec's "warm setting" and "cold setting"): ``"warm_only"``
+  scores the warm pairs on a ranking of warm items alone (every cold item masked) and ``"cold_only"`` the
+  cold pairs on a ranking of cold items alone. They measure each part of a model on its own, as the
+  MICRO / ColdRec line of work reports them; the shared ranking above measures the mix a user would see.
 * A held-out pair that is also masked (the same pair in train) can never be ranked, so it is not counted.
 """
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "GROUPS"]
+__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "GROUPS", "SETTINGS"]
 
 GROUPS = ("overall", "warm", "cold")
+SETTINGS = ("warm_only", "cold_only")
 
 
 def _check_ks(ks: Iterable[int]) -> list:
@@ -108,7 +113,8 @@ def _pair_keys(pairs: Tensor, n: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
-             batch_size: int = 1024, device=None, item_groups: bool = True, progress: bool = False) -> dict:
+             batch_size: int = 1024, device=None, item_groups: bool = True, settings: bool = False,
+             progress: bool = False) -> dict:
     """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs.
 
     Args:
@@ -120,10 +126,13 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         ks: cut-offs K. batch_size: users per call of ``score_fn``.
         device: where masking and top-k run and where ``user_ids`` are created (default: the dataset's).
         item_groups: also report the ``"warm"`` and ``"cold"`` groups (see the module docstring).
+        settings: also report ``"warm_only"`` and ``"cold_only"`` (rankings over warm items alone and over cold
+            items alone; needs ``item_groups``). Costs one more top-K pass and a ``[B, num_cold]`` copy per batch.
         progress: show a tqdm bar over user batches.
 
     Returns ``{group: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}``
-    for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``). A group with no
+    for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``), then
+    ``("warm_only", "cold_only")`` with ``settings``. A group with no
     held-out pair reports 0.0 for every metric with ``num_users == 0``. Raises ``ValueError`` when
     ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores (NaN at a masked position is
     ignored; torch ranks NaN above every number, so any other NaN reaches the top K).
@@ -138,7 +147,11 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = torch.device(device) if device is not None else dataset.device
     n_items, n_users = dataset.num_items, dataset.num_users
+    if settings and not item_groups:
+        raise ValueError("settings=True needs item_groups=True (the settings are per item group)")
     groups = list(GROUPS) if item_groups else ["overall"]
+    if settings:
+        groups += list(SETTINGS)
     kmax = ks[-1]
 
     masked = [dataset.train] + ([dataset.valid] if split == "test" else [])
@@ -157,7 +170,9 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     t_rowptr[1:] = torch.cumsum(t_counts, 0)
     warm_item = dataset.warm_items().to(device)
     t_warm = warm_item[t_item]
-    t_in_group = {"overall": torch.ones_like(t_warm), "warm": t_warm, "cold": ~t_warm}
+    t_in_group = {"overall": torch.ones_like(t_warm), "warm": t_warm, "cold": ~t_warm,
+                  "warm_only": t_warm, "cold_only": ~t_warm}
+    cold_idx = torch.nonzero(~warm_item).flatten()
 
     sums = {g: {name: torch.zeros((), dtype=torch.float64, device=device) for k in ks
                 for name in (f"recall@{k}", f"ndcg@{k}")} for g in groups}
@@ -188,17 +203,33 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         scores[local, m_item[pos]] = float("-inf")
         k_eff = min(kmax, n_items)
         top_scores, top = torch.topk(scores, k_eff, dim=1, sorted=True)
-        del scores
         # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.
         saw_nan |= torch.isnan(top_scores).any()
+
+        rankings = {"shared": top}
+        if settings:
+            if cold_idx.numel():
+                cold_scores = scores[:, cold_idx]  # [b, num_cold]
+                _, ct = torch.topk(cold_scores, min(kmax, cold_idx.numel()), dim=1, sorted=True)
+                rankings["cold_only"] = cold_idx[ct]
+                del cold_scores
+                scores[:, cold_idx] = float("-inf")
+                _, rankings["warm_only"] = torch.topk(scores, k_eff, dim=1, sorted=True)
+            else:
+                rankings["warm_only"] = top
+                rankings["cold_only"] = top[:, :0]
+        del scores
 
         t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
         lo, hi = int(t_rowptr[s]), int(t_rowptr[e])
         items = t_item[lo:hi]
-        match = top[t_local] == items[:, None]
-        found = match.any(1)
-        rank = match.to(torch.uint8).argmax(1)
+        found_rank = {}
+        for name, ranked in rankings.items():
+            match = ranked[t_local] == items[:, None]
+            found_rank[name] = (match.any(1), match.to(torch.uint8).argmax(1) if match.shape[1] else
+                                torch.zeros_like(items))
         for g in groups:
+            found, rank = found_rank[g if g in SETTINGS else "shared"]
             in_g = t_in_group[g][lo:hi]
             hits = torch.zeros(b, kmax, dtype=torch.bool, device=device)
             sel = in_g & found

@@ -97,13 +97,15 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "last.pt"
 
     # ------------------------------------------------------------------ helpers
-    def evaluate(self, split: str) -> Dict[str, Dict[str, float]]:
-        """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``)."""
+    def evaluate(self, split: str, settings: bool = False) -> Dict[str, Dict[str, float]]:
+        """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``); ``settings`` adds
+        the warm-only and cold-only rankings (``evaluate_fn`` must then accept ``settings=True``)."""
         assert self.model is not None
         self.model.eval()
+        extra = {"settings": True} if settings else {}
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
             self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
-            device=self.device))
+            device=self.device, **extra))
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
@@ -211,7 +213,7 @@ class Trainer:
             self._restore(best_snap)
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
-        valid, test = self.evaluate("valid"), self.evaluate("test")
+        valid, test = self.evaluate("valid", settings=True), self.evaluate("test", settings=True)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "history": history}

@@ -97,6 +97,21 @@ def test_evaluate_hand_example(device):
         assert r[g] == pytest.approx(exp[g], abs=1e-12), g
     assert r["overall"]["ndcg@2"] == pytest.approx(0.7480256487789719, abs=1e-12)
 
+    # ColdRec's settings on the same scores: warm items 0-3 ranked alone, cold items 4-5 ranked alone.
+    rs = evaluate(score_fn, d, split="test", ks=(1, 2), device=device, settings=True)
+    assert list(rs) == ["overall", "warm", "cold", "warm_only", "cold_only"]
+    for g in exp:
+        assert rs[g] == pytest.approx(exp[g], abs=1e-12), g
+    # warm_only: u0's unmasked warm items are {3} -> item 3 at rank 1 (in the shared ranking cold items 5 and 4
+    # pushed it out of the top 2); u1's ranking 0, 3, 1 -> item 0 at rank 1.
+    assert rs["warm_only"] == pytest.approx({"recall@1": 1.0, "ndcg@1": 1.0, "recall@2": 1.0, "ndcg@2": 1.0,
+                                             "num_users": 2, "num_interactions": 2}, abs=1e-12)
+    # cold_only: u0 ranks 5, 4 (relevant 5 at rank 1); u2 ranks 5, 4 (relevant 4 at rank 2).
+    assert rs["cold_only"] == pytest.approx({"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 1.0, "ndcg@2": (1 + D2) / 2,
+                                             "num_users": 2, "num_interactions": 2}, abs=1e-12)
+    with pytest.raises(ValueError, match="settings=True needs item_groups=True"):
+        evaluate(score_fn, d, split="test", ks=(1, 2), device=device, settings=True, item_groups=False)
+
 
 def test_evaluate_valid_split_masks_train_only():
     # user 0: unmasked 2:7, 5:3, 4:2, 3:1 -> top 2 = [2, 5], relevant {2}; user 1: top 2 = [4, 0], relevant {4}
@@ -193,3 +208,23 @@ def test_evaluate_input_errors():
         evaluate(lambda u: SCORES[u], d, batch_size=0)
     with pytest.raises(ValueError, match="ks"):
         evaluate(lambda u: SCORES[u], d, ks=())
+
+
+def test_settings_equal_rankings_with_the_other_group_masked():
+    """warm_only / cold_only are, by definition, the shared ranking's warm / cold groups once every item of the
+    other group scores -inf; checked on random scores of a synthetic cold-start dataset, several batch sizes."""
+    ds = synthetic(60, 90, num_interactions=900, seed=3, modalities={"a": 3})
+    scores = torch.randn(ds.num_users, ds.num_items, generator=torch.Generator().manual_seed(0))
+    warm = ds.warm_items()
+    assert warm.any() and (~warm).any()
+    for bs in (1, 7, 1024):
+        r = evaluate(lambda u: scores[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs, settings=True)
+        w = scores.clone()
+        w[:, ~warm] = float("-inf")
+        c = scores.clone()
+        c[:, warm] = float("-inf")
+        rw = evaluate(lambda u: w[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs)
+        rc = evaluate(lambda u: c[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs)
+        assert r["warm_only"] == pytest.approx(rw["warm"], abs=1e-12)
+        assert r["cold_only"] == pytest.approx(rc["cold"], abs=1e-12)
+        assert r["cold_only"]["recall@20"] >= r["cold"]["recall@20"]  # fewer competitors, never fewer hits

@@ -13,38 +13,25 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 
 import torch
 
 from benchmarks.bench_propagate import LARGE, SPORTS, bench_graph
-from benchmarks.harness import OUT_TOL, check_close
+from benchmarks.harness import OUT_TOL, TimingConfig, check_close, time_cuda
 from motorec import ops
 from motorec.reference import propagate as ref_propagate
 from motorec.reference import spmm as ref_spmm
 
 
-def _time_ms(fn, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings of ``fn()``, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+def _time_ms(fn) -> float:
+    """Median ms of ``fn()`` by the harness's CUDA timing (the same method as every benchmark row)."""
+    return time_cuda(lambda _i: fn(), 1, TimingConfig(), torch.device("cuda"))[0]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--segments", default="64,128,256,512,1024,2048")
-    p.add_argument("--reps", type=int, default=30)
     p.add_argument("--out", default=None, help="CSV file for the rows (printed either way)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -75,7 +62,7 @@ def main(argv=None) -> int:
 
         base = {"spmm": (lambda: csr @ x), "propagate": torch_prop}
         for op in ("spmm", "propagate"):
-            ms = _time_ms(base[op], a.reps)
+            ms = _time_ms(base[op])
             rows.append({"op": op, "nodes": g.num_rows, "nnz": g.nnz, "provider": "torch", "segment": "",
                          "ms": f"{ms:.4f}", "rel_err": "", "status": "ok"})
             for s in segments:
@@ -86,7 +73,7 @@ def main(argv=None) -> int:
                     out = fn()
                     torch.cuda.synchronize()
                     err = check_close(out, refs[op], OUT_TOL[torch.float32], f"{op} S={s}")
-                    ms = _time_ms(fn, a.reps)
+                    ms = _time_ms(fn)
                     rows.append({"op": op, "nodes": g.num_rows, "nnz": g.nnz, "provider": "cuda", "segment": s,
                                  "ms": f"{ms:.4f}", "rel_err": f"{err:.2e}", "status": "ok"})
                 except Exception as e:  # a failed check is a row, not the end of the sweep

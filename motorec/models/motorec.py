@@ -26,6 +26,7 @@ Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -121,6 +122,10 @@ class MoToRec(_FeatureMixin, Recommender):
         self._moments: Optional[Tuple[Tensor, tuple]] = None
         # fixed by the training data; counted once here, not per score() call (a device sync on GPU)
         self._num_cold = int((~self.warm_mask).sum())
+        if c.rarity and c.rarity_terms == "content" and c.lambda_cold == 0 and not c.rarity_contrastive:
+            warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
+                          "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
+                          stacklevel=2)
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
@@ -348,7 +353,7 @@ class MoToRec(_FeatureMixin, Recommender):
             ip = torch.where(dp.unsqueeze(1), cold_p, ip)
             ineg = torch.where(dn.unsqueeze(1), cold_n, ineg)
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
-        rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w)
+        rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
         total = rank
         parts = {"bpr": _f(rank)}
         if c.lambda_cold > 0:

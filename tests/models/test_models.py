@@ -3,6 +3,7 @@ ablation switches, and the common interface of MoToRec and the baselines."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -193,6 +194,42 @@ def test_lambda_cold_adds_content_only_bpr_term(ds):
     assert math.isclose(float((t1 - t0).detach()), 0.7 * float(expected.detach()), rel_tol=1e-4, abs_tol=1e-6)
 
 
+@pytest.mark.parametrize("terms", ["all", "content"])
+def test_rarity_terms_choose_which_bpr_terms_are_weighted(ds, terms):
+    """rarity_terms="all" weights both BPR terms; "content" leaves the main term unweighted and weights only
+    the content-only (lambda_cold) term."""
+    b = _batch(ds)
+    m = _model(ds, "motorec", lambda_cold=0.5, lambda_cl=0.0, cold_dropout=0.0, rarity=True,
+               rarity_warmup_epochs=0, rarity_terms=terms)
+    m.train()
+    m.on_epoch_start(0)
+    torch.manual_seed(1)
+    _, parts = m.loss(b)
+    users, collab, content, _ = m._forward()
+    items = m._final_items(collab, content)
+    cold = m.cold_embedding(content)
+    ue = users[b["users"]]
+    w = rarity_weights(m.item_degree, b["pos"], ramp=1.0, clip=(0.5, 5.0))
+    assert not torch.allclose(w, torch.ones_like(w))  # the weights are not trivially 1 on this batch
+    main_w = w if terms == "all" else None
+    main = bpr_loss((ue * items[b["pos"]]).sum(1), (ue * items[b["neg"]]).sum(1), main_w)
+    aux = bpr_loss((ue * cold[b["pos"]]).sum(1), (ue * cold[b["neg"]]).sum(1), w)
+    assert math.isclose(parts["bpr"], float(main.detach()), rel_tol=1e-5)
+    assert math.isclose(parts["bpr_cold"], float(aux.detach()), rel_tol=1e-5)
+    other = bpr_loss((ue * items[b["pos"]]).sum(1), (ue * items[b["neg"]]).sum(1), None if terms == "all" else w)
+    assert not math.isclose(parts["bpr"], float(other.detach()), rel_tol=1e-5)
+
+
+def test_rarity_with_no_term_to_weight_warns(ds):
+    with pytest.warns(UserWarning, match="weights no term"):
+        _model(ds, "motorec", lambda_cold=0.0, rarity=True, rarity_terms="content")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _model(ds, "motorec", lambda_cold=0.0, rarity=True, rarity_terms="all")
+        _model(ds, "motorec", lambda_cold=0.0, rarity=False)
+        _model(ds, "motorec", lambda_cold=0.2, rarity=True)
+
+
 def test_sparse_weight_zero_removes_sparsity_gradient(ds):
     b = _batch(ds)
     for sw, expect_diff in ((0.0, False), (1.0, True)):
@@ -340,6 +377,8 @@ def test_cold_scoring_options_are_validated():
             Config.from_dict({"model": {"lambda_cold": bad}})
     with pytest.raises(ConfigError, match="cold_calibration_scope"):
         Config.from_dict({"model": {"cold_calibration_scope": "item"}})
+    with pytest.raises(ConfigError, match="rarity_terms"):
+        Config.from_dict({"model": {"rarity_terms": "warm"}})
 
 
 @pytest.mark.parametrize("skip", [True, False])

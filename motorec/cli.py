@@ -162,6 +162,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    global _LEFT_PROCESS_GROUP
     from motorec.config import MODEL_NAMES, Config, ConfigError
     from motorec.train import Trainer
 
@@ -231,15 +232,8 @@ def cmd_train(args) -> int:
         print(f"\nwrote {metrics_path}")
     if dctx is not None:
         dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts
-        # Even after leaving the group, gloo's communication threads can be torn down by static destructors at
-        # interpreter exit, which aborts the process ("terminate called without an active exception") in about
-        # one run in three on a loaded 2-core machine; torchrun then kills the other rank. Every output is
-        # written and closed by now, so a torchrun rank ends here without running those destructors.
         _dist.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(0)
+        _LEFT_PROCESS_GROUP = True
     return 0
 
 
@@ -338,7 +332,32 @@ def cmd_bench(args) -> int:
     return subprocess.call([sys.executable, "-m", module, *extra], cwd=root, env=env)
 
 
+# Set by ``train`` after it ran in a torchrun process group; :func:`main` then ends the process itself.
+_LEFT_PROCESS_GROUP = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``motorec`` command (console script and ``python -m motorec``): :func:`run`, then, when ``train``
+    ran in a torchrun process group, the end of the process.
+
+    Even after a rank has left the group, gloo's communication threads can be torn down by static destructors
+    at interpreter exit, which aborts the process ("terminate called without an active exception") in about
+    one run in three on a loaded 2-core machine, and torchrun then kills the other rank. Every output is
+    written and closed when ``run`` returns, so such a rank ends with ``os._exit`` instead of running those
+    destructors. A program that calls motorec in-process should call :func:`run`, which never exits.
+    """
+    rc = run(argv)
+    if _LEFT_PROCESS_GROUP:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(rc)
+    return rc
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Run one ``motorec`` command in this process and return its exit code (0 ok, 2 user error, 130
+    interrupted); never exits the process (see :func:`main`)."""
     errors = (UserError,)
     try:
         errors = _user_errors()

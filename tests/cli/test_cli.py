@@ -175,3 +175,17 @@ def test_split_seed_flag_sets_the_cold_split_draw(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "b"), "--split-seed", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.seed" in err[0], err
+
+
+def test_main_ends_the_process_only_after_train_left_a_process_group(monkeypatch):
+    """``main`` (the console script) ends a torchrun rank with os._exit once ``train`` has left its process
+    group; otherwise, and always in ``run`` (the in-process API), the exit code is returned."""
+    import motorec.cli as cli
+
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    monkeypatch.setattr(cli, "run", lambda argv=None: 0)
+    assert cli.main(["train"]) == 0 and exits == []
+    monkeypatch.setattr(cli, "_LEFT_PROCESS_GROUP", True)
+    cli.main(["train"])
+    assert exits == [0]

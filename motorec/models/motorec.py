@@ -11,8 +11,9 @@ hierarchical graph encoder fuses content and collaborative signals:
   (cold items: no ID), final item = readout + ``h~_i`` (warm items: readout only if ``warm_content_skip`` is
   off), final user = readout.
 
-Objectives: rarity-weighted BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
-+ lambda_cold * rarity-weighted BPR on the content-only (cold) embeddings
+Objectives: BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
++ lambda_cold * rarity-weighted BPR on the content-only (cold) embeddings (``rarity_terms="all"`` weights the
+first BPR term too)
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
 + lambda_reg * squared norm of the batch's layer-0 embeddings.
 

@@ -21,11 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+# item groups of the shared ranking, and ColdRec's warm-only / cold-only rankings (motorec.eval)
+from motorec.eval.metrics import GROUPS, SETTINGS
+
 __all__ = ["main", "UserError"]
 
 EXIT_USAGE = 2
-GROUPS = ("overall", "warm", "cold")
-SETTINGS = ("warm_only", "cold_only")  # rankings over warm items alone / cold items alone (ColdRec's settings)
 
 
 class UserError(Exception):

@@ -204,7 +204,9 @@ def cmd_train(args) -> int:
     if args.resume and (out / "config.yaml").is_file():
         old = Config.load(out / "config.yaml")
         if old.fingerprint() != cfg.fingerprint():
-            raise ConfigError(f"--resume: the config differs from the one in {str(out / 'config.yaml')!r}")
+            diff = cfg.differences(old)
+            raise ConfigError(f"--resume: the config differs from the one in {str(out / 'config.yaml')!r} "
+                              f"({'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})")
     if main:
         cfg.save(out / "config.yaml")
         _write_json(out / "run.json", {"data": None if args.data is None else str(Path(args.data).resolve()),
@@ -223,13 +225,18 @@ def cmd_train(args) -> int:
         resume = _dist.on_main(dctx, lambda: args.resume and (out / "checkpoints" / name / "last.pt").is_file())
         res = trainer.fit(resume=resume)
         metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
-                         "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"]}
+                         "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
+                         "early_stopped": res["early_stopped"]}
         if main:
             _write_json(metrics_path, metrics)
         log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
                                                 for g in GROUPS if g in res["test"]))
     if main:
         print(results_table({k: metrics[k] for k in models}))
+        capped = [k for k in models if cfg.train.patience and metrics[k].get("early_stopped") is False]
+        if capped:
+            print(f"\nnote: {', '.join(capped)} reached the epoch cap ({cfg.train.epochs}) before early stopping: "
+                  "validation recall was still improving, so these may be undertrained (raise --epochs)")
         print(f"\nwrote {metrics_path}")
     if dctx is not None:
         dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts

@@ -71,8 +71,9 @@ class Trainer:
         logger: where epoch lines go (default: the ``motorec`` logger).
         evaluate_fn: ``evaluate(score_fn, dataset, split=..., ...)`` (default :func:`motorec.eval.evaluate`).
 
-    :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "seconds_per_epoch",
-    "history"}``, with ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
+    :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "early_stopped",
+    "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training; with
+    ``patience`` > 0 a warning then says the model may be undertrained), with ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
     ``history`` row also holds ``valid_recall@20`` (overall), ``valid_warm_recall@20``,
     ``valid_cold_recall@20`` and ``select_score``: the validation Recall@20 of ``train.select_group`` that
     early stopping compares (overall when that group has no validation user).
@@ -119,9 +120,12 @@ class Trainer:
     def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
         path = self.checkpoint_path
         if state.get("config_fingerprint") != self.config.fingerprint():
+            diff = self.config.differences(state.get("config") or {})
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"checkpoint {str(path)!r} was written with another configuration "
-                                  f"(model {state.get('config', {}).get('model', {}).get('name')!r}); "
-                                  "use a fresh --out directory or the same config")
+                                  f"(model {state.get('config', {}).get('model', {}).get('name')!r}"
+                                  f"{': ' + shown if shown else ''}); use a fresh --out directory or the same "
+                                  "config")
         if state.get("dataset_fingerprint") != fingerprint:
             raise CheckpointError(f"checkpoint {str(path)!r} was written for another dataset or split; "
                                   "use a fresh --out directory or the same data")
@@ -209,12 +213,20 @@ class Trainer:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
                               cfg.model.name, epoch - 1, tc.select_group, SELECT_METRIC, best, best_epoch)
 
+        early_stopped = bool(stopped)
+        if not stopped and tc.patience and best_epoch >= 0 and epoch >= total_epochs:
+            # the cap ended training while validation had improved within the last `patience` evaluations
+            self.log.warning("%s: reached the epoch cap (%d joint epochs) without early stopping; validation %s "
+                             "%s last improved at epoch %d, so the model may be undertrained: raise --epochs "
+                             "(train.epochs)", cfg.model.name, tc.epochs, tc.select_group, SELECT_METRIC,
+                             best_epoch)
         if best_snap is not None:
             self._restore(best_snap)
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
         valid, test = self.evaluate("valid", settings=True), self.evaluate("test", settings=True)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
+                "early_stopped": early_stopped,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "history": history}
 

@@ -47,6 +47,7 @@ def test_train_subprocess_writes_run_directory(run):
                     v = m[model][split][g][k]
                     assert isinstance(v, float) and 0.0 <= v <= 1.0
         assert m[model]["seconds_per_epoch"] > 0
+        assert m[model]["early_stopped"] is False  # one epoch, patience 0: the cap ended it, as asked
         assert (out / "checkpoints" / model / "last.pt").is_file()
     assert m["motorec"]["test"]["cold"]["num_users"] > 0  # the default split is the cold-start split
     info = json.loads((out / "run.json").read_text())
@@ -57,6 +58,17 @@ def test_train_subprocess_writes_run_directory(run):
     assert saved["train"]["epochs"] == 1 and saved["train"]["seed"] == 3 and saved["model"]["dim"] == 16
     log = (out / "train.log").read_text()
     assert "motorec epoch" in log and "lightgcn epoch" in log
+    assert "reached the epoch cap" not in p.stdout + log  # patience 0: no early stopping was asked for
+
+
+def test_train_notes_models_the_epoch_cap_cut_off(tmp_path):
+    data = write_mmrec(tmp_path / "data")
+    cfg = small_config(tmp_path / "cfg.yaml", train={"patience": 5})
+    p = _motorec(["train", "--data", data, "--epochs", 2, "--model", "lightgcn", "--config", cfg,
+                  "--out", tmp_path / "out", "--quiet", "--threads", 1], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "note: lightgcn reached the epoch cap (2) before early stopping" in p.stdout
+    assert "lightgcn: reached the epoch cap (2 joint epochs)" in (tmp_path / "out" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("args, match", [

@@ -3,6 +3,7 @@ checkpoints, and a short end-to-end run where MoToRec ranks cold items far bette
 ID-only LightGCN."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -137,7 +138,7 @@ def test_resume_equals_uninterrupted(ds, tmp_path, name):
 
 def test_resume_refuses_other_config_or_dataset(ds, tmp_path):
     Trainer(_cfg("lightgcn", epochs=1), ds, checkpoint_dir=tmp_path, quiet=True).fit()
-    with pytest.raises(CheckpointError, match="another configuration"):
+    with pytest.raises(CheckpointError, match=r"another configuration \(model 'lightgcn': model.dim: 32 -> 8\)"):
         Trainer(_cfg("lightgcn", epochs=2, dim=8), ds, checkpoint_dir=tmp_path, quiet=True).fit(resume=True)
     other = synthetic(300, 200, num_topics=8, modalities={"image": 32, "text": 16}, seed=2)
     with pytest.raises(CheckpointError, match="another dataset"):
@@ -151,6 +152,17 @@ def test_resume_refuses_other_config_or_dataset(ds, tmp_path):
         Trainer(_cfg("lightgcn", epochs=2), ds, checkpoint_dir=tmp_path / "none", quiet=True).fit(resume=True)
 
 
+def test_config_differences_name_the_changed_keys():
+    a = Config()
+    b = a.replace(model={"dim": 8, "hidden_dims": [128, 64]}, train={"lr": 0.01, "epochs": 3})
+    assert b.differences(a) == ["model.dim: 64 -> 8", "model.hidden_dims: [256] -> [128, 64]",
+                                "train.lr: 0.001 -> 0.01"]  # epochs is an epoch budget, not a different model
+    assert a.differences(a.to_dict()) == []
+    old = a.to_dict()
+    del old["model"]["rarity_terms"]  # a config written before the key existed
+    assert a.differences(old) == ["model.rarity_terms: '<missing>' -> 'content'"]
+
+
 def test_early_stopping_restores_best(ds):
     cfg = _cfg("lightgcn", epochs=30).replace(train={"patience": 2, "lr": 0.05})
     r = Trainer(cfg, ds, quiet=True).fit()
@@ -158,12 +170,28 @@ def test_early_stopping_restores_best(ds):
     assert r["epochs_run"] <= 30
     best = max(valid_scores)
     assert r["valid"][cfg.train.select_group]["recall@20"] == pytest.approx(best, abs=1e-9)
+    assert r["early_stopped"] == (r["epochs_run"] < 30)
     if r["epochs_run"] < 30:  # stopped early: the last `patience` evaluations did not improve
         assert max(valid_scores[-2:]) <= best
     # the history also records each item group's validation Recall@20; the selected epoch's row matches
     row = next(h for h in r["history"] if h.get("epoch") == r["best_epoch"])
     for g in ("warm", "cold"):
         assert row[f"valid_{g}_recall@20"] == pytest.approx(r["valid"][g]["recall@20"], abs=1e-9)
+
+
+def test_epoch_cap_before_early_stopping_warns(ds, caplog):
+    # patience 50 cannot run out in 3 epochs: the cap ends training, and the trainer says so
+    log = logging.getLogger("tests.epoch_cap")
+    with caplog.at_level(logging.WARNING, logger="tests.epoch_cap"):
+        r = Trainer(_cfg("lightgcn", epochs=3).replace(train={"patience": 50}), ds, quiet=True, logger=log).fit()
+    assert r["epochs_run"] == 3 and r["early_stopped"] is False
+    msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "reached the epoch cap (3 joint epochs)" in msgs[0] and "--epochs" in msgs[0]
+    # patience 0 (no early stopping asked for): the cap is the plan, nothing to warn about
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tests.epoch_cap"):
+        r = Trainer(_cfg("lightgcn", epochs=2), ds, quiet=True, logger=log).fit()
+    assert r["early_stopped"] is False and not [x for x in caplog.records if x.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("group", ["overall", "warm", "cold"])

@@ -327,6 +327,64 @@ class MoToRec(_FeatureMixin, Recommender):
         """
         return content * (1.0 + 1.0 / (self.config.num_layers + 1))
 
+    # ------------------------------------------------------------------ brand-new items
+    @torch.no_grad()
+    def with_new_items(self, features: Dict[str, Tensor]) -> "MoToRec":
+        """A copy of this trained model whose catalog also holds ``N`` brand-new items, given by their features
+        alone; ``self`` is left as it is.
+
+        The new items get ids ``num_items .. num_items + N - 1`` and are cold items in every sense: no
+        interactions, no ID embedding; each is embedded through its tokens (the trained tokenizers) and its
+        item-item neighbours, and scored with the same cold-score calibration. This is exactly the model
+        one would have had with these rows in the feature files from the start (trained weights, same user-item
+        graph), except that each modality's item-item kNN graph is rebuilt over the grown catalog on the
+        current codes (as training does every ``knn_rebuild_every`` epochs): existing items can gain new
+        neighbours, so their scores may move slightly too. The copy is in eval mode, on ``self``'s device.
+
+        Args:
+            features: ``{modality: [N, d_m]}`` for every modality the model was trained on, with the trained
+                widths (raw features, as in the dataset's ``*_feat.npy``: the model L2-normalizes them).
+
+        Shapes:
+            features: {m: [N, d_m]} -> model with num_items + N items; score(users [B]) -> [B, num_items + N].
+        """
+        if not isinstance(features, dict) or sorted(features) != self._modalities:
+            got = sorted(features) if isinstance(features, dict) else type(features).__name__
+            raise ValueError(f"features must map each trained modality {self._modalities} to a tensor, got {got}")
+        n = None
+        new_feats = {}
+        for m in self._modalities:
+            f = features[m]
+            if not isinstance(f, Tensor):
+                f = torch.as_tensor(f)
+            old = getattr(self, f"feat_{m}")
+            if f.dim() != 2 or f.shape[1] != old.shape[1]:
+                raise ValueError(f"features[{m!r}] must be [N, {old.shape[1]}] (the trained width), got "
+                                 f"{tuple(f.shape)}")
+            if n is None:
+                n = f.shape[0]
+            elif f.shape[0] != n:
+                raise ValueError(f"every modality must have the same number of new items: features[{m!r}] has "
+                                 f"{f.shape[0]} rows, the first modality {n}")
+            if not f.is_floating_point():
+                f = f.float()
+            if not bool(torch.isfinite(f).all()):
+                raise ValueError(f"features[{m!r}] holds NaN or Inf values")
+            new_feats[m] = torch.cat([old, f.to(device=old.device, dtype=old.dtype)])
+        if not n:
+            raise ValueError("features hold no new items (0 rows)")
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):  # init draws: not the caller's RNG
+            warnings.simplefilter("ignore")  # config warnings were given when this model was built
+            grown = type(self)(num_users=self.num_users, num_items=self.num_items + n, train=self.train_pairs,
+                               features=new_feats, config=self.config, backend=self.backend)
+        state = self.state_dict()
+        state["item_emb"] = torch.cat([state["item_emb"], state["item_emb"].new_zeros(n, state["item_emb"].shape[1])])
+        grown.load_state_dict(state)
+        grown.epoch = self.epoch
+        grown.eval()
+        grown.rebuild_item_graphs()
+        return grown
+
     # ------------------------------------------------------------------ training
     def rarity_ramp(self) -> float:
         c = self.config

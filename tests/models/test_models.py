@@ -439,3 +439,75 @@ def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.feature_mlp.parameters())
     m.eval()
     assert torch.isfinite(m.score(torch.arange(4))).all()
+
+
+# ---------------------------------------------------------------------------------------------- brand-new items
+def _cold_last(ds):
+    """``ds`` with item ids permuted so that every item without a training interaction comes last, and the same
+    dataset truncated to its warm items (as if the cold ones had never been in the catalog)."""
+    from motorec.data import Dataset
+
+    warm = ds.warm_items()
+    order = torch.cat([torch.nonzero(warm).flatten(), torch.nonzero(~warm).flatten()])
+    new_id = torch.empty_like(order)
+    new_id[order] = torch.arange(order.numel())
+    remap = lambda pairs: torch.stack([pairs[:, 0], new_id[pairs[:, 1]]], 1)  # noqa: E731
+    full = Dataset(num_users=ds.num_users, num_items=ds.num_items, train=remap(ds.train), valid=remap(ds.valid),
+                   test=remap(ds.test), features={m: f[order] for m, f in ds.features.items()}, name="cold-last")
+    n_warm = int(warm.sum())
+    keep = lambda pairs: pairs[pairs[:, 1] < n_warm]  # noqa: E731
+    trunc = Dataset(num_users=ds.num_users, num_items=n_warm, train=full.train, valid=keep(full.valid),
+                    test=keep(full.test), features={m: f[:n_warm] for m, f in full.features.items()}, name="warm")
+    return full, trunc, n_warm
+
+
+@pytest.mark.parametrize("over", [{}, {"cold_calibration": 1.0}, {"feature_residual": True, "cold_score_shift": 0.3}])
+def test_with_new_items_equals_having_them_in_the_catalog(ds, over):
+    full, trunc, n_warm = _cold_last(ds)
+    assert full.num_items - n_warm >= 5
+    m_full = _model(full, **over)
+    m_full.train()
+    m_full.on_epoch_start(0)
+    m_full.loss(_batch(full))  # k-means codebook init on a training batch, as training starts
+    m_full.eval()
+    m_full.rebuild_item_graphs()
+    # the same trained weights, on a catalog that never had the cold items
+    m_warm = _model(trunc, **over)
+    state = m_full.state_dict()
+    state["item_emb"] = state["item_emb"][:n_warm]
+    m_warm.load_state_dict(state)
+    m_warm.eval()
+    before = m_warm.score(torch.arange(trunc.num_users)).clone()
+    rng = torch.get_rng_state()
+    grown = m_warm.with_new_items({m: f[n_warm:] for m, f in full.features.items()})
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is not drawn from
+    assert grown.num_items == full.num_items and not grown.training
+    assert not bool(grown.warm_mask[n_warm:].any()) and bool(grown.warm_mask[:n_warm].all())
+    users = torch.arange(full.num_users)
+    torch.testing.assert_close(grown.score(users), m_full.score(users), rtol=1e-5, atol=1e-5)
+    for m, codes in grown.tokenize().items():
+        assert torch.equal(codes, m_full.tokenize()[m])
+    # the original model is untouched
+    assert m_warm.num_items == n_warm and torch.equal(m_warm.score(users), before)
+
+
+def test_with_new_items_rejects_bad_features(ds):
+    m = _model(ds)
+    m.eval()
+    good = {k: torch.randn(3, f.shape[1]) for k, f in ds.features.items()}
+    assert m.with_new_items(good).score(torch.arange(4)).shape == (4, ds.num_items + 3)
+    bad_nan = {k: v.clone() for k, v in good.items()}
+    bad_nan["image"][1, 2] = float("nan")
+    cases = [
+        ({"image": good["image"]}, r"each trained modality \['image', 'text'\]"),
+        ({**good, "audio": good["text"]}, "each trained modality"),
+        ([good["image"]], "got list"),
+        ({**good, "text": torch.randn(3, 5)}, r"features\['text'\] must be \[N, 12\]"),
+        ({**good, "text": torch.randn(12)}, r"features\['text'\] must be \[N, 12\]"),
+        ({**good, "text": torch.randn(4, 12)}, "same number of new items"),
+        (bad_nan, r"features\['image'\] holds NaN or Inf"),
+        ({k: v[:0] for k, v in good.items()}, "no new items"),
+    ]
+    for feats, match in cases:
+        with pytest.raises(ValueError, match=match):
+            m.with_new_items(feats)

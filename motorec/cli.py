@@ -1,4 +1,4 @@
-"""The ``motorec`` command line: ``train``, ``evaluate``, ``tokenize``, ``bench``.
+"""The ``motorec`` command line: ``train``, ``evaluate``, ``tokenize``, ``recommend``, ``bench``.
 
 ``motorec train`` without ``--model`` trains MoToRec and the three baselines and prints a results table;
 without ``--data`` it uses the bundled MovieLens-100k. An output directory holds ``config.yaml``, ``run.json``
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="motorec", description="MoToRec: multimodal tokenization for cold-start recommendation.")
     p.add_argument("--version", action="version", version=f"motorec {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,evaluate,tokenize,bench}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,evaluate,tokenize,recommend,bench}")
 
     t = sub.add_parser("train", help="train MoToRec and/or baselines; print and save metrics")
     t.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train' with a motorec model")
     k.add_argument("--output", metavar="FILE", help="output .tsv or .npy (default: RUN_DIR/tokens.tsv and .npy)")
     k.add_argument("--device", help="cpu, cuda or cuda:N")
+
+    r = sub.add_parser("recommend", help="write each user's top-K items from a trained model, brand-new items "
+                       "(features only) included")
+    r.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train'")
+    r.add_argument("--model", choices=MODEL_NAMES, default="motorec", help="which trained model (default motorec)")
+    r.add_argument("--new-items", metavar="DIR", help="a folder of <modality>_feat.npy files, one per modality "
+                   "the model was trained on, row k = new item k (MoToRec only); new item k gets item id "
+                   "num_items + k")
+    r.add_argument("--top-k", type=int, default=20, help="items per user (default 20)")
+    r.add_argument("--users", metavar="IDS", help="comma-separated user ids (default: every user)")
+    r.add_argument("--output", metavar="FILE", help="output .tsv (default: RUN_DIR/recommendations.tsv)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N")
 
     b = sub.add_parser("bench", help="run the benchmark harness (benchmarks/ of a source checkout)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to 'python -m benchmarks.run'")
@@ -246,29 +258,16 @@ def cmd_train(args) -> int:
 
 
 def _run_info(run: Path) -> Dict[str, Any]:
-    if not (run / "run.json").is_file() or not (run / "config.yaml").is_file():
-        raise UserError(f"{str(run)!r} is not a motorec run directory (no run.json / config.yaml)")
-    return json.loads((run / "run.json").read_text())
+    from motorec.train.runs import read_run_info
+
+    return read_run_info(run)
 
 
 def _load_trained(run: Path, name: str, ds, device: str):
-    """Model ``name`` of a run, with its best (early-stopping) weights."""
-    from motorec.config import Config
-    from motorec.models import build_model
-    from motorec.train.checkpoint import CheckpointError, load_checkpoint
-    from motorec.train.trainer import resolve_device
+    """Model ``name`` of a run, with its best (early-stopping) weights (:func:`motorec.train.load_trained`)."""
+    from motorec.train.runs import load_trained
 
-    dev = resolve_device(device)
-    state = load_checkpoint(run / "checkpoints" / name / "last.pt", map_location=dev)
-    if state.get("dataset_fingerprint") != ds.fingerprint():
-        raise CheckpointError(f"the {name} checkpoint of {str(run)!r} was trained on other data or another split")
-    cfg = Config.from_dict(state["config"])
-    model = build_model(ds.to(dev), cfg.model, backend=cfg.train.backend, device=str(dev))
-    snap = state["best_state"] or {"model": state["model"], "extra": state["extra"]}
-    model.load_state_dict(snap["model"])
-    model.load_extra_state(snap["extra"])
-    model.eval()
-    return model, cfg
+    return load_trained(run, name, ds, device)
 
 
 def cmd_evaluate(args) -> int:
@@ -327,6 +326,88 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def _parse_users(spec: Optional[str], num_users: int):
+    import torch
+
+    if spec is None:
+        return torch.arange(num_users)
+    try:
+        ids = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--users must be comma-separated integer user ids, got {spec!r}") from None
+    if not ids:
+        raise UserError("--users names no user")
+    bad = [u for u in ids if not 0 <= u < num_users]
+    if bad:
+        raise UserError(f"--users: id(s) {bad[:5]} outside the run's users 0..{num_users - 1}")
+    return torch.tensor(list(dict.fromkeys(ids)))
+
+
+def cmd_recommend(args) -> int:
+    """Top-K lists per user over the run's catalog (and ``--new-items``): every item a user is known to have
+    interacted with in the run's data (train, valid and test) is left out of that user's list."""
+    import torch
+
+    from motorec.data.mmrec import read_features
+    from motorec.train.trainer import resolve_device
+
+    run = Path(args.run)
+    info = _run_info(run)
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if not (run / "checkpoints" / args.model / "last.pt").is_file():
+        raise UserError(f"{str(run)!r} has no trained {args.model} model (checkpoints/{args.model}/last.pt)")
+    outp = Path(args.output) if args.output else run / "recommendations.tsv"
+    if outp.suffix != ".tsv":
+        raise UserError(f"--output must end in .tsv, got {outp.name!r}")
+    ds = load_data(info["data"], info["split"], info["data_seed"])
+    users = _parse_users(args.users, ds.num_users)
+    model, cfg = _load_trained(run, args.model, ds, args.device or "cpu")
+    n_new = 0
+    if args.new_items:
+        if args.model != "motorec":
+            raise UserError(f"--new-items needs --model motorec (the {args.model} model cannot embed items it "
+                            "was not built with)")
+        if not Path(args.new_items).is_dir():
+            raise UserError(f"--new-items {args.new_items!r} is not a directory of <modality>_feat.npy files")
+        feats = read_features(args.new_items)
+        if sorted(feats) != sorted(ds.features):
+            raise UserError(f"--new-items {args.new_items!r} has modalities {sorted(feats)}; the model was trained "
+                            f"on {sorted(ds.features)}")
+        for m, f in feats.items():
+            if f.shape[1] != ds.features[m].shape[1]:
+                raise UserError(f"--new-items {m}_feat.npy has {f.shape[1]} columns; the model was trained on "
+                                f"{ds.features[m].shape[1]}")
+        n_new = next(iter(feats.values())).shape[0]
+        model = model.with_new_items(feats)
+    dev = resolve_device(args.device or "cpu")
+    k = min(args.top_k, model.num_items)
+    known = torch.cat([ds.train, ds.valid, ds.test]).to(dev)
+    warm = model.warm_mask
+    tmp = outp.with_name(outp.name + ".tmp")
+    bs = max(1, cfg.train.eval_batch_size)
+    with torch.no_grad(), open(tmp, "w") as fh:
+        fh.write("userID\trank\titemID\tscore\tkind\n")
+        for start in range(0, users.numel(), bs):
+            ub = users[start:start + bs].to(dev)
+            s = model.score(ub).float()
+            row_of = torch.full((ds.num_users,), -1, dtype=torch.long, device=dev)
+            row_of[ub] = torch.arange(ub.numel(), device=dev)
+            mine = known[row_of[known[:, 0]] >= 0]
+            s[row_of[mine[:, 0]], mine[:, 1]] = float("-inf")  # items the user already has
+            top = s.topk(k, dim=1)
+            for r, u in enumerate(ub.tolist()):
+                for rank, (i, v) in enumerate(zip(top.indices[r].tolist(), top.values[r].tolist()), 1):
+                    if v == float("-inf"):
+                        break  # the user already has every remaining item
+                    kind = "new" if i >= ds.num_items else ("warm" if bool(warm[i]) else "cold")
+                    fh.write(f"{u}\t{rank}\t{i}\t{v:.6g}\t{kind}\n")
+    os.replace(tmp, outp)
+    print(f"wrote {outp} (top {k} of {model.num_items} items for {users.numel()} users"
+          + (f"; {n_new} new items are ids {ds.num_items}..{ds.num_items + n_new - 1}" if n_new else "") + ")")
+    return 0
+
+
 def cmd_bench(args) -> int:
     root = Path(__file__).resolve().parent.parent
     bench = root / "benchmarks"
@@ -374,7 +455,8 @@ def run(argv: Optional[List[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "tokenize": cmd_tokenize, "bench": cmd_bench}
+        cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "tokenize": cmd_tokenize, "recommend": cmd_recommend,
+               "bench": cmd_bench}
         return cmd[args.command](args)
     except errors as e:
         if os.environ.get("MOTOREC_DEBUG"):

@@ -3,6 +3,7 @@ shape), user errors (exit 2, one line, no traceback), and ``evaluate`` / ``token
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,131 @@ def test_main_ends_the_process_only_after_train_left_a_process_group(monkeypatch
     monkeypatch.setattr(cli, "_LEFT_PROCESS_GROUP", True)
     cli.main(["train"])
     assert exits == [0]
+
+
+def _read_recs(path):
+    lines = Path(path).read_text().splitlines()
+    assert lines[0].split("\t") == ["userID", "rank", "itemID", "score", "kind"]
+    recs = {}
+    for line in lines[1:]:
+        u, rank, item, score, kind = line.split("\t")
+        recs.setdefault(int(u), []).append((int(rank), int(item), float(score), kind))
+    return recs
+
+
+def test_recommend_top_k_with_new_items(run, tmp_path, capsys):
+    import torch
+
+    from motorec.cli import _load_trained, _run_info, load_data, main
+
+    tmp, data, cfg, out, p = run
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = _run_info(out)
+    ds = load_data(info["data"], info["split"], info["data_seed"])
+    known = {}
+    for part in (ds.train, ds.valid, ds.test):
+        for u, i in part.tolist():
+            known.setdefault(u, set()).add(i)
+    # the catalog alone: each user's list is the model's top-K with every known item left out
+    assert main(["recommend", str(out), "--top-k", "7", "--users", "0,5,9"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    recs = _read_recs(out / "recommendations.tsv")
+    model, _ = _load_trained(out, "motorec", ds, "cpu")
+    scores = model.score(torch.tensor([0, 5, 9])).float()
+    assert sorted(recs) == [0, 5, 9]
+    for r, u in enumerate((0, 5, 9)):
+        s = scores[r].clone()
+        s[list(known.get(u, ()))] = float("-inf")
+        expect = s.topk(7).indices.tolist()
+        got = recs[u]
+        assert [x[0] for x in got] == list(range(1, 8)) and [x[1] for x in got] == expect
+        assert not {x[1] for x in got} & known.get(u, set())
+        for _, i, sc, kind in got:
+            assert sc == pytest.approx(float(s[i]), rel=1e-5, abs=1e-6)
+            assert kind == ("warm" if bool(model.warm_mask[i]) else "cold")
+    # brand-new items from their features: ids num_items.., scored by the grown model
+    new = tmp_path / "new"
+    new.mkdir()
+    g = np.random.default_rng(0)
+    feats = {m: (g.standard_normal((6, f.shape[1])) * 3).astype(np.float32) for m, f in ds.features.items()}
+    for m, f in feats.items():
+        np.save(new / f"{m}_feat.npy", f)
+    outp = tmp_path / "r.tsv"
+    assert main(["recommend", str(out), "--new-items", str(new), "--top-k", str(ds.num_items + 6),
+                 "--output", str(outp)]) == 0
+    assert f"6 new items are ids {ds.num_items}..{ds.num_items + 5}" in capsys.readouterr().out
+    recs = _read_recs(outp)
+    assert len(recs) == ds.num_users
+    grown = model.with_new_items({m: torch.from_numpy(f) for m, f in feats.items()})
+    all_scores = grown.score(torch.arange(ds.num_users)).float()
+    for u, got in recs.items():
+        items = [x[1] for x in got]
+        assert set(range(ds.num_items, ds.num_items + 6)) <= set(items)  # a full list holds every new item
+        assert len(items) == ds.num_items + 6 - len(known.get(u, ()))
+        for _, i, sc, kind in got:
+            assert (kind == "new") == (i >= ds.num_items)
+            assert sc == pytest.approx(float(all_scores[u, i]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("baseline-new", "--new-items needs --model motorec"),
+    ("width", "text_feat.npy has 3 columns; the model was trained on 6"),
+    ("modalities", r"has modalities \['image'\]"),
+    ("users", r"--users: id\(s\) \[999\] outside"),
+    ("users-text", "--users must be comma-separated integer"),
+    ("top-k", "--top-k must be >= 1"),
+    ("output", "--output must end in .tsv"),
+    ("no-model", "has no trained content model"),
+])
+def test_recommend_user_errors(run, tmp_path, capsys, case, match):
+    from motorec.cli import main
+
+    tmp, data, cfg, out, p = run
+    new = tmp_path / "new"
+    new.mkdir()
+    np.save(new / "image_feat.npy", np.ones((2, 12), np.float32))
+    np.save(new / "text_feat.npy", np.ones((2, 3 if case == "width" else 6), np.float32))
+    if case == "modalities":
+        (new / "text_feat.npy").unlink()
+    args = {"baseline-new": ["--model", "lightgcn", "--new-items", str(new)], "width": ["--new-items", str(new)],
+            "modalities": ["--new-items", str(new)], "users": ["--users", "1,999"], "users-text": ["--users", "a,b"],
+            "top-k": ["--top-k", "0"], "output": ["--output", str(tmp_path / "r.csv")],
+            "no-model": ["--model", "content"]}[case]
+    assert main(["recommend", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("motorec: error:") and re.search(match, err[0]), err
+
+
+def test_load_run_gives_back_the_trained_model(run, tmp_path):
+    import shutil
+
+    import torch
+
+    from motorec.data import DataError
+    from motorec.train import CheckpointError, load_run
+
+    tmp, data, cfg, out, p = run
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    model, ds = load_run(out)
+    assert not model.training and ds.num_items == model.num_items
+    from motorec.eval import evaluate
+
+    res = evaluate(model.score, ds, split="test")
+    assert res["overall"]["recall@20"] == pytest.approx(m["motorec"]["test"]["overall"]["recall@20"], abs=1e-9)
+    lg, _ = load_run(out, "lightgcn")
+    assert type(lg).__name__ != type(model).__name__
+    # the data folder moved: say where it is now
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    info = json.loads((out / "run.json").read_text())
+    info["data"] = str(tmp_path / "gone")
+    run2 = tmp_path / "run2"
+    shutil.copytree(out, run2)
+    (run2 / "run.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="does not exist"):
+        load_run(run2)
+    again, _ = load_run(run2, data=moved)
+    assert torch.equal(again.score(torch.arange(5)), model.score(torch.arange(5)))
+    with pytest.raises(CheckpointError, match="not a motorec run directory"):
+        load_run(tmp_path)

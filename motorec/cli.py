@@ -230,12 +230,15 @@ def cmd_train(args) -> int:
 
     metrics_path = out / "metrics.json"
     metrics: Dict[str, Any] = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
+    capped: List[str] = []  # models the epoch cap stopped before early stopping could (the trainer warned)
     for name in models:
         mcfg = cfg.replace(model={"name": name})
         trainer = Trainer(mcfg, ds, checkpoint_dir=out / "checkpoints" / name, quiet=args.quiet or not main,
                           logger=log)
         resume = _dist.on_main(dctx, lambda: args.resume and (out / "checkpoints" / name / "last.pt").is_file())
         res = trainer.fit(resume=resume)
+        if res["hit_epoch_cap"]:
+            capped.append(name)
         metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
                          "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
                          "early_stopped": res["early_stopped"]}
@@ -245,7 +248,6 @@ def cmd_train(args) -> int:
                                                 for g in GROUPS if g in res["test"]))
     if main:
         print(results_table({k: metrics[k] for k in models}))
-        capped = [k for k in models if cfg.train.patience and metrics[k].get("early_stopped") is False]
         if capped:
             print(f"\nnote: {', '.join(capped)} reached the epoch cap ({cfg.train.epochs}) before early stopping: "
                   "validation recall was still improving, so these may be undertrained (raise --epochs)")
@@ -349,6 +351,7 @@ def cmd_recommend(args) -> int:
     import torch
 
     from motorec.data.mmrec import read_features
+    from motorec.eval.metrics import mask_pairs_, pairs_csr
     from motorec.train.trainer import resolve_device
 
     run = Path(args.run)
@@ -382,26 +385,25 @@ def cmd_recommend(args) -> int:
         model = model.with_new_items(feats)
     dev = resolve_device(args.device or "cpu")
     k = min(args.top_k, model.num_items)
-    known = torch.cat([ds.train, ds.valid, ds.test]).to(dev)
-    warm = model.warm_mask
+    # every item a user already has in the run's data (catalog ids only, so new items are never masked)
+    _, k_rowptr, k_items = pairs_csr([ds.train, ds.valid, ds.test], ds.num_users, ds.num_items, dev)
+    kinds = ["cold", "warm", "new"]
+    kind_of = model.warm_mask.long().cpu()
+    kind_of[ds.num_items:] = 2
+    kind_of = kind_of.tolist()
     tmp = outp.with_name(outp.name + ".tmp")
     bs = max(1, cfg.train.eval_batch_size)
     with torch.no_grad(), open(tmp, "w") as fh:
         fh.write("userID\trank\titemID\tscore\tkind\n")
         for start in range(0, users.numel(), bs):
             ub = users[start:start + bs].to(dev)
-            s = model.score(ub).float()
-            row_of = torch.full((ds.num_users,), -1, dtype=torch.long, device=dev)
-            row_of[ub] = torch.arange(ub.numel(), device=dev)
-            mine = known[row_of[known[:, 0]] >= 0]
-            s[row_of[mine[:, 0]], mine[:, 1]] = float("-inf")  # items the user already has
+            s = mask_pairs_(model.score(ub).float(), ub, k_rowptr, k_items)
             top = s.topk(k, dim=1)
-            for r, u in enumerate(ub.tolist()):
-                for rank, (i, v) in enumerate(zip(top.indices[r].tolist(), top.values[r].tolist()), 1):
+            for u, idx, vals in zip(ub.tolist(), top.indices.tolist(), top.values.tolist()):  # one copy per batch
+                for rank, (i, v) in enumerate(zip(idx, vals), 1):
                     if v == float("-inf"):
                         break  # the user already has every remaining item
-                    kind = "new" if i >= ds.num_items else ("warm" if bool(warm[i]) else "cold")
-                    fh.write(f"{u}\t{rank}\t{i}\t{v:.6g}\t{kind}\n")
+                    fh.write(f"{u}\t{rank}\t{i}\t{v:.6g}\t{kinds[kind_of[i]]}\n")
     os.replace(tmp, outp)
     print(f"wrote {outp} (top {k} of {model.num_items} items for {users.numel()} users"
           + (f"; {n_new} new items are ids {ds.num_items}..{ds.num_items + n_new - 1}" if n_new else "") + ")")

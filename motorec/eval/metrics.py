@@ -111,6 +111,32 @@ def _pair_keys(pairs: Tensor, n: int) -> Tensor:
     return pairs[:, 0] * n + pairs[:, 1]
 
 
+def pairs_csr(pairs: Sequence[Tensor], num_users: int, num_items: int, device=None):
+    """The distinct ``(user, item)`` pairs of ``pairs`` as sorted keys ``user * num_items + item`` and a CSR by
+    user, for masking with :func:`mask_pairs_`.
+
+    Shapes:
+        pairs: each [E_j, 2] int -> (keys [E] int64 sorted, rowptr [num_users + 1], items [E])
+    """
+    key = torch.unique(torch.cat([_pair_keys(p.to(device), num_items) for p in pairs]))
+    user, item = key // num_items, key % num_items
+    rowptr = torch.zeros(num_users + 1, dtype=torch.int64, device=key.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(user, minlength=num_users), 0)
+    return key, rowptr, item
+
+
+def mask_pairs_(scores: Tensor, users: Tensor, rowptr: Tensor, items: Tensor) -> Tensor:
+    """Write ``-inf`` in place at each ``(row r, item)`` whose pair ``(users[r], item)`` is in the CSR of
+    :func:`pairs_csr`; vectorized, no loop over users or pairs.
+
+    Shapes:
+        scores: [B, num_items], users: [B] -> scores
+    """
+    local, pos = _segments(rowptr, users)
+    scores[local, items[pos]] = float("-inf")
+    return scores
+
+
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
              batch_size: int = 1024, device=None, item_groups: bool = True, settings: bool = False,
@@ -155,16 +181,13 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     kmax = ks[-1]
 
     masked = [dataset.train] + ([dataset.valid] if split == "test" else [])
-    mkey = torch.unique(torch.cat([_pair_keys(p.to(device), n_items) for p in masked]))
+    mkey, m_rowptr, m_item = pairs_csr(masked, n_users, n_items, device)
     tkey = torch.unique(_pair_keys(dataset.interactions(split).to(device), n_items))
     if tkey.numel() and mkey.numel():
         # mkey is sorted and unique: a binary search beats torch.isin on millions of pairs.
         pos = torch.searchsorted(mkey, tkey).clamp_(max=mkey.numel() - 1)
         tkey = tkey[mkey[pos] != tkey]
     t_user, t_item = tkey // n_items, tkey % n_items
-    m_user, m_item = mkey // n_items, mkey % n_items
-    m_rowptr = torch.zeros(n_users + 1, dtype=torch.int64, device=device)
-    m_rowptr[1:] = torch.cumsum(torch.bincount(m_user, minlength=n_users), 0)
     eval_users, t_counts = torch.unique_consecutive(t_user, return_counts=True)
     t_rowptr = torch.zeros(eval_users.numel() + 1, dtype=torch.int64, device=device)
     t_rowptr[1:] = torch.cumsum(t_counts, 0)
@@ -199,8 +222,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         scores = scores.to(device)
         if scores._base is not None or scores.requires_grad:
             scores = scores.detach().clone()
-        local, pos = _segments(m_rowptr, users)
-        scores[local, m_item[pos]] = float("-inf")
+        mask_pairs_(scores, users, m_rowptr, m_item)
         k_eff = min(kmax, n_items)
         top_scores, top = torch.topk(scores, k_eff, dim=1, sorted=True)
         # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.

@@ -72,8 +72,9 @@ class Trainer:
         evaluate_fn: ``evaluate(score_fn, dataset, split=..., ...)`` (default :func:`motorec.eval.evaluate`).
 
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "early_stopped",
-    "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training; with
-    ``patience`` > 0 a warning then says the model may be undertrained), with ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
+    "hit_epoch_cap", "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training;
+    ``hit_epoch_cap``: it did so with ``patience`` > 0, and a warning says the model may be undertrained), with
+    ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
     ``history`` row also holds ``valid_recall@20`` (overall), ``valid_warm_recall@20``,
     ``valid_cold_recall@20`` and ``select_score``: the validation Recall@20 of ``train.select_group`` that
     early stopping compares (overall when that group has no validation user).
@@ -213,9 +214,10 @@ class Trainer:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
                               cfg.model.name, epoch - 1, tc.select_group, SELECT_METRIC, best, best_epoch)
 
-        early_stopped = bool(stopped)
-        if not stopped and tc.patience and best_epoch >= 0 and epoch >= total_epochs:
-            # the cap ended training while validation had improved within the last `patience` evaluations
+        # the cap ended training while early stopping was on, so validation improved within the last `patience`
+        # evaluations (the loop only ends unstopped at the cap)
+        hit_cap = not stopped and tc.patience > 0 and best_epoch >= 0
+        if hit_cap:
             self.log.warning("%s: reached the epoch cap (%d joint epochs) without early stopping; validation %s "
                              "%s last improved at epoch %d, so the model may be undertrained: raise --epochs "
                              "(train.epochs)", cfg.model.name, tc.epochs, tc.select_group, SELECT_METRIC,
@@ -226,7 +228,7 @@ class Trainer:
             model.on_epoch_start(0)
         valid, test = self.evaluate("valid", settings=True), self.evaluate("test", settings=True)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
-                "early_stopped": early_stopped,
+                "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "history": history}
 

@@ -228,3 +228,23 @@ def test_settings_equal_rankings_with_the_other_group_masked():
         assert r["warm_only"] == pytest.approx(rw["warm"], abs=1e-12)
         assert r["cold_only"] == pytest.approx(rc["cold"], abs=1e-12)
         assert r["cold_only"]["recall@20"] >= r["cold"]["recall@20"]  # fewer competitors, never fewer hits
+
+
+def test_pairs_csr_and_mask_pairs_match_a_dense_mask():
+    from motorec.eval.metrics import mask_pairs_, pairs_csr
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.stack([torch.randint(0, 9, (40,), generator=g), torch.randint(0, 13, (40,), generator=g)], 1)
+    b = torch.cat([a[:5], torch.tensor([[8, 12], [0, 0]])])  # repeats across parts, and the corner ids
+    keys, rowptr, items = pairs_csr([a, b], 9, 13)
+    dense = torch.zeros(9, 13, dtype=torch.bool)
+    dense[torch.cat([a, b])[:, 0], torch.cat([a, b])[:, 1]] = True
+    assert keys.tolist() == sorted(set((torch.cat([a, b])[:, 0] * 13 + torch.cat([a, b])[:, 1]).tolist()))
+    assert rowptr[-1] == keys.numel() == int(dense.sum())
+    users = torch.tensor([5, 0, 8, 5, 3])  # unsorted, with a repeat
+    scores = torch.randn(5, 13, generator=g)
+    expect = scores.masked_fill(dense[users], float("-inf"))
+    assert torch.equal(mask_pairs_(scores, users, rowptr, items), expect)
+    empty_keys, empty_ptr, empty_items = pairs_csr([a[:0]], 9, 13)
+    s = torch.randn(2, 13, generator=g)
+    assert empty_keys.numel() == 0 and torch.equal(mask_pairs_(s.clone(), torch.tensor([1, 2]), empty_ptr, empty_items), s)

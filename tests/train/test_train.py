@@ -170,7 +170,7 @@ def test_early_stopping_restores_best(ds):
     assert r["epochs_run"] <= 30
     best = max(valid_scores)
     assert r["valid"][cfg.train.select_group]["recall@20"] == pytest.approx(best, abs=1e-9)
-    assert r["early_stopped"] == (r["epochs_run"] < 30)
+    assert r["early_stopped"] == (r["epochs_run"] < 30) and r["hit_epoch_cap"] == (not r["early_stopped"])
     if r["epochs_run"] < 30:  # stopped early: the last `patience` evaluations did not improve
         assert max(valid_scores[-2:]) <= best
     # the history also records each item group's validation Recall@20; the selected epoch's row matches
@@ -184,14 +184,15 @@ def test_epoch_cap_before_early_stopping_warns(ds, caplog):
     log = logging.getLogger("tests.epoch_cap")
     with caplog.at_level(logging.WARNING, logger="tests.epoch_cap"):
         r = Trainer(_cfg("lightgcn", epochs=3).replace(train={"patience": 50}), ds, quiet=True, logger=log).fit()
-    assert r["epochs_run"] == 3 and r["early_stopped"] is False
+    assert r["epochs_run"] == 3 and r["early_stopped"] is False and r["hit_epoch_cap"] is True
     msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(msgs) == 1 and "reached the epoch cap (3 joint epochs)" in msgs[0] and "--epochs" in msgs[0]
     # patience 0 (no early stopping asked for): the cap is the plan, nothing to warn about
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tests.epoch_cap"):
         r = Trainer(_cfg("lightgcn", epochs=2), ds, quiet=True, logger=log).fit()
-    assert r["early_stopped"] is False and not [x for x in caplog.records if x.levelno == logging.WARNING]
+    assert r["early_stopped"] is False and r["hit_epoch_cap"] is False
+    assert not [x for x in caplog.records if x.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("group", ["overall", "warm", "cold"])

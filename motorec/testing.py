@@ -1,17 +1,28 @@
-"""Shared test parameter matrix and generators (after pytorch_scatter's ``testing.py`` and PyG's ``withCUDA``).
+"""What tests and benchmarks share (after pytorch_scatter's ``testing.py`` and PyG's ``withCUDA``).
 
-Tests import from here so that every op is exercised over the same devices, dtypes and backends, with
-readable ids, and GPU-only cases skip with a reason on CPU machines.
+* the parameter matrix: every op is exercised over the same devices, dtypes and backends, with readable ids,
+  and GPU-only cases skip with a reason on CPU machines;
+* the one power-law interaction generator (:func:`random_interactions`, :func:`power_law_graph`);
+* float64 oracles of the three ops (:func:`spmm_oracle`, :func:`propagate_oracle`, :func:`rq_oracle`,
+  :func:`rq_decode_oracle`);
+* error measures and tolerances: :func:`rel_error`, :func:`assert_close_rel`, the flash-attention rule
+  :func:`tol_vs_torch` (a backend may err at most ~2x as much as torch at the same precision), unit roundoffs;
+* the near-tie code check of ``residual_quantize`` (:func:`check_codes`), which computes each choice's float64
+  margin instead of skipping rows.
+
+Failed checks raise :class:`CheckFailed`, an ``AssertionError`` (pytest reports it as a failed assertion; the
+benchmark harness records its message in the row).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from motorec import _ext
 from motorec._dispatch import dispatcher
 from motorec.graph import Graph
+from motorec.reference.spmm import spmm_gather
 
 DEVICES: List[torch.device] = [torch.device("cpu")] + ([torch.device("cuda")] if _ext.CUDA_AVAILABLE else [])
 FLOAT_DTYPES = [torch.float32, torch.float64]
@@ -43,45 +54,259 @@ def backend_params(op: str, dtype: Optional[torch.dtype] = None):
     return params
 
 
-def power_law_degrees(n: int, total: int, alpha: float = 1.2, *, generator: torch.Generator) -> torch.Tensor:
-    """[n] int64 degrees summing to about ``total``, Zipf-like (power-law) in rank."""
-    ranks = torch.arange(1, n + 1, dtype=torch.float64)
-    w = ranks.pow(-alpha)
-    w = w[torch.randperm(n, generator=generator)]
-    return torch.multinomial(w, total, replacement=True, generator=generator).bincount(minlength=n)
+# ----------------------------------------------------------------------------------------------- generators
+def random_interactions(num_users: int, num_items: int, num_edges: int, *, seed: int = 0, alpha: float = 1.0,
+                        alpha_items: Optional[float] = None, distinct: bool = False,
+                        device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Power-law random (user, item) id pairs: user and item popularity Zipf-like in rank (exponents ``alpha``
+    and ``alpha_items``, default ``alpha``), some users/items isolated. The one generator of tests and
+    benchmarks.
 
+    ``distinct=False``: ``num_edges`` independent draws (duplicate pairs possible), in draw order.
+    ``distinct=True``: exactly ``num_edges`` distinct pairs, sorted by ``user * num_items + item``; drawn with
+    replacement, deduplicated and redrawn until enough exist, then a random subset is kept (vectorized).
 
-def random_interactions(num_users: int, num_items: int, num_edges: int, *, seed: int = 0, alpha: float = 1.0):
-    """Power-law random (users, items) id pairs (duplicates possible, some users/items isolated)."""
-    g = torch.Generator().manual_seed(seed)
+    Shapes:
+        -> users: [num_edges] int64, items: [num_edges] int64.
+    """
+    alpha_items = alpha if alpha_items is None else alpha_items
+    if distinct and num_edges > num_users * num_items:
+        raise ValueError(f"num_edges={num_edges} distinct pairs exceed num_users * num_items = {num_users * num_items}")
     if num_edges == 0 or num_users == 0 or num_items == 0:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty.clone()
+    g = torch.Generator(device="cpu").manual_seed(seed)
     uw = torch.arange(1, num_users + 1, dtype=torch.float64).pow(-alpha)[torch.randperm(num_users, generator=g)]
-    iw = torch.arange(1, num_items + 1, dtype=torch.float64).pow(-alpha)[torch.randperm(num_items, generator=g)]
-    users = torch.multinomial(uw, num_edges, replacement=True, generator=g)
-    items = torch.multinomial(iw, num_edges, replacement=True, generator=g)
-    return users, items
+    iw = torch.arange(1, num_items + 1, dtype=torch.float64).pow(-alpha_items)[torch.randperm(num_items, generator=g)]
+    if not distinct:
+        users = torch.multinomial(uw, num_edges, replacement=True, generator=g)
+        items = torch.multinomial(iw, num_edges, replacement=True, generator=g)
+        return users.to(device), items.to(device)
+    keys = torch.empty(0, dtype=torch.int64)
+    for _ in range(30):
+        missing = num_edges - keys.numel()
+        if missing <= 0:
+            break
+        m = int(missing * 1.3) + 1024
+        u = torch.multinomial(uw, m, replacement=True, generator=g)
+        i = torch.multinomial(iw, m, replacement=True, generator=g)
+        keys = torch.unique(torch.cat([keys, u * num_items + i]))
+    if keys.numel() < num_edges:
+        raise RuntimeError(f"could only draw {keys.numel()} distinct pairs of {num_edges}; lower the exponents")
+    keep = torch.randperm(keys.numel(), generator=g)[:num_edges]
+    keys = keys[keep].sort().values.to(device)
+    return keys // num_items, keys % num_items
 
 
 def power_law_graph(num_users: int, num_items: int, num_edges: int, *, seed: int = 0, device="cpu",
-                    index_dtype: torch.dtype = torch.int64, alpha: float = 1.0) -> Graph:
-    """Normalized user-item LightGCN graph on power-law random interactions."""
-    users, items = random_interactions(num_users, num_items, num_edges, seed=seed, alpha=alpha)
+                    index_dtype: torch.dtype = torch.int64, alpha: float = 1.0, alpha_items: Optional[float] = None,
+                    distinct: bool = False) -> Graph:
+    """Normalized user-item LightGCN graph on :func:`random_interactions` (same arguments)."""
+    users, items = random_interactions(num_users, num_items, num_edges, seed=seed, alpha=alpha,
+                                       alpha_items=alpha_items, distinct=distinct)
     return Graph.from_interactions(users, items, num_users, num_items, device=device, index_dtype=index_dtype)
 
 
+# --------------------------------------------------------------------------------------- errors, tolerances
+class CheckFailed(AssertionError):
+    """An output disagrees with its float64 oracle; the message says how."""
+
+
+# Unit roundoff of the precision a kernel works in, per input dtype (half inputs are computed in float32) ...
+WORK_U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -24, torch.bfloat16: 2.0 ** -24}
+# ... and of the outputs stored in the input dtype.
+STORE_U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+# The flash-attention rule: a backend may err at most this many times as much as torch at the same precision.
+TORCH_ERROR_FACTOR = 2.0
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` computed in float64 (0 when both are empty or ref is zero and out equals)."""
-    o, r = out.detach().double().cpu(), ref.detach().double().cpu()
+    """``||out - ref|| / ||ref||`` computed in float64 on ``out``'s device (the absolute norm ``||out - ref||``
+    where ``ref`` is zero; 0 for empty tensors)."""
+    o = out.detach().to(torch.float64)
+    r = ref.detach().to(device=o.device, dtype=torch.float64)
     if r.numel() == 0:
         return 0.0
-    den = r.norm().item()
-    num = (o - r).norm().item()
+    den = torch.linalg.vector_norm(r).item()
+    num = torch.linalg.vector_norm(o - r).item()
     return num / den if den > 0 else num
 
 
-def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> None:
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> float:
+    """Raise :class:`CheckFailed` unless ``out`` has ``ref``'s shape, is finite and has relative error at most
+    ``tol`` (:func:`rel_error`); returns that error."""
+    if tuple(out.shape) != tuple(ref.shape):
+        raise CheckFailed(f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise CheckFailed(f"{what}: non-finite values")
     err = rel_error(out, ref)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+    if not err <= tol:
+        raise CheckFailed(f"{what}: relative error {err:.3e} > {tol:.1e}")
+    return err
+
+
+def tol_vs_torch(torch_err: float, floor: float, *, add_floor: bool = False) -> float:
+    """Tolerance after flash-attention: at most ~2x (:data:`TORCH_ERROR_FACTOR`) the error ``torch_err`` of
+    the torch path at the same precision, and never below ``floor`` (``add_floor=True``: plus ``floor``,
+    for errors that also carry a rounding term torch's path lacks)."""
+    if add_floor:
+        return TORCH_ERROR_FACTOR * torch_err + floor
+    return max(TORCH_ERROR_FACTOR * torch_err, floor)
+
+
+# ---------------------------------------------------------------------------------------- float64 oracles
+def spmm_oracle(g: Graph, x: torch.Tensor) -> torch.Tensor:
+    """``A @ x`` in float64 by gather + ``index_add_`` (shares no code with the CSR kernels).
+
+    Shapes:
+        g: [R, C] graph, x: [C, D] -> [R, D] float64.
+    """
+    return spmm_gather(g.rowptr, g.col, g.val.double(), x.double())
+
+
+def propagate_oracle(g: Graph, x: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """LightGCN readout ``mean(x, Ax, ..., A^L x)`` in float64 by :func:`spmm_oracle`'s product.
+
+    Shapes:
+        g: [N, N] graph, x: [N, D] -> [N, D] float64.
+    """
+    h = acc = x.double()
+    for _ in range(num_layers):
+        h = spmm_gather(g.rowptr, g.col, g.val.double(), h)
+        acc = acc + h
+    return acc / (num_layers + 1)
+
+
+class RQOracle(NamedTuple):
+    """:func:`rq_oracle`'s result, every field [N, L] on the inputs' device."""
+
+    codes: torch.Tensor  # int64: the float64 argmin (lowest index among equal distances)
+    margin: torch.Tensor  # float64: best distance of a codeword differing (as a vector) from the winner - best
+    scale: torch.Tensor  # float64: (||r|| + max_j ||c_j||)^2, the size of any distance's rounding error
+    gap: torch.Tensor  # float64: distance of the given code - best (on the oracle's path); zeros without codes
+
+
+def rq_oracle(x: torch.Tensor, codebooks: torch.Tensor, codes: Optional[torch.Tensor] = None, *,
+              chunk_elems: int = 1 << 22) -> RQOracle:
+    """Residual quantization in float64 with exact distances ``||r - c||^2`` (a difference of vectors, so
+    identical codewords get identical distances and the lowest index wins), plus each choice's margin.
+
+    Computed on ``x``'s device over row chunks of at most ``chunk_elems`` [rows, K, D] elements (rows are
+    independent: chunking changes nothing).
+
+    Shapes:
+        x: [N, D], codebooks: [L, K, D], codes: [N, L] or None -> :class:`RQOracle` of [N, L] tensors.
+    """
+    x64 = x.detach().double()
+    cb64 = codebooks.detach().to(device=x64.device, dtype=torch.float64)
+    n = x64.shape[0]
+    num_levels, k, d = cb64.shape
+    rows = max(1, chunk_elems // max(1, k * d))
+    dev = x64.device
+    out = torch.empty(n, num_levels, dtype=torch.int64, device=dev)
+    margin = torch.empty(n, num_levels, dtype=torch.float64, device=dev)
+    scale = torch.empty(n, num_levels, dtype=torch.float64, device=dev)
+    gap = torch.zeros(n, num_levels, dtype=torch.float64, device=dev)
+    codes = None if codes is None else codes.to(dev)
+    r = x64.clone()
+    for lvl in range(num_levels):
+        c = cb64[lvl]
+        cmax = c.norm(dim=1).max() if k else torch.zeros((), dtype=torch.float64, device=dev)
+        for i0 in range(0, n, rows):
+            rr = r[i0:i0 + rows]
+            dist = ((rr[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+            best = dist.argmin(1)  # first minimum: lowest index among equal distances
+            dbest = dist.gather(1, best[:, None]).squeeze(1)
+            same = (c[None, :, :] == c[best][:, None, :]).all(-1)
+            margin[i0:i0 + rows, lvl] = dist.masked_fill(same, float("inf")).min(1).values - dbest
+            scale[i0:i0 + rows, lvl] = (rr.norm(dim=1) + cmax) ** 2
+            out[i0:i0 + rows, lvl] = best
+            if codes is not None:
+                gap[i0:i0 + rows, lvl] = dist.gather(1, codes[i0:i0 + rows, lvl:lvl + 1]).squeeze(1) - dbest
+        r = r - c[out[:, lvl]]
+    return RQOracle(out, margin, scale, gap)
+
+
+def rq_decode_oracle(x: torch.Tensor, codebooks: torch.Tensor,
+                     codes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``(quantized, residual_sq)`` implied by ``codes``: the sum of the chosen codewords, and
+    ``||x - sum_{j<=k} C_j[codes[:, j]]||^2`` per level k; on ``x``'s device.
+
+    Shapes:
+        x: [N, D], codebooks: [L, K, D], codes: [N, L] -> quantized [N, D] f64, residual_sq [N, L] f64.
+    """
+    x64 = x.detach().double()
+    cb64 = codebooks.detach().to(device=x64.device, dtype=torch.float64)
+    codes = codes.to(x64.device)
+    r = x64.clone()
+    rsq = torch.empty(codes.shape, dtype=torch.float64, device=x64.device)
+    for lvl in range(cb64.shape[0]):
+        r = r - cb64[lvl].index_select(0, codes[:, lvl])
+        rsq[:, lvl] = (r * r).sum(1)
+    return x64 - r, rsq
+
+
+# ------------------------------------------------------------------------------------------ near-tie check
+class CodeCheck(NamedTuple):
+    """:func:`check_codes`'s result."""
+
+    excused: torch.Tensor  # [N, L] bool on CPU: the oracle's margin there is within rounding (a near-tie)
+    differing_rows: int  # rows whose codes differ from the oracle's (each within rounding at its first difference)
+
+
+def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *, rounding: float,
+                max_excused: Optional[float] = None, oracle: Optional[RQOracle] = None) -> CodeCheck:
+    """Raise :class:`CheckFailed` unless ``codes`` are the float64 nearest codewords up to rounding.
+
+    Computes every choice's float64 margin (:func:`rq_oracle`) instead of skipping rows. For each row whose
+    codes differ from the oracle's, take the first level ``k`` where they do (the residual entering level k is
+    then the oracle's): the chosen codeword's squared distance may exceed the best one's by at most
+    ``rounding * (||r|| + max(||c_best||, ||c_chosen||))^2``, the rounding of comparing those two distances
+    (``rounding`` is relative, e.g. ``2 * D * eps`` of the working precision). Later levels of such a row follow
+    a different residual and are not compared. Positions whose margin is at most
+    ``rounding * (||r|| + max_j ||c_j||)^2`` are near-ties (``excused``); with ``max_excused``, more than
+    ``max(3, max_excused * N)`` rows holding one fail the check (a tolerance so loose that the check is vacuous).
+
+    Shapes:
+        codes: [N, L] int64, x: [N, D], codebooks: [L, K, D] -> :class:`CodeCheck` (excused [N, L]).
+    """
+    n = x.shape[0]
+    num_levels, k_size, _ = codebooks.shape
+    if tuple(codes.shape) != (n, num_levels):
+        raise CheckFailed(f"codes: shape {tuple(codes.shape)} != reference {(n, num_levels)}")
+    if codes.dtype != torch.int64:
+        raise CheckFailed(f"codes: dtype {codes.dtype}, expected torch.int64")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k_size):
+        raise CheckFailed(f"codes: out of range [0, {k_size}): min {int(codes.min())}, max {int(codes.max())}")
+    orc = rq_oracle(x, codebooks, codes) if oracle is None else oracle
+    codes = codes.to(orc.codes.device)
+    excused = orc.margin <= rounding * orc.scale
+    diff = codes != orc.codes
+    rows = diff.any(1).nonzero().squeeze(1)
+    if rows.numel():
+        first = diff[rows].int().argmax(1)  # first differing level per row
+        cb64 = codebooks.detach().to(device=orc.codes.device, dtype=torch.float64)
+        x64 = x.detach().to(device=orc.codes.device, dtype=torch.float64)
+        r = x64.index_select(0, rows).clone()
+        oc, pc = orc.codes.index_select(0, rows), codes.index_select(0, rows)
+        for lvl in range(num_levels):
+            before = (first > lvl).unsqueeze(1)
+            r -= torch.where(before, cb64[lvl].index_select(0, oc[:, lvl]), torch.zeros_like(r))
+        c_best = cb64[first, oc.gather(1, first[:, None]).squeeze(1)]
+        c_chosen = cb64[first, pc.gather(1, first[:, None]).squeeze(1)]
+        gap = orc.gap[rows, first]
+        pair = r.norm(dim=1) + torch.maximum(c_best.norm(dim=1), c_chosen.norm(dim=1))
+        bound = rounding * pair * pair
+        bad = gap > bound
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise CheckFailed(
+                f"codes: {int(bad.sum())} of {n} rows pick a codeword farther than the float64 best beyond "
+                f"rounding (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
+                f"{int(oc[j, first[j]])}, distance gap {float(gap[j]):.3g} > bound {float(bound[j]):.3g}, "
+                f"oracle margin {float(orc.margin[rows[j], first[j]]):.3g})")
+    num_excused = int(excused.any(1).sum())
+    if max_excused is not None and num_excused > max(3, max_excused * n):
+        raise CheckFailed(f"codes: {num_excused} of {n} rows excused as near-ties (more than "
+                          f"{max_excused:.0%}): the rounding bound is too loose to check anything")
+    return CodeCheck(excused.cpu(), int(rows.numel()))

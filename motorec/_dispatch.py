@@ -7,6 +7,10 @@ checks, each returning ``None`` when it can serve or a human-readable reason whe
   ("motorec._C built without CUDA", "triton not installed");
 * an *input* check, evaluated per call on cheap metadata (device, dtype, sizes), e.g. "x is on cuda".
 
+A backend holds its ``forward`` kernel (what the op's custom op calls) and, for ops with their own backward
+kernel (``residual_quantize``), its ``backward`` kernel; a backend with no ``forward`` does not exist for that
+op and says why in ``static_reason``.
+
 ``backend="auto"`` takes the first backend in order that can serve. An explicit backend (argument or the
 ``MOTOREC_BACKEND`` environment variable) that cannot serve raises :class:`BackendUnavailable` with every
 reason; it never falls back. ``MOTOREC_BACKEND`` is either one name for every op (``MOTOREC_BACKEND=torch``)
@@ -30,7 +34,8 @@ class BackendUnavailable(RuntimeError):
 @dataclass
 class Backend:
     name: str
-    impl: Optional[Callable]  # what the custom op calls; None when the backend does not exist for this op
+    forward: Optional[Callable] = None  # the kernel the op calls; None when the backend does not exist for this op
+    backward: Optional[Callable] = None  # the op's backward kernel, for ops that have one (residual_quantize)
     static_reason: Reason = None  # evaluated once, at registration
     input_check: Optional[Callable[..., Reason]] = None  # cheap per-call check on metadata
     auto_check: Optional[Callable[..., Reason]] = None  # extra reason for `auto` to pass it over (explicit use ok)
@@ -52,7 +57,7 @@ class OpDispatcher:
 
     def reason(self, name: str, *, auto: bool = False, **inputs) -> Reason:
         b = self.backends.get(name)
-        if b is None or b.impl is None:
+        if b is None or b.forward is None:
             return (b.static_reason if b is not None and b.static_reason else f"no {name} implementation of {self.op}")
         if b.static_reason:
             return b.static_reason
@@ -80,11 +85,19 @@ class OpDispatcher:
             raise BackendUnavailable(f"backend={requested!r} cannot run {self.op}: {r}")
         return requested
 
-    def impl(self, name: str) -> Callable:
+    def forward(self, name: str) -> Callable:
+        """The forward kernel of backend ``name`` (a name :meth:`select` returned)."""
         b = self.backends.get(name)
-        if b is None or b.impl is None:
+        if b is None or b.forward is None:
             raise BackendUnavailable(f"backend={name!r} cannot run {self.op}: no implementation")
-        return b.impl
+        return b.forward
+
+    def backward(self, name: str) -> Callable:
+        """The backward kernel of backend ``name``, for ops registered with one."""
+        b = self.backends.get(name)
+        if b is None or b.backward is None:
+            raise BackendUnavailable(f"backend={name!r} cannot run the backward of {self.op}: no implementation")
+        return b.backward
 
     def explain(self, **inputs) -> str:
         rows = []

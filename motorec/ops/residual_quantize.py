@@ -86,13 +86,16 @@ def _cpu_auto(**inputs):
     return None
 
 
-_D.register(Backend("triton", (_triton_fwd, _triton_bwd), _ext.TRITON_REASON or None, _triton_check,
-                    _triton_auto, note="fused Triton kernels, all levels in one launch"))
-_D.register(Backend("cuda", None, "no CUDA C++ kernel for residual_quantize: the Triton kernel serves CUDA tensors"))
-_D.register(Backend("cpu", (_c_fwd, _c_bwd),
-                    None if _ext.c_has_op("residual_quantize_fwd") else (_ext.C_REASON or "motorec._C has no residual_quantize"),
-                    _cpu_check, _cpu_auto, note="blocked OpenMP C++ kernel (motorec._C)"))
-_D.register(Backend("torch", (_ref.residual_quantize_forward, _ref.residual_quantize_backward), None, None,
+_D.register(Backend("triton", forward=_triton_fwd, backward=_triton_bwd, static_reason=_ext.TRITON_REASON or None,
+                    input_check=_triton_check, auto_check=_triton_auto,
+                    note="fused Triton kernels, all levels in one launch"))
+_D.register(Backend("cuda", static_reason="no CUDA C++ kernel for residual_quantize: the Triton kernel serves CUDA "
+                    "tensors"))
+_D.register(Backend("cpu", forward=_c_fwd, backward=_c_bwd,
+                    static_reason=None if _ext.c_has_op("residual_quantize_fwd")
+                    else (_ext.C_REASON or "motorec._C has no residual_quantize"),
+                    input_check=_cpu_check, auto_check=_cpu_auto, note="blocked OpenMP C++ kernel (motorec._C)"))
+_D.register(Backend("torch", forward=_ref.residual_quantize_forward, backward=_ref.residual_quantize_backward,
                     note="per-level matmul + argmin + gather reference (materializes N x K)"))
 
 
@@ -103,8 +106,7 @@ def _res_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.library.custom_op("motorec::residual_quantize", mutates_args=())
 def residual_quantize_op(x: Tensor, codebooks: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     """Raw op: (codes [N, L] int64, quantized [N, D], residual_sq [N, L])."""
-    fwd, _ = _D.impl(backend)
-    codes, q, r = fwd(x.contiguous(), codebooks.contiguous())
+    codes, q, r = _D.forward(backend)(x.contiguous(), codebooks.contiguous())
     return codes, q, r
 
 
@@ -122,9 +124,8 @@ def residual_quantize_backward_op(
     grad_quantized: Tensor, grad_residual_sq: Tensor, x: Tensor, codebooks: Tensor, codes: Tensor, backend: str
 ) -> Tuple[Tensor, Tensor]:
     """Raw op: (grad_x [N, D], grad_codebooks [L, K, D]); see the module docstring for the definition."""
-    _, bwd = _D.impl(backend)
-    gx, gc = bwd(grad_quantized.contiguous(), grad_residual_sq.contiguous(), x.contiguous(),
-                 codebooks.contiguous(), codes.contiguous())
+    gx, gc = _D.backward(backend)(grad_quantized.contiguous(), grad_residual_sq.contiguous(), x.contiguous(),
+                                  codebooks.contiguous(), codes.contiguous())
     return gx, gc
 
 

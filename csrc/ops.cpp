@@ -33,4 +33,12 @@ TORCH_LIBRARY(motorec_C, m) {
   m.def(
       "residual_quantize_bwd(Tensor grad_quantized, Tensor grad_residual_sq, Tensor x, Tensor codebooks, "
       "Tensor codes) -> (Tensor, Tensor)");
+  // Per-level, per-codeword mean soft assignment of the residual inputs rebuilt from the tokens (definition in
+  // motorec/reference/code_usage.py): z_e [N, D], codes [N, L] int64, codebooks [L, K, D] (dtype of z_e) ->
+  // rho [L, K], aux [N, L] (row logsumexp (softmax) or mean (sigmoid) of the logits, for the backward).
+  m.def("code_usage_fwd(Tensor z_e, Tensor codes, Tensor codebooks, float temperature, bool softmax) -> (Tensor, Tensor)");
+  // Backward of code_usage_fwd: grad_rho [L, K] -> grad_z_e [N, D], grad_codebooks [L, K, D].
+  m.def(
+      "code_usage_bwd(Tensor grad_rho, Tensor z_e, Tensor codes, Tensor codebooks, Tensor aux, float temperature, "
+      "bool softmax) -> (Tensor, Tensor)");
 }

@@ -2,7 +2,8 @@
 
 * the parameter matrix: every op is exercised over the same devices, dtypes and backends, with readable ids,
   and GPU-only cases skip with a reason on CPU machines;
-* the one power-law interaction generator (:func:`random_interactions`, :func:`power_law_graph`);
+* the one power-law interaction generator (:func:`random_interactions`, :func:`power_law_graph`) and a
+  random directed graph (:func:`random_directed_graph`);
 * float64 oracles of the three ops (:func:`spmm_oracle`, :func:`propagate_oracle`, :func:`rq_oracle`,
   :func:`rq_decode_oracle`);
 * error measures and tolerances: :func:`rel_error`, :func:`assert_close_rel`, the flash-attention rule
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from motorec import _ext
 from motorec._dispatch import dispatcher
@@ -105,6 +107,14 @@ def power_law_graph(num_users: int, num_items: int, num_edges: int, *, seed: int
     users, items = random_interactions(num_users, num_items, num_edges, seed=seed, alpha=alpha,
                                        alpha_items=alpha_items, distinct=distinct)
     return Graph.from_interactions(users, items, num_users, num_items, device=device, index_dtype=index_dtype)
+
+
+def random_directed_graph(n: int = 41, e: int = 300, *, seed: int = 5) -> Graph:
+    """A non-symmetric [n, n] graph on ``e`` uniform random directed edges (its backward needs ``A^T``)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = Graph.from_edge_index(torch.randint(0, n, (2, e), generator=gen), n)
+    assert not g.symmetric
+    return g
 
 
 # --------------------------------------------------------------------------------------- errors, tolerances
@@ -310,3 +320,78 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
         raise CheckFailed(f"codes: {num_excused} of {n} rows excused as near-ties (more than "
                           f"{max_excused:.0%}): the rounding bound is too loose to check anything")
     return CodeCheck(excused.cpu(), int(rows.numel()))
+
+
+# ---------------------------------------------------------------------------------------------- host syncs
+class HostSyncError(AssertionError):
+    """An op that would block the host on the device (or has a data-dependent output shape) ran inside
+    :func:`no_host_sync`."""
+
+
+def _sync_ops():
+    aten = torch.ops.aten
+    names = ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "argwhere", "masked_select", "bincount",
+             "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive")
+    return {getattr(aten, n) for n in names if hasattr(aten, n)}
+
+
+_SYNC_PACKETS = None
+_BOOL_INDEX_OPS = ("index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put")
+
+
+def _sync_reason(func, args, kwargs) -> Optional[str]:
+    global _SYNC_PACKETS
+    if _SYNC_PACKETS is None:
+        _SYNC_PACKETS = _sync_ops()
+    packet = func.overloadpacket
+    if packet in _SYNC_PACKETS:
+        return "reads a value back to the host" if packet is torch.ops.aten._local_scalar_dense else \
+            "has a data-dependent output shape (the host must read a count first)"
+    if packet is torch.ops.aten.repeat_interleave and func.name().endswith("Tensor") \
+            and kwargs.get("output_size") is None:
+        return "repeat_interleave with tensor repeats and no output_size has a data-dependent output shape"
+    if packet.__name__ in _BOOL_INDEX_OPS and func.namespace == "aten":
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (indices or ())):
+            return "boolean-mask indexing (an implicit nonzero: data-dependent shape)"
+    return None
+
+
+class no_host_sync(TorchDispatchMode):  # noqa: N801 (used as a context manager, like torch.no_grad)
+    """Context manager that raises :class:`HostSyncError` on any op that makes the host wait for the device,
+    so a training step that passes under it on the CPU issues no blocking device-to-host reads on a GPU.
+
+    Caught: ``aten._local_scalar_dense`` (``.item()``, ``int(t)``, ``float(t)``, ``bool(t)``, ``if t:``),
+    ``is_nonzero``, ``equal``; data-dependent output shapes: ``nonzero``/``argwhere`` (``torch.where(mask)``),
+    ``masked_select``, ``bincount``, ``unique*``, ``repeat_interleave`` with tensor repeats and no
+    ``output_size``, and indexing or index assignment with a boolean/uint8 mask (``t[mask]``, ``t[mask] = v``).
+    Not caught: device copies (``.cpu()``, ``.tolist()`` on CPU tensors are not ops that differ on a CPU run).
+
+    ``motorec::*`` custom ops are entered (their Python implementation, which picks a backend, runs under the
+    mode) so a sync in a Triton launcher or the torch reference is seen; compiled ``motorec_C`` kernels are
+    CPU-only and run opaquely. ``allow`` names aten op packets to let through (e.g. ``("bincount",)``).
+    """
+
+    def __init__(self, allow: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.allow = frozenset(allow)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        reason = _sync_reason(func, args, kwargs)
+        if reason is not None and func.overloadpacket.__name__ not in self.allow:
+            raise HostSyncError(f"{func} {reason}")
+        if func.namespace == "motorec":
+            opdef = _custom_opdef(func)
+            if opdef is not None:
+                with self:
+                    return opdef._init_fn(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _custom_opdef(func):
+    try:
+        from torch._library.custom_ops import _maybe_get_opdef
+    except ImportError:  # pragma: no cover - older torch: motorec ops then run opaquely
+        return None
+    return _maybe_get_opdef(func)

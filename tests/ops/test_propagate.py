@@ -1,6 +1,6 @@
 """``motorec.ops.propagate`` (LightGCN readout ``mean_{l=0..L} A^l x``) on every backend available here.
 
-The oracle repeats the float64 gather + ``index_add_`` product (:func:`motorec.reference.spmm.spmm_gather`);
+The oracle (:func:`motorec.testing.propagate_oracle`) repeats the float64 gather + ``index_add_`` product;
 float32 results must be within 2x the error of torch's own float32 CSR readout (floor 1e-6).
 """
 import pytest
@@ -10,25 +10,17 @@ import motorec
 from motorec import BackendUnavailable, Graph, _ext
 from motorec.ops.propagate import propagate_op
 from motorec.reference.propagate import propagate as torch_csr_propagate
-from motorec.reference.spmm import spmm_gather
-from motorec.testing import assert_close_rel, backend_params, power_law_graph, rel_error
+from motorec.testing import (assert_close_rel, backend_params, power_law_graph, propagate_oracle,
+                             random_directed_graph, rel_error, tol_vs_torch)
 
 needs_c = pytest.mark.skipif(not _ext.c_has_op("propagate"), reason=f"motorec._C has no propagate ({_ext.C_REASON})")
-
-
-def oracle(g: Graph, x: torch.Tensor, num_layers: int) -> torch.Tensor:
-    h = acc = x.double()
-    for _ in range(num_layers):
-        h = spmm_gather(g.rowptr, g.col, g.val.double(), h)
-        acc = acc + h
-    return acc / (num_layers + 1)
 
 
 def tolerance(g: Graph, x: torch.Tensor, num_layers: int, ref: torch.Tensor) -> float:
     if x.dtype == torch.float64:
         return 1e-12
     torch_err = rel_error(torch_csr_propagate(g.rowptr, g.col, g.val.to(x.dtype), x.contiguous(), num_layers), ref)
-    return max(2 * torch_err, 1e-6)
+    return tol_vs_torch(torch_err, 1e-6)
 
 
 def heavy_square_graph(n=100_050, heavy_degree=100_000, seed=0):
@@ -66,7 +58,7 @@ def test_power_law(plaw, device, backend, dtype, index_dtype, dim):
     g = plaw.to(device, index_dtype=index_dtype)
     x = torch.randn(g.num_nodes, dim, dtype=dtype, device=device)
     out = motorec.ops.propagate(g, x, 3, backend=backend)
-    ref = oracle(g, x, 3)
+    ref = propagate_oracle(g, x, 3)
     assert out.dtype == dtype
     assert_close_rel(out, ref, tolerance(g, x, 3, ref), f"propagate[{backend}]")
 
@@ -77,7 +69,7 @@ def test_layer_counts(plaw, device, backend, num_layers):
     g = plaw.to(device)
     x = torch.randn(g.num_nodes, 24, device=device)
     out = motorec.ops.propagate(g, x, num_layers, backend=backend)
-    ref = oracle(g, x, num_layers)
+    ref = propagate_oracle(g, x, num_layers)
     assert_close_rel(out, ref, tolerance(g, x, num_layers, ref), f"propagate[{backend}] L={num_layers}")
     if num_layers == 0:
         assert out.data_ptr() != x.data_ptr()
@@ -89,7 +81,7 @@ def test_layer_counts(plaw, device, backend, num_layers):
 def test_heavy_row(heavy, device, backend, index_dtype, dim):
     g = heavy.to(device, index_dtype=index_dtype)
     x = torch.randn(g.num_nodes, dim, device=device)
-    ref = oracle(g, x, 2)
+    ref = propagate_oracle(g, x, 2)
     assert_close_rel(motorec.ops.propagate(g, x, 2, backend=backend), ref, tolerance(g, x, 2, ref),
                      f"propagate[{backend}]")
 
@@ -101,7 +93,7 @@ def test_non_contiguous_x(plaw, device, backend, layout):
     base = torch.randn(g.num_nodes, 66, device=device) if layout == "strided" else torch.randn(33, g.num_nodes, device=device)
     x = base[:, ::2] if layout == "strided" else base.t()
     assert not x.is_contiguous() and x.shape == (g.num_nodes, 33)
-    ref = oracle(g, x, 3)
+    ref = propagate_oracle(g, x, 3)
     assert_close_rel(motorec.ops.propagate(g, x, 3, backend=backend), ref, tolerance(g, x, 3, ref))
 
 
@@ -121,19 +113,12 @@ def test_acceptance_4500_nodes(device, backend):
     g = power_law_graph(2600, 1900, 40_000, seed=11, device=device)
     assert g.num_nodes == 4500
     x = torch.randn(g.num_nodes, 64, device=device)
-    assert rel_error(motorec.ops.propagate(g, x, 3, backend=backend), oracle(g, x, 3)) <= 1e-5
-
-
-def directed_graph(n=41, e=300, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    g = Graph.from_edge_index(torch.randint(0, n, (2, e), generator=gen), n)
-    assert not g.symmetric
-    return g
+    assert rel_error(motorec.ops.propagate(g, x, 3, backend=backend), propagate_oracle(g, x, 3)) <= 1e-5
 
 
 @pytest.mark.parametrize("device,backend", backend_params("propagate", torch.float64))
 def test_backward_uses_transpose(device, backend):
-    g = directed_graph().to(device)
+    g = random_directed_graph().to(device)
     x = torch.randn(g.num_nodes, 6, dtype=torch.float64, device=device, requires_grad=True)
     gout = torch.randn(g.num_nodes, 6, dtype=torch.float64, device=device)
     motorec.ops.propagate(g, x, 3, backend=backend).backward(gout)
@@ -146,7 +131,7 @@ def test_backward_uses_transpose(device, backend):
 @pytest.mark.parametrize("device,backend", backend_params("propagate", torch.float64))
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "directed"])
 def test_gradcheck(device, backend, symmetric):
-    g = (power_law_graph(13, 9, 40, seed=2) if symmetric else directed_graph(17, 60)).to(device)
+    g = (power_law_graph(13, 9, 40, seed=2) if symmetric else random_directed_graph(17, 60)).to(device)
     x = torch.randn(g.num_nodes, 5, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: motorec.ops.propagate(g, t, 2, backend=backend), (x,), fast_mode=True)
 
@@ -154,7 +139,7 @@ def test_gradcheck(device, backend, symmetric):
 @pytest.mark.parametrize("device,backend", backend_params("propagate", torch.float32))
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "directed"])
 def test_opcheck(device, backend, symmetric):
-    g = (power_law_graph(13, 9, 40, seed=2) if symmetric else directed_graph(17, 60)).to(device)
+    g = (power_law_graph(13, 9, 40, seed=2) if symmetric else random_directed_graph(17, 60)).to(device)
     t = g.transpose()
     targs = (None, None, None) if symmetric else (t.rowptr, t.col, t.val)
     x = torch.randn(g.num_nodes, 9, device=device, requires_grad=True)
@@ -202,8 +187,8 @@ def test_half_storage(plaw, device, backend, dtype):
     """Half/bf16 features between layers, float32 layer sum: within 2x the error of torch's path."""
     g = plaw.to(device)
     x = torch.randn(g.num_nodes, 64, device=device).to(dtype)
-    ref = oracle(g, x, 3)
+    ref = propagate_oracle(g, x, 3)
     torch_err = rel_error(torch_csr_propagate(g.rowptr, g.col, g.val, x, 3), ref)
     out = motorec.ops.propagate(g, x, 3, backend=backend)
     assert out.dtype == dtype
-    assert_close_rel(out, ref, max(2 * torch_err, 1e-3), f"propagate[{backend}] {dtype}")
+    assert_close_rel(out, ref, tol_vs_torch(torch_err, 1e-3), f"propagate[{backend}] {dtype}")

@@ -4,7 +4,8 @@
 # The CPU torch wheel ships the CUDA-facing headers but not the CMake-generated
 # c10/cuda/impl/cuda_cmake_macros.h, hence -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE (the file only sets export
 # macros); the C++ ABI define must match torch's or host code would not link against it in a real build.
-# Usage: .ci/nvcc_check.sh [extra nvcc flags...]   (env: PYTHON, NVCC, NVCC_ARCH=sm_90, JOBS)
+# Usage: .ci/nvcc_check.sh [extra nvcc flags...]   (env: PYTHON, NVCC, NVCC_ARCH=sm_90, JOBS,
+#        NVCC_KEEP_DIR: keep each file's .o and nvcc log there; benchmarks/compile_check.py reads them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,13 @@ FLAGS=(-c -std=c++17 "-arch=$ARCH" -O3 --expt-relaxed-constexpr -DC10_CUDA_NO_CM
 for inc in "${INCLUDES[@]}"; do FLAGS+=("-I$inc"); done
 FLAGS+=("$@")
 
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+if [ -n "${NVCC_KEEP_DIR:-}" ]; then
+  OUT=$NVCC_KEEP_DIR
+  mkdir -p "$OUT"
+else
+  OUT=$(mktemp -d)
+  trap 'rm -rf "$OUT"' EXIT
+fi
 echo "nvcc_check: $("$NVCC" --version | tail -1)"
 echo "nvcc_check: $NVCC ${FLAGS[*]} <file.cu> -o <tmp>.o   (${#SOURCES[@]} files, $JOBS in parallel)"
 

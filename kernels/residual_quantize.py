@@ -313,3 +313,34 @@ def residual_quantize_bwd(grad_quantized: Tensor, grad_residual_sq: Tensor, x: T
         D=d, K=k, L=num_levels, BLOCK_R=block_r, BLOCK_D=bd, num_warps=4,
     )
     return grad_x, gcb.to(codebooks.dtype)
+
+
+def compile_specs():
+    """Offline sm_90 compilations gated by ``benchmarks/compile_check.py`` (the benchmark's shape:
+    D = 64, K = 256, L = 3, float32), with their register and spill budgets."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.compile_check import CompileSpec
+
+    d, k, levels = 64, 256, 3
+    bn, bk, bd = _block_sizes(d, k)
+    prec = "tf32x3"
+    bound_rel = _EPS_DOT[prec] + (_ACC_TERMS[prec] * d + 16) * 2.0 ** -23
+    f32 = "*fp32"
+    return [
+        CompileSpec("fwd f32 D64 K256 L3", _rq_fwd_kernel,
+                    {"x_ptr": f32, "cb_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32,
+                     "rsq_ptr": f32, "N": "i32"},
+                    {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "PRECISION": prec,
+                     "BOUND_REL": bound_rel}, num_warps=4, max_regs=128),
+        CompileSpec("bwd_x f32 D64 K256 L3", _rq_bwd_x_kernel,
+                    {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "gr_ptr": f32, "gx_ptr": f32, "N": "i32"},
+                    {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=4),
+        CompileSpec("bwd_cb f32 D64 K256 L3", _rq_bwd_cb_kernel,
+                    {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "gq_ptr": f32, "gr_ptr": f32,
+                     "order_ptr": "*i64", "seg_of_item_ptr": "*i64", "item_start_ptr": "*i64",
+                     "seg_start_ptr": "*i64", "counts_ptr": "*i64", "gcb_ptr": f32, "N": "i32"},
+                    {"D": d, "K": k, "L": levels, "BLOCK_R": bn, "BLOCK_D": bd}, num_warps=4),
+    ]

@@ -2,14 +2,16 @@
 
 A recommender is built from a dataset's sizes, training interactions and item features; the trainer only
 calls :meth:`Recommender.loss`, :meth:`Recommender.score`, :meth:`Recommender.on_epoch_start` and, for models
-with a tokenizer, :meth:`Recommender.pretrain_loss`.
+with a tokenizer, :meth:`Recommender.pretrain_loss`. A model's whole state (parameters, buffers, and non-tensor
+state of its parts through ``nn.Module.get_extra_state``) is its ``state_dict()``.
 
 Batches are dicts of equal-length LongTensors ``users``, ``pos``, ``neg`` (one sampled negative per positive)
 plus the float ``epoch`` (for schedules such as the rarity ramp).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import contextlib
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from motorec.config import ModelConfig
 from motorec.graph import Graph
 
-__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees"]
+__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees", "as_float"]
 
 
 def item_degrees(train: Tensor, num_items: int) -> Tensor:
@@ -32,7 +34,7 @@ def item_degrees(train: Tensor, num_items: int) -> Tensor:
     return torch.bincount(key % num_items, minlength=num_items).float()
 
 
-def _f(x) -> float:
+def as_float(x) -> float:
     """A loss part as a Python float, for logging."""
     return float(x.detach()) if isinstance(x, Tensor) else float(x)
 
@@ -105,6 +107,8 @@ class Recommender(nn.Module):
                                              device=train.device)
         self.epoch = 0.0
         self._cache: Optional[Tuple[Tensor, Tensor]] = None
+        # cached eval embeddings belong to the weights they came from
+        self.register_load_state_dict_post_hook(_drop_cache)
 
     # ------------------------------------------------------------------ device handling
     def _apply(self, fn, *args, **kwargs):
@@ -135,6 +139,16 @@ class Recommender(nn.Module):
         self._cache = None
         return super().train(mode)
 
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Eval mode within the block (no codebook statistics updates, no dropout), the previous mode after."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
     def _eval_embeddings(self) -> Tuple[Tensor, Tensor]:
         if self.training:
             return self.embeddings()
@@ -160,14 +174,11 @@ class Recommender(nn.Module):
         u, i = self._eval_embeddings()
         return u[users.to(u.device).long()] @ i.t()
 
-    def extra_state(self) -> Dict[str, Tensor]:
-        """Non-parameter state that a checkpoint must carry for an exact resume (tensors only)."""
-        return {}
-
-    def load_extra_state(self, state: Dict[str, Tensor]) -> None:
-        pass
-
     def reg_loss(self, *tensors: Tensor) -> Tensor:
         """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""
         b = max(tensors[0].shape[0], 1)
         return self.config.lambda_reg * sum(t.pow(2).sum() for t in tensors) / b
+
+
+def _drop_cache(module: Recommender, incompatible_keys) -> None:
+    module._cache = None

@@ -1,8 +1,9 @@
 """Baselines in the same harness as MoToRec: ``lightgcn`` (IDs only), ``content`` (MLP on features, BPR) and
 ``lightgcn_content`` (LightGCN with projected features added to the item layer-0 embedding).
 
-All three score by inner product, train with BPR on one sampled negative and an L2 penalty on the layer-0
-embeddings of the batch, and propagate through :func:`motorec.ops.propagate` on the user-item graph.
+All three score by inner product and train with BPR on one sampled negative and an L2 penalty on the layer-0
+embeddings of the batch; the two graph models propagate with :class:`motorec.nn.LightGCN` on the user-item
+graph.
 """
 from __future__ import annotations
 
@@ -11,43 +12,11 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from motorec import ops
-from motorec.models.base import Recommender, _f, bpr_loss
+from motorec.models.base import Recommender, as_float, bpr_loss
+from motorec.models.features import FeatureEncoder, ItemFeatures
+from motorec.nn.lightgcn import LightGCN
 
-__all__ = ["LightGCNRec", "ContentRec", "LightGCNContentRec", "FeatureEncoder"]
-
-
-class FeatureEncoder(nn.Module):
-    """Per-modality MLP on L2-normalized features, summed over modalities.
-
-    Shapes:
-        features: {m: [N, d_m]} -> [N, dim].
-    """
-
-    def __init__(self, dims: Dict[str, int], hidden: int, dim: int) -> None:
-        super().__init__()
-        if not dims:
-            raise ValueError("a content model needs at least one feature modality; the dataset has none")
-        self.mlps = nn.ModuleDict({
-            m: nn.Sequential(nn.Linear(d, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, dim)) for m, d in dims.items()
-        })
-
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
-        return sum(mlp(nn.functional.normalize(features[m], dim=1)) for m, mlp in self.mlps.items())
-
-
-class _FeatureMixin:
-    def _register_features(self, features: Dict[str, Tensor]) -> None:
-        self._modalities = sorted(features)
-        for m in self._modalities:
-            f = features[m]
-            if f.dim() != 2 or f.shape[0] != self.num_items:
-                raise ValueError(f"features[{m!r}] must be [num_items={self.num_items}, d], got {tuple(f.shape)}")
-            # Features are data, not state: kept out of the state dict and checkpoints.
-            self.register_buffer(f"feat_{m}", f.float(), persistent=False)
-
-    def features(self) -> Dict[str, Tensor]:
-        return {m: getattr(self, f"feat_{m}") for m in self._modalities}
+__all__ = ["LightGCNRec", "ContentRec", "LightGCNContentRec"]
 
 
 class LightGCNRec(Recommender):
@@ -59,17 +28,25 @@ class LightGCNRec(Recommender):
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        d = self.config.dim
-        self.user_emb = nn.Parameter(torch.randn(self.num_users, d, device=self.device) * 0.1)
-        self.item_emb = nn.Parameter(torch.randn(self.num_items, d, device=self.device) * 0.1)
+        c = self.config
+        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
+                                 init_std=0.1, backend=self.backend, device=self.device)
+
+    @property
+    def user_emb(self) -> Tensor:
+        """[num_users, dim] layer-0 user embeddings (the LightGCN table)."""
+        return self.lightgcn.user_embedding.weight
+
+    @property
+    def item_emb(self) -> Tensor:
+        """[num_items, dim] item ID embeddings (the LightGCN table)."""
+        return self.lightgcn.item_embedding.weight
 
     def item_layer0(self) -> Tensor:
         return self.item_emb
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        x = torch.cat([self.user_emb, self.item_layer0()])
-        out = ops.propagate(self.graph, x, self.config.num_layers, backend=self.backend)
-        return out[: self.num_users], out[self.num_users:]
+        return self.lightgcn(self.graph, self.item_layer0())
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
         u, p, n = batch["users"], batch["pos"], batch["neg"]
@@ -78,10 +55,10 @@ class LightGCNRec(Recommender):
         rank = bpr_loss((ue * items[p]).sum(1), (ue * items[n]).sum(1))
         reg = self.reg_loss(self.user_emb[u], self.item_emb[p], self.item_emb[n])
         total = rank + reg
-        return total, {"bpr": _f(rank), "reg": _f(reg)}
+        return total, {"bpr": as_float(rank), "reg": as_float(reg)}
 
 
-class LightGCNContentRec(_FeatureMixin, LightGCNRec):
+class LightGCNContentRec(LightGCNRec):
     """LightGCN whose item layer-0 embedding is ``ID (warm items only) + MLP(features)``.
 
     A cold item has no edges and a zero ID embedding, so its embedding is its projected features
@@ -92,15 +69,15 @@ class LightGCNContentRec(_FeatureMixin, LightGCNRec):
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
-        self._register_features(features)
+        self.item_features = ItemFeatures(features, self.num_items)
         self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.content_hidden,
                                       self.config.dim).to(self.device)
 
     def item_layer0(self) -> Tensor:
-        return self.item_emb * self.warm_mask.unsqueeze(1) + self.encoder(self.features())
+        return self.item_emb * self.warm_mask.unsqueeze(1) + self.encoder(self.item_features.as_dict())
 
 
-class ContentRec(_FeatureMixin, Recommender):
+class ContentRec(Recommender):
     """Content-only: item embedding = MLP(features); user embedding = a free ID embedding; BPR.
 
     Shapes:
@@ -111,23 +88,23 @@ class ContentRec(_FeatureMixin, Recommender):
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
-        self._register_features(features)
+        self.item_features = ItemFeatures(features, self.num_items)
         d = self.config.dim
         self.user_emb = nn.Parameter(torch.randn(self.num_users, d, device=self.device) * 0.1)
         self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.content_hidden,
                                       d).to(self.device)
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        return self.user_emb, self.encoder(self.features())
+        return self.user_emb, self.encoder(self.item_features.as_dict())
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         idx = torch.cat([p, n])
         uniq, inv = torch.unique(idx, return_inverse=True)
-        items = self.encoder({m: f[uniq] for m, f in self.features().items()})
+        items = self.encoder({m: f[uniq] for m, f in self.item_features.as_dict().items()})
         ip, ineg = items[inv[: p.numel()]], items[inv[p.numel():]]
         ue = self.user_emb[u]
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1))
         reg = self.reg_loss(ue, ip, ineg)
         total = rank + reg
-        return total, {"bpr": _f(rank), "reg": _f(reg)}
+        return total, {"bpr": as_float(rank), "reg": as_float(reg)}

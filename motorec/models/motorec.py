@@ -17,8 +17,16 @@ first BPR term too)
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
 + lambda_reg * squared norm of the batch's layer-0 embeddings.
 
-Scoring: cold items' scores go through one affine map onto the warm items' score distribution (see
-:meth:`MoToRec.score`), so content-only scores compete with collaborative ones on the same scale.
+Scoring: cold items' scores go through one affine map onto the warm items' score distribution
+(:class:`~motorec.models.cold.ColdScorer`), so content-only scores compete with collaborative ones on the same
+scale.
+
+Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.tokenizer.MultimodalTokenizer`),
+``token_level`` (:class:`~motorec.models.content.TokenEncoder`), ``item_item``
+(:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`),
+``feature_residual`` (:class:`~motorec.models.features.FeatureEncoder`, option), ``lightgcn``
+(:class:`motorec.nn.LightGCN`: user/item ID tables and the collaborative level) and ``cold``
+(:class:`~motorec.models.cold.ColdScorer`).
 
 Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 + d_i)``, normalized to mean
 1 over the batch's positives, clipped to ``[rarity_min, rarity_max]``, ramped in from 1 over
@@ -26,17 +34,18 @@ Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from motorec import ops
-from motorec.graph import Graph
-from motorec.models.base import Recommender, _f, bpr_loss, info_nce
-from motorec.models.baselines import _FeatureMixin
+from motorec.models.base import Recommender, as_float, bpr_loss, info_nce
+from motorec.models.cold import ColdScorer
+from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
+from motorec.models.features import FeatureEncoder, ItemFeatures
+from motorec.models.tokenizer import MultimodalTokenizer
+from motorec.nn.lightgcn import LightGCN
 
 __all__ = ["MoToRec", "rarity_weights"]
 
@@ -59,25 +68,7 @@ def rarity_weights(degree: Tensor, pos: Tensor, *, ramp: float, clip: Tuple[floa
     return 1.0 + float(ramp) * (s - 1.0)
 
 
-class _Attention(nn.Module):
-    """Attention over sources: ``a_m = softmax_m(q . tanh(W h^m + b))``; ``h~ = sum_m a_m h^m``.
-
-    Shapes:
-        hs: [M, N, d] -> ([N, d], weights [N, M]).
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
-
-    def forward(self, hs: Tensor) -> Tuple[Tensor, Tensor]:
-        logits = torch.tanh(self.proj(hs)) @ self.query  # [M, N]
-        w = torch.softmax(logits, dim=0)
-        return (w.unsqueeze(-1) * hs).sum(0), w.t()
-
-
-class MoToRec(_FeatureMixin, Recommender):
+class MoToRec(Recommender):
     """The MoToRec model; see the module docstring. Config: :class:`motorec.config.ModelConfig`.
 
     Shapes:
@@ -90,39 +81,20 @@ class MoToRec(_FeatureMixin, Recommender):
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
-        from motorec.nn.rqvae import RQVAE
-
-        self._register_features(features)
-        if not self._modalities:
+        feats = ItemFeatures(features, self.num_items)
+        if not feats.modalities:
             raise ValueError("MoToRec needs at least one feature modality; the dataset has none")
-        c = self.config
-        dev = self.device
-        self.tokenizers = nn.ModuleDict({
-            m: RQVAE(input_dim=features[m].shape[1], latent_dim=c.latent_dim, hidden_dims=list(c.hidden_dims),
-                     num_levels=c.num_levels, codebook_size=c.codebook_size, commitment=c.commitment,
-                     sparse_weight=c.sparse_weight, sparse_mode=c.sparse_mode, temperature=c.sparse_temperature,
-                     continuous=c.continuous, ema=c.ema, kmeans_init=c.kmeans_init, backend=self.backend)
-            for m in self._modalities
-        }).to(dev)
-        self.token_proj = nn.ModuleDict({m: nn.Linear(c.latent_dim, c.dim) for m in self._modalities}).to(dev)
-        self.use_tokens = c.token_embeddings and not c.continuous
-        if self.use_tokens:
-            self.token_emb = nn.ModuleDict({
-                m: nn.Embedding(c.num_levels * c.codebook_size, c.dim) for m in self._modalities}).to(dev)
-            for e in self.token_emb.values():
-                nn.init.normal_(e.weight, std=0.01)
-        self.fusion = _Attention(c.dim).to(dev)
-        if c.feature_residual:
-            self.feature_mlp = nn.ModuleDict({
-                m: nn.Sequential(nn.Linear(features[m].shape[1], c.content_hidden), nn.LeakyReLU(0.1),
-                                 nn.Linear(c.content_hidden, c.dim)) for m in self._modalities}).to(dev)
-        self.user_emb = nn.Parameter(torch.randn(self.num_users, c.dim, device=dev) * 0.1)
-        self.item_emb = nn.Parameter(torch.randn(self.num_items, c.dim, device=dev) * 0.1)
-        self.item_graphs: Dict[str, Graph] = {}
-        # (eval user embeddings it was computed from, global score moments): see _global_score_moments
-        self._moments: Optional[Tuple[Tensor, tuple]] = None
-        # fixed by the training data; counted once here, not per score() call (a device sync on GPU)
-        self._num_cold = int((~self.warm_mask).sum())
+        c, dev, mods = self.config, self.device, feats.modalities
+        # The parts are built in this order because it fixes which random draws initialize which weights.
+        self.tokenizer = MultimodalTokenizer(feats, c, self.backend).to(dev)
+        self.token_level = TokenEncoder(mods, c, device=dev)
+        self.item_item = ItemItemEncoder(mods, self.num_items, c.knn_k, self.backend).to(dev)
+        self.fusion = SourceAttention(c.dim).to(dev)
+        self.feature_residual = (FeatureEncoder(feats.dims(), c.content_hidden, c.dim).to(dev)
+                                 if c.feature_residual else None)
+        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
+                                 init_std=0.1, backend=self.backend, device=dev)
+        self.cold = ColdScorer(c, self.warm_mask)
         if c.rarity and c.rarity_terms == "content" and c.lambda_cold == 0 and not c.rarity_contrastive:
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
@@ -131,106 +103,58 @@ class MoToRec(_FeatureMixin, Recommender):
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
 
+    @property
+    def item_emb(self) -> Tensor:
+        """[num_items, dim] item ID embeddings (cold items' rows are never used)."""
+        return self.lightgcn.item_embedding.weight
+
     # ------------------------------------------------------------------ tokenizer
-    def _normalized(self, m: str, items: Optional[Tensor] = None) -> Tensor:
-        f = getattr(self, f"feat_{m}")
-        if items is not None:
-            f = f[items]
-        return nn.functional.normalize(f, dim=1)
-
-    def rq_losses(self, items: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, float], Dict[str, object]]:
-        """Tokenizer losses (summed over modalities) and each modality's RQ-VAE output, on ``items``
-        (default: all items). Returns ``(lambda_rq * (rec + codebook + commitment) + sparse_weight * sparsity,
-        parts, outputs)``."""
-        c = self.config
-        rec = cb = com = sp = 0.0
-        outs = {}
-        for m in self._modalities:
-            out = self.tokenizers[m](self._normalized(m, items))
-            outs[m] = out
-            rec = rec + out.losses.reconstruction
-            cb = cb + out.losses.codebook
-            com = com + out.losses.commitment
-            sp = sp + out.losses.sparsity
-        total = c.lambda_rq * (rec + cb + com) + c.sparse_weight * sp
-        parts = {"rec": _f(rec), "codebook": _f(cb), "commit": _f(com), "sparse": _f(sp)}
-        return total, parts, outs
-
     def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, float]]:
         """Tokenizer-only loss on a batch of items (the pre-training stage)."""
-        total, parts, _ = self.rq_losses(items)
-        return total, parts
+        total, parts = self.tokenizer.losses(self.tokenizer(items))
+        return total, {k: as_float(v) for k, v in parts.items()}
 
     @torch.no_grad()
     def tokenize(self) -> Dict[str, Tensor]:
-        """Every item's semantic IDs per modality.
+        """Every item's semantic IDs per modality (:meth:`MultimodalTokenizer.tokenize`, in eval mode).
 
         Shapes:
             -> {modality: [num_items, num_levels] int64}. Raises ValueError for a continuous model.
         """
-        if self.config.continuous:
-            raise ValueError("a continuous MoToRec (model.continuous=true) has no tokens to export")
-        was = self.training
-        self.eval()
-        try:
-            return {m: self.tokenizers[m](self._normalized(m)).codes.long() for m in self._modalities}
-        finally:
-            self.train(was)
-
-    # ------------------------------------------------------------------ graph encoder
-    def _token_level(self, outs) -> Dict[str, Tensor]:
-        h = {}
-        c = self.config
-        for m in self._modalities:
-            z = outs[m].z_e if c.continuous else outs[m].z_q
-            hm = self.token_proj[m](z)
-            if self.use_tokens:
-                offset = torch.arange(c.num_levels, device=z.device) * c.codebook_size
-                hm = hm + self.token_emb[m](outs[m].codes.long() + offset).sum(1)
-            if c.feature_residual:
-                hm = hm + self.feature_mlp[m](self._normalized(m))
-            h[m] = hm
-        return h
+        with self.eval_mode():
+            return self.tokenizer.tokenize()
 
     @torch.no_grad()
     def rebuild_item_graphs(self) -> None:
         """Rebuild each modality's cosine kNN item-item graph on the current quantized codes (all items,
         cold ones included: they attach to the catalog by similarity)."""
-        from motorec.nn.knn import knn_graph
+        with self.eval_mode():
+            self.item_item.rebuild(self.tokenizer.latents(self.tokenizer()))
 
-        was = self.training
-        self.eval()
-        try:
-            for m in self._modalities:
-                out = self.tokenizers[m](self._normalized(m))
-                z = out.z_e if self.config.continuous else out.z_q
-                self.item_graphs[m] = knn_graph(z.float(), k=min(self.config.knn_k, max(self.num_items - 1, 1)))
-        finally:
-            self.train(was)
-
+    # ------------------------------------------------------------------ embeddings
     def content_view(self, outs, ids: Optional[Tensor] = None) -> Tensor:
         """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, fused by attention.
 
         With ``ids`` ([num_items, dim], zero rows for cold items) the item-item layer also passes the
         neighbours' ID embeddings: ``(h_i + sum_j A_ij (h_j + e_j)) / 2``; an item's own ID is left out, so a
         warm item's view is built exactly as a cold item's (whose neighbours are found by its features)."""
-        h = self._token_level(outs)
+        h = self.token_level(outs)
+        if self.feature_residual is not None:
+            extra = self.feature_residual.per_modality(self.tokenizer.features.as_dict())
+            h = {m: h[m] + extra[m] for m in h}
         if self.config.item_item:
-            if not self.item_graphs:
+            if not self.item_item.graphs:
                 self.rebuild_item_graphs()
-            if ids is None:
-                hs = [ops.propagate(self.item_graphs[m], h[m], 1, backend=self.backend) for m in self._modalities]
-            else:
-                hs = [0.5 * (h[m] + ops.spmm(self.item_graphs[m], h[m] + ids, backend=self.backend))
-                      for m in self._modalities]
+            hs = self.item_item(h, ids)
         else:
-            hs = [h[m] for m in self._modalities]
+            hs = [h[m] for m in self.tokenizer.modalities]
         fused, _ = self.fusion(torch.stack(hs))
         return fused
 
-    def _forward(self, items_for_rq: Optional[Tensor] = None):
+    def _forward(self):
+        """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
-        outs = {m: self.tokenizers[m](self._normalized(m)) for m in self._modalities}
+        outs = self.tokenizer()
         id_part = self.item_emb * self.warm_mask.unsqueeze(1)
         content = self.content_view(outs, id_part if c.item_item_ids else None)
         if c.rarity_gate:
@@ -238,9 +162,7 @@ class MoToRec(_FeatureMixin, Recommender):
         if self.training and c.id_dropout > 0:
             keep = (torch.rand(self.num_items, device=self.device) >= c.id_dropout).float()
             id_part = id_part * keep.unsqueeze(1)
-        x = torch.cat([self.user_emb, id_part + content])
-        out = ops.propagate(self.graph, x, c.num_layers, backend=self.backend)
-        users, collab = out[: self.num_users], out[self.num_users:]
+        users, collab = self.lightgcn(self.graph, id_part + content)
         return users, collab, content, outs
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
@@ -259,65 +181,12 @@ class MoToRec(_FeatureMixin, Recommender):
         return users, self._final_items(collab, content)
 
     def score(self, users: Tensor) -> Tensor:
-        """Scores of every item, cold items' scores calibrated onto the warm items' scale.
-
-        With ``a = cold_calibration`` (in [0, 1]), ``d = cold_score_shift`` and mean/std taken over
-        ``cold_calibration_scope``:
-
-        * ``"global"`` (default): over every (user, item) pair of the catalog, warm items and cold items
-          separately, so one affine map is applied to all cold scores and each user's cold scores keep
-          their level relative to other users';
-        * ``"user"``: over each user's own scores (every user's cold scores get the warm spread);
-
-        ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w) - d * std_w``.
-
-        Why: a warm item's embedding carries a collaborative part (largely popularity) that a cold item's
-        content-only embedding cannot have, so raw cold scores live on another scale than warm ones and
-        whether cold items reach a top-K list would depend on that scale, not on their content. ``a = 1,
-        d = 0`` scores cold items as a random warm item is scored in distribution; ``d > 0`` lowers them
-        (a content-only score is a noisier guess). Only which items have training interactions is used,
-        never validation or test data.
+        """Scores of every item, cold items' scores calibrated onto the warm items' scale (:class:`ColdScorer`).
 
         Shapes:
             users: [B] int -> [B, num_items] float.
         """
-        s = super().score(users)
-        c = self.config
-        a, shift = c.cold_calibration, c.cold_score_shift
-        cold = ~self.warm_mask
-        n_cold = self._num_cold
-        if (a <= 0 and shift == 0) or n_cold < 2 or self.num_items - n_cold < 2:
-            return s
-        sc = s[:, cold]
-        if c.cold_calibration_scope == "global":
-            (mw, sw), (mc, sdc) = self._global_score_moments()
-        else:
-            w = s[:, ~cold]
-            mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
-            mc, sdc = sc.mean(1, keepdim=True), sc.std(1, keepdim=True)
-        if a > 0:
-            sc = (1.0 - a) * sc + a * ((sc - mc) / sdc.clamp_min(1e-12) * sw + mw)
-        s[:, cold] = sc - shift * sw
-        return s
-
-    def _global_score_moments(self) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
-        """Mean and std of ``u . i`` over all users and the warm items, and over all users and the cold items,
-        without forming the score matrix: ``E[s] = mean(u) . mean(i)``, ``E[s^2] = <U^T U, I^T I> / (|U||I|)``
-        in float64 (O((|U| + |I|) d^2)). Cached with the eval-mode embeddings."""
-        u, items = self._eval_embeddings()
-        if self._moments is not None and self._moments[0] is u:
-            return self._moments[1]
-        gu, mu = _gram_and_mean(u)
-        out = []
-        for sel in (self.warm_mask, ~self.warm_mask):
-            gi, mi = _gram_and_mean(items, sel)
-            mean = mu @ mi
-            var = ((gu * gi).sum() - mean * mean).clamp_min(0.0)
-            out.append((mean.to(items.dtype), var.sqrt().to(items.dtype)))
-        result = (out[0], out[1])
-        if not self.training:
-            self._moments = (u, result)
-        return result
+        return self.cold(super().score(users), self._eval_embeddings)
 
     def cold_embedding(self, content: Tensor) -> Tensor:
         """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.
@@ -330,55 +199,26 @@ class MoToRec(_FeatureMixin, Recommender):
     # ------------------------------------------------------------------ brand-new items
     @torch.no_grad()
     def with_new_items(self, features: Dict[str, Tensor]) -> "MoToRec":
-        """A copy of this trained model whose catalog also holds ``N`` brand-new items, given by their features
-        alone; ``self`` is left as it is.
+        """A copy of this trained model (eval mode, same device) whose catalog also holds ``N`` brand-new items
+        given by their features alone, ids ``num_items .. num_items + N - 1``; ``self`` is left as it is.
 
-        The new items get ids ``num_items .. num_items + N - 1`` and are cold items in every sense: no
-        interactions, no ID embedding; each is embedded through its tokens (the trained tokenizers) and its
-        item-item neighbours, and scored with the same cold-score calibration. This is exactly the model
-        one would have had with these rows in the feature files from the start (trained weights, same user-item
-        graph), except that each modality's item-item kNN graph is rebuilt over the grown catalog on the
-        current codes (as training does every ``knn_rebuild_every`` epochs): existing items can gain new
-        neighbours, so their scores may move slightly too. The copy is in eval mode, on ``self``'s device.
+        The new items are cold (no interactions, no ID embedding), embedded and scored like any cold item. The
+        copy equals the model one would have had with these rows in the feature files from the start, except
+        that the item-item kNN graphs are rebuilt over the grown catalog (existing items can gain neighbours).
 
         Args:
-            features: ``{modality: [N, d_m]}`` for every modality the model was trained on, with the trained
-                widths (raw features, as in the dataset's ``*_feat.npy``: the model L2-normalizes them).
-
-        Shapes:
-            features: {m: [N, d_m]} -> model with num_items + N items; score(users [B]) -> [B, num_items + N].
+            features: ``{modality: [N, d_m]}`` raw features for every trained modality, with the trained widths
+                (:meth:`ItemFeatures.extended` says what it refuses).
         """
-        if not isinstance(features, dict) or sorted(features) != self._modalities:
-            got = sorted(features) if isinstance(features, dict) else type(features).__name__
-            raise ValueError(f"features must map each trained modality {self._modalities} to a tensor, got {got}")
-        n = None
-        new_feats = {}
-        for m in self._modalities:
-            f = features[m]
-            if not isinstance(f, Tensor):
-                f = torch.as_tensor(f)
-            old = getattr(self, f"feat_{m}")
-            if f.dim() != 2 or f.shape[1] != old.shape[1]:
-                raise ValueError(f"features[{m!r}] must be [N, {old.shape[1]}] (the trained width), got "
-                                 f"{tuple(f.shape)}")
-            if n is None:
-                n = f.shape[0]
-            elif f.shape[0] != n:
-                raise ValueError(f"every modality must have the same number of new items: features[{m!r}] has "
-                                 f"{f.shape[0]} rows, the first modality {n}")
-            if not f.is_floating_point():
-                f = f.float()
-            if not bool(torch.isfinite(f).all()):
-                raise ValueError(f"features[{m!r}] holds NaN or Inf values")
-            new_feats[m] = torch.cat([old, f.to(device=old.device, dtype=old.dtype)])
-        if not n:
-            raise ValueError("features hold no new items (0 rows)")
+        grown_feats, n = self.tokenizer.features.extended(features)
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):  # init draws: not the caller's RNG
             warnings.simplefilter("ignore")  # config warnings were given when this model was built
             grown = type(self)(num_users=self.num_users, num_items=self.num_items + n, train=self.train_pairs,
-                               features=new_feats, config=self.config, backend=self.backend)
+                               features=grown_feats, config=self.config, backend=self.backend)
         state = self.state_dict()
-        state["item_emb"] = torch.cat([state["item_emb"], state["item_emb"].new_zeros(n, state["item_emb"].shape[1])])
+        key = "lightgcn.item_embedding.weight"
+        state[key] = torch.cat([state[key], state[key].new_zeros(n, state[key].shape[1])])
+        state["item_item._extra_state"] = {}  # rebuilt below over the grown catalog
         grown.load_state_dict(state)
         grown.epoch = self.epoch
         grown.eval()
@@ -387,12 +227,11 @@ class MoToRec(_FeatureMixin, Recommender):
 
     # ------------------------------------------------------------------ training
     def rarity_ramp(self) -> float:
+        """How far the rarity weights are ramped in at the current epoch, in [0, 1] (0 with rarity off)."""
         c = self.config
         if not c.rarity:
             return 0.0
-        if c.rarity_warmup_epochs == 0:
-            return 1.0
-        return min(1.0, self.epoch / c.rarity_warmup_epochs)
+        return 1.0 if c.rarity_warmup_epochs == 0 else min(1.0, self.epoch / c.rarity_warmup_epochs)
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
         c = self.config
@@ -414,82 +253,44 @@ class MoToRec(_FeatureMixin, Recommender):
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
         total = rank
-        parts = {"bpr": _f(rank)}
+        parts = {"bpr": as_float(rank)}
         if c.lambda_cold > 0:
             aux = bpr_loss((ue * cold_p).sum(1), (ue * cold_n).sum(1), w)
             total = total + c.lambda_cold * aux
-            parts["bpr_cold"] = _f(aux)
+            parts["bpr_cold"] = as_float(aux)
         if c.lambda_cl > 0:
-            uniq, first = _unique_first(p)
-            cw = None
-            if c.rarity_contrastive:
-                cw = w[first]
-                cw = cw / cw.mean()
-            cl = info_nce(collab[uniq], content[uniq], c.tau, cw)
+            cl = contrastive_loss(collab, content, p, w if c.rarity_contrastive else None, c.tau)
             total = total + c.lambda_cl * cl
-            parts["cl"] = _f(cl)
-        rq = cb = com = sp = rec = 0.0
-        for m in self._modalities:
-            lo = outs[m].losses
-            rec = rec + lo.reconstruction
-            cb = cb + lo.codebook
-            com = com + lo.commitment
-            sp = sp + lo.sparsity
-        rq = c.lambda_rq * (rec + cb + com) + c.sparse_weight * sp
+            parts["cl"] = as_float(cl)
+        rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
-        parts.update(rq=_f(rq), sparse=_f(sp))
-        reg = self.reg_loss(self.user_emb[u], self.item_emb[p] * self.warm_mask[p].unsqueeze(1),
-                            self.item_emb[n] * self.warm_mask[n].unsqueeze(1))
+        parts.update(rq=as_float(rq), sparse=as_float(rq_parts["sparse"]))
+        warm = self.warm_mask
+        reg = self.reg_loss(self.lightgcn.user_embedding.weight[u], self.item_emb[p] * warm[p].unsqueeze(1),
+                            self.item_emb[n] * warm[n].unsqueeze(1))
         total = total + reg
-        parts["reg"] = _f(reg)
+        parts["reg"] = as_float(reg)
         return total, parts
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        if self.config.item_item and (not self.item_graphs or epoch % self.config.knn_rebuild_every == 0):
+        if self.config.item_item and (not self.item_item.graphs or epoch % self.config.knn_rebuild_every == 0):
             self.rebuild_item_graphs()
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self.item_graphs = {m: g.to(self.device) for m, g in self.item_graphs.items()}
-        return out
 
-    # ------------------------------------------------------------------ checkpoint state
-    def extra_state(self) -> Dict[str, Tensor]:
-        st = {}
-        for m, g in self.item_graphs.items():
-            st[f"knn.{m}.rowptr"] = g.rowptr
-            st[f"knn.{m}.col"] = g.col
-            st[f"knn.{m}.val"] = g.val
-        return st
-
-    def load_extra_state(self, state: Dict[str, Tensor]) -> None:
-        self.item_graphs = {}
-        for m in self._modalities:
-            if f"knn.{m}.rowptr" in state:
-                self.item_graphs[m] = Graph.from_csr(state[f"knn.{m}.rowptr"].to(self.device),
-                                                     state[f"knn.{m}.col"].to(self.device),
-                                                     state[f"knn.{m}.val"].to(self.device), self.num_items)
-        self._cache = None
-
-
-def _gram_and_mean(x: Tensor, rows: Optional[Tensor] = None, chunk: int = 65536) -> Tuple[Tensor, Tensor]:
-    """``(x_R^T x_R / n, mean of the rows of x_R)`` in float64 for the rows ``R`` selected by the bool mask
-    ``rows`` (default: all, ``n = |R|``), ``chunk`` rows at a time: no float64 or masked copy of ``x``.
+def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float) -> Tensor:
+    """InfoNCE between the collaborative and content views of the batch's distinct positive items; ``weights``
+    (the positives' rarity weights) are taken at each item's first occurrence and renormalized to mean 1.
 
     Shapes:
-        x: [N, d], rows: optional [N] bool -> ([d, d], [d]) float64.
+        collab, content: [num_items, d], pos: [B], weights: optional [B] -> scalar.
     """
-    d = x.shape[1]
-    gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-    total = torch.zeros(d, dtype=torch.float64, device=x.device)
-    for s in range(0, x.shape[0], chunk):
-        part = x[s:s + chunk] if rows is None else x[s:s + chunk][rows[s:s + chunk]]
-        part = part.double()
-        gram += part.t() @ part
-        total += part.sum(0)
-    n = max(x.shape[0] if rows is None else int(rows.sum()), 1)
-    return gram / n, total / n
+    uniq, first = _unique_first(pos)
+    cw = None
+    if weights is not None:
+        cw = weights[first]
+        cw = cw / cw.mean()
+    return info_nce(collab[uniq], content[uniq], tau, cw)
 
 
 def _unique_first(x: Tensor) -> Tuple[Tensor, Tensor]:

@@ -157,17 +157,21 @@ class LightGCN(nn.Module):
         num_users, num_items: table sizes.
         embedding_dim: d.
         num_layers: L >= 0 (2 by default, per PAPER.md; 3 in the LightGCN paper).
-        init_std: standard deviation of the normal initialization of the tables.
+        init_std: standard deviation of the normal initialization of the tables (``init_std * randn``).
         backend: backend of the propagation op.
+        device: where the tables are created (their initial draws come from that device's generator).
+
+    ``item_input`` replaces the item table as the items' layer-0 embeddings (e.g. ID plus content, as in
+    MoToRec and the content baselines); users always start from their table.
 
     Shapes:
-        forward: graph [U + I, U + I] -> (user_emb [U, d], item_emb [I, d])
-        get_embedding: graph -> [U + I, d]
+        forward: graph [U + I, U + I], item_input [I, d] (optional) -> (user_emb [U, d], item_emb [I, d])
+        get_embedding: graph, item_input (optional) -> [U + I, d]
         recommend: users [B] -> (scores [B, k], items [B, k])
     """
 
     def __init__(self, num_users: int, num_items: int, *, embedding_dim: int = 64, num_layers: int = 2,
-                 init_std: float = 0.1, backend: str = "auto") -> None:
+                 init_std: float = 0.1, backend: str = "auto", device=None) -> None:
         super().__init__()
         for name, v, low in (("num_users", num_users, 0), ("num_items", num_items, 1),
                              ("embedding_dim", embedding_dim, 1), ("num_layers", num_layers, 0)):
@@ -177,10 +181,11 @@ class LightGCN(nn.Module):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.num_layers, self.backend = embedding_dim, num_layers, backend
-        self.user_embedding = nn.Embedding(num_users, embedding_dim)
-        self.item_embedding = nn.Embedding(num_items, embedding_dim)
-        nn.init.normal_(self.user_embedding.weight, std=init_std)
-        nn.init.normal_(self.item_embedding.weight, std=init_std)
+        # One draw per table (nn.Embedding's own init would draw a second, discarded one first).
+        self.user_embedding = nn.Embedding.from_pretrained(
+            torch.randn(num_users, embedding_dim, device=device) * init_std, freeze=False)
+        self.item_embedding = nn.Embedding.from_pretrained(
+            torch.randn(num_items, embedding_dim, device=device) * init_std, freeze=False)
         self._cache = _GraphCache()
 
     def extra_repr(self) -> str:
@@ -195,17 +200,21 @@ class LightGCN(nn.Module):
                              f"got {g.num_rows} x {g.num_cols}")
         return g
 
-    def get_embedding(self, graph: GraphLike) -> Tensor:
-        """Final embeddings of all nodes, users first. Shapes: -> [U + I, d]."""
+    def get_embedding(self, graph: GraphLike, item_input: Optional[Tensor] = None) -> Tensor:
+        """Final embeddings of all nodes, users first. Shapes: item_input [I, d] (optional) -> [U + I, d]."""
         g = self._graph(graph)
-        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        items = self.item_embedding.weight if item_input is None else item_input
+        if items.shape != self.item_embedding.weight.shape:
+            raise ValueError(f"item_input must be [num_items={self.num_items}, embedding_dim={self.embedding_dim}],"
+                             f" got {tuple(items.shape)}")
+        x = torch.cat([self.user_embedding.weight, items])
         if x.device != g.device:
             raise ValueError(f"graph is on {g.device} but the embeddings are on {x.device}")
         return propagate(g, x, self.num_layers, backend=self.backend)
 
-    def forward(self, graph: GraphLike) -> Tuple[Tensor, Tensor]:
+    def forward(self, graph: GraphLike, item_input: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``(user_emb [U, d], item_emb [I, d])`` after propagation and layer-mean readout."""
-        out = self.get_embedding(graph)
+        out = self.get_embedding(graph, item_input)
         return out[: self.num_users], out[self.num_users:]
 
     @torch.no_grad()

@@ -18,7 +18,11 @@ import torch
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: the model's whole state is state["model"] (kNN graphs and the like through get_extra_state), with the
+#    parameter names of the composed models. Version 1 kept a separate "extra" dict and other names.
+FORMAT_VERSION = 2
+_WHY_REFUSED = {1: "written before model state moved into one state_dict with the composed models' names; "
+                   "retrain, or read it with a motorec from before that change"}
 
 
 class CheckpointError(ValueError):
@@ -70,8 +74,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a motorec checkpoint (no format_version)")
     if state["format_version"] != FORMAT_VERSION:
+        why = _WHY_REFUSED.get(state["format_version"])
         raise CheckpointError(f"checkpoint {str(path)!r} has format version {state['format_version']}, "
-                              f"this motorec reads version {FORMAT_VERSION}")
+                              f"this motorec reads version {FORMAT_VERSION}" + (f" ({why})" if why else ""))
     return state
 
 

@@ -43,9 +43,8 @@ def load_trained(run: str | Path, name: str, dataset, device: str = "cpu"):
         raise CheckpointError(f"the {name} checkpoint of {str(run)!r} was trained on other data or another split")
     cfg = Config.from_dict(state["config"])
     model = build_model(dataset.to(dev), cfg.model, backend=cfg.train.backend, device=str(dev))
-    snap = state["best_state"] or {"model": state["model"], "extra": state["extra"]}
+    snap = state["best_state"] or {"model": state["model"]}
     model.load_state_dict(snap["model"])
-    model.load_extra_state(snap["extra"])
     model.eval()
     return model, cfg
 

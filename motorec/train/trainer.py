@@ -111,12 +111,10 @@ class Trainer:
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
-        return {"model": copy.deepcopy(self.model.state_dict()),
-                "extra": {k: v.clone() for k, v in self.model.extra_state().items()}}
+        return {"model": copy.deepcopy(self.model.state_dict())}
 
     def _restore(self, snap: Dict[str, Any]) -> None:
         self.model.load_state_dict(snap["model"])
-        self.model.load_extra_state(snap["extra"])
 
     def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
         path = self.checkpoint_path
@@ -158,7 +156,6 @@ class Trainer:
             state = _dist.load_on_main(self.dist, load_checkpoint, path, map_location=self.device)
             self._check_compatible(state, fingerprint)
             model.load_state_dict(state["model"])
-            model.load_extra_state(state["extra"])
             opt.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"], gen)
             epoch, best, best_epoch, bad, stopped = (state["epoch"], state["best"], state["best_epoch"],
@@ -203,7 +200,7 @@ class Trainer:
             epoch += 1
             if self.checkpoint_path is not None and (self.dist is None or self.dist.is_main):
                 save_checkpoint({
-                    "model": model.state_dict(), "extra": model.extra_state(), "optimizer": opt.state_dict(),
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                     "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
                     "train_seconds": train_seconds, "config": cfg.to_dict(),

@@ -159,11 +159,11 @@ def test_ablation_switches(ds, switch):
     total.backward()
     assert torch.isfinite(total)
     if switch.get("item_item") is False:
-        assert m.item_graphs == {}
+        assert m.item_item.graphs == {}
     else:
-        assert set(m.item_graphs) == set(ds.features)
+        assert set(m.item_item.graphs) == set(ds.features)
     if switch.get("continuous"):
-        assert parts["rq"] >= 0 and m.tokenizers["image"].continuous
+        assert parts["rq"] >= 0 and m.tokenizer.rqvae["image"].continuous
         with pytest.raises(ValueError, match="continuous"):
             m.tokenize()
     if "rarity" in switch:
@@ -240,12 +240,12 @@ def test_sparse_weight_zero_removes_sparsity_gradient(ds):
         m.zero_grad()
         torch.manual_seed(5)
         m.loss(b)[0].backward()
-        g1 = m.tokenizers["image"].encoder[0].weight.grad.clone()
+        g1 = m.tokenizer.rqvae["image"].encoder[0].weight.grad.clone()
         m.config.sparse_weight = 0.0
         m.zero_grad()
         torch.manual_seed(5)
         m.loss(b)[0].backward()
-        g0 = m.tokenizers["image"].encoder[0].weight.grad
+        g0 = m.tokenizer.rqvae["image"].encoder[0].weight.grad
         assert (not torch.allclose(g1, g0)) == expect_diff
 
 
@@ -258,20 +258,40 @@ def test_rarity_ramp_schedule(ds):
     assert ramps == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
-def test_extra_state_roundtrip_rebuild_schedule(ds):
+def test_state_dict_carries_item_graphs_rebuild_schedule(ds, tmp_path):
+    """The kNN graphs are module state (ItemItemEncoder.get_extra_state): one state_dict, saved and loaded with
+    weights_only, gives a model that embeds exactly like the original; a graph of another catalog is refused."""
     m = _model(ds, "motorec", knn_rebuild_every=2)
     m.on_epoch_start(0)
-    g0 = m.item_graphs["image"]
+    g0 = m.item_item.graphs["image"]
     m.on_epoch_start(1)
-    assert m.item_graphs["image"] is g0  # not rebuilt between rebuild epochs
+    assert m.item_item.graphs["image"] is g0  # not rebuilt between rebuild epochs
     m.on_epoch_start(2)
-    assert m.item_graphs["image"] is not g0
-    state = m.extra_state()
-    m2 = _model(ds, "motorec", knn_rebuild_every=2)
-    m2.load_state_dict(m.state_dict())
-    m2.load_extra_state(state)
+    assert m.item_item.graphs["image"] is not g0
+    torch.save(m.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert set(state["item_item._extra_state"]) == {"image", "text"}
+    assert "tokenizer.rqvae.image.quantizer._extra_state" in state  # the quantizer's window step, alike
+    torch.manual_seed(7)  # another initialization: everything must come from the state
+    m2 = build_model(ds, m.config)
+    assert m2.item_item.graphs == {}
+    m2.load_state_dict(state)
+    for k, g in m.item_item.graphs.items():
+        h = m2.item_item.graphs[k]
+        assert torch.equal(g.rowptr, h.rowptr) and torch.equal(g.col, h.col) and torch.equal(g.val, h.val)
     m.eval(), m2.eval()
     assert torch.equal(m.item_embeddings(), m2.item_embeddings())
+    assert torch.equal(m.score(torch.arange(5)), m2.score(torch.arange(5)))
+    # a model already used for scoring drops its cached embeddings when new weights are loaded
+    m3 = _model(ds, "motorec", knn_rebuild_every=2)
+    m3.eval()
+    m3.score(torch.arange(3))
+    m3.load_state_dict(state)
+    assert torch.equal(m3.item_embeddings(), m.item_embeddings())
+    small = synthetic(120, 60, num_topics=6, modalities={"image": 24, "text": 12}, seed=3)
+    other = build_model(small, m.config)
+    with pytest.raises(ValueError, match="item-item graph of modality 'image' has 90 items, this model 60"):
+        other.item_item.set_extra_state(state["item_item._extra_state"])
 
 
 def test_model_rejects_bad_input(ds):
@@ -402,17 +422,17 @@ def test_warm_content_skip_final_item_embeddings(ds, skip):
 
 
 def test_gram_and_mean_chunked_matches_direct():
-    from motorec.models.motorec import _gram_and_mean
+    from motorec.models.cold import gram_and_mean
 
     x = torch.randn(10, 4)
-    g, m = _gram_and_mean(x, chunk=3)
+    g, m = gram_and_mean(x, chunk=3)
     x64 = x.double()
     assert torch.allclose(g, x64.t() @ x64 / 10) and torch.allclose(m, x64.mean(0))
     rows = torch.tensor([True, False, True, True, False, False, True, True, False, True])
-    gr, mr = _gram_and_mean(x, rows, chunk=3)
+    gr, mr = gram_and_mean(x, rows, chunk=3)
     sel = x64[rows]
     assert torch.allclose(gr, sel.t() @ sel / 6) and torch.allclose(mr, sel.mean(0))
-    g0, m0 = _gram_and_mean(torch.zeros(0, 4))
+    g0, m0 = gram_and_mean(torch.zeros(0, 4))
     assert g0.shape == (4, 4) and torch.equal(m0, torch.zeros(4, dtype=torch.float64))
 
 
@@ -423,20 +443,26 @@ def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
     m = _model(ds, "motorec", feature_residual=residual)
     m.train()
     m.on_epoch_start(0)
-    outs = {k: m.tokenizers[k](m._normalized(k)) for k in m._modalities}
-    h = m._token_level(outs)
-    assert hasattr(m, "feature_mlp") == residual
-    for k in m._modalities:
+    outs = m.tokenizer()
+    m.config.item_item = False  # the fused view then sees the token level directly
+    tl = m.token_level
+    assert (m.feature_residual is not None) == residual
+    hs = []
+    for k in sorted(ds.features):
         z = outs[k].z_q
         offset = torch.arange(m.config.num_levels) * m.config.codebook_size
-        expected = m.token_proj[k](z) + m.token_emb[k](outs[k].codes.long() + offset).sum(1)
+        expected = tl.token_proj[k](z) + tl.token_emb[k](outs[k].codes.long() + offset).sum(1)
         if residual:
-            expected = expected + m.feature_mlp[k](torch.nn.functional.normalize(getattr(m, f"feat_{k}"), dim=1))
-        assert torch.allclose(h[k], expected, atol=1e-6)
+            f = torch.nn.functional.normalize(ds.features[k], dim=1)
+            expected = expected + m.feature_residual.mlps[k](f)
+        hs.append(expected)
+    fused, _ = m.fusion(torch.stack(hs))
+    assert torch.allclose(m.content_view(outs), fused, atol=1e-6)
+    m.config.item_item = True
     total, _ = m.loss(_batch(ds))
     total.backward()
     if residual:
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.feature_mlp.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.feature_residual.parameters())
     m.eval()
     assert torch.isfinite(m.score(torch.arange(4))).all()
 
@@ -474,7 +500,9 @@ def test_with_new_items_equals_having_them_in_the_catalog(ds, over):
     # the same trained weights, on a catalog that never had the cold items
     m_warm = _model(trunc, **over)
     state = m_full.state_dict()
-    state["item_emb"] = state["item_emb"][:n_warm]
+    key = "lightgcn.item_embedding.weight"
+    state[key] = state[key][:n_warm]
+    state["item_item._extra_state"] = {}  # the graphs over the full catalog do not fit
     m_warm.load_state_dict(state)
     m_warm.eval()
     before = m_warm.score(torch.arange(trunc.num_users)).clone()

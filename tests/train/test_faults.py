@@ -74,9 +74,18 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, capsys)
         assert resumed[k] == full[k], f"{k}: resumed {resumed[k]} != uninterrupted {full[k]}"
     a = load_checkpoint(ckpt)
     b = load_checkpoint(tmp_path / "full" / "checkpoints" / "motorec" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
     for k, v in b["model"].items():
-        same = torch.equal(a["model"][k], v) if isinstance(v, torch.Tensor) else a["model"][k] == v
-        assert same, f"final {k} differs after resume"
+        assert _same(a["model"][k], v), f"final {k} differs after resume"
+
+
+def _same(a, b) -> bool:
+    """Exact equality of tensors, numbers and the nested dicts of module extra state (e.g. kNN graphs)."""
+    if isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and torch.equal(a, b)
+    if isinstance(b, dict):
+        return isinstance(a, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in b)
+    return a == b
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -156,3 +165,28 @@ def test_bad_checkpoint_files_are_refused(tmp_path, content, match):
     content(path)
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
+
+
+def test_checkpoint_of_the_old_format_is_refused_in_one_line(tmp_path, capsys):
+    """A version-1 checkpoint (before the model's state became one state_dict: separate "extra" kNN graphs,
+    flat parameter names) is refused with a reason, by the loader and in one line by the CLI."""
+    old = {"format_version": 1, "model": {"user_emb": torch.randn(4, 2), "item_emb": torch.randn(3, 2),
+                                          "tokenizers.image.quantizer.codebooks": torch.randn(2, 8, 2)},
+           "extra": {"knn.image.rowptr": torch.zeros(4, dtype=torch.long)}, "epoch": 3, "best_state": None,
+           "config": {}, "dataset_fingerprint": "x"}
+    path = tmp_path / "last.pt"
+    torch.save(old, path)
+    with pytest.raises(CheckpointError, match=r"format version 1, this motorec reads version 2 \(written before "
+                                              r"model state moved into one state_dict"):
+        load_checkpoint(path)
+    from motorec.cli import main
+
+    data = write_mmrec(tmp_path / "data", num_users=30, num_items=20, num_interactions=200)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "lightgcn", "--epochs", "1", "--split", "warm",
+                 "--quiet", "--out", str(run)]) == 0
+    torch.save(old, run / "checkpoints" / "lightgcn" / "last.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "format version 1" in err[0] and "retrain" in err[0], err

@@ -13,6 +13,7 @@ from motorec.config import Config, ConfigError
 from motorec.data import synthetic
 from motorec.eval import evaluate
 from motorec.train import BPRSampler, CheckpointError, Trainer, load_checkpoint, save_checkpoint
+from motorec.train.checkpoint import FORMAT_VERSION
 
 SMALL_MODEL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=32, knn_k=5, content_hidden=64)
 
@@ -72,7 +73,7 @@ def test_checkpoint_atomic_roundtrip_and_damaged_files(tmp_path):
     save_checkpoint(state, path)
     back = load_checkpoint(path)
     assert back["epoch"] == 3 and torch.equal(back["model"]["w"], state["model"]["w"])
-    assert back["format_version"] == 1
+    assert back["format_version"] == FORMAT_VERSION == 2
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
     raw = path.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])

@@ -3,9 +3,15 @@
 Providers (``torch`` is the speedup baseline):
 
 * ``torch``: the eager reference (per level matmul + argmin + gather; an N x K distance matrix per level),
-  through ``motorec.ops.residual_quantize(..., backend="torch")`` and its reference backward;
-* ``torch_compile``: ``torch.compile`` of the reference forward (forward mode only: the codes are not
-  differentiable, so a compiled training step is not the same function);
+  through ``motorec.ops.residual_quantize(..., backend="torch")`` and its reference backward. The reference
+  has no host sync (duplicated codewords are resolved by a K x K equality map, not ``torch.unique``);
+* ``torch_compile``: ``torch.compile`` of the same search: in ``forward`` mode of
+  :func:`~motorec.reference.residual_quantize.residual_quantize_forward`, in ``full`` / ``backward`` mode of
+  :func:`~motorec.reference.residual_quantize.residual_quantize_autograd` (the same outputs, with the op's
+  gradients as plain autograd, so AOTAutograd compiles the backward too);
+* ``torch_tf32`` / ``torch_compile_tf32``: the two above with float32 matmuls on TF32 tensor cores
+  (``torch.set_float32_matmul_precision("high")`` around every call; CUDA only), the precision of a
+  single-pass tensor-core search. Their codes are checked with TF32's rounding margin, not float32's;
 * ``cpu``: the C++ OpenMP kernel; ``triton``: the fused Triton kernels (CUDA tensors).
 
 Modes: ``forward`` (inference encoding), ``full`` (a quantizer training step: forward, the loss
@@ -25,7 +31,7 @@ Run alone: ``python -m benchmarks.bench_residual_quantize --quick``.
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -113,7 +119,7 @@ def check_codes(codes: torch.Tensor, ref_codes: torch.Tensor, x64: torch.Tensor,
 
 class ResidualQuantizeBench(OpBench):
     op = "residual_quantize"
-    providers = ("torch", "torch_compile", "cpu", "triton")
+    providers = ("torch", "torch_tf32", "torch_compile", "torch_compile_tf32", "cpu", "triton")
     modes = ("forward", "backward", "full")
     default_modes = ("forward", "full")
     rate_unit = "TFLOP/s"
@@ -145,7 +151,7 @@ class ResidualQuantizeBench(OpBench):
         cb = (torch.randn(levels, k, d, generator=gen) * scale).to(device=device, dtype=dtype)
         w = (torch.randn(n, d, generator=gen) / n).to(device=device)
         return {"xs": xs, "cb": cb, "w": w, "n_sets": n_sets, "dtype": dtype, "params": params, "ref": None,
-                "flops": 2.0 * n * k * d * levels, "compiled": None}
+                "flops": 2.0 * n * k * d * levels, "compiled": {}}
 
     def _reference(self, state):
         if state["ref"] is None:
@@ -153,23 +159,44 @@ class ResidualQuantizeBench(OpBench):
             state["ref"] = reference_forward_f64(state["xs"][0], state["cb"], chunk_bytes=chunk)
         return state["ref"]
 
-    def _forward_fn(self, state, provider):
-        if provider == "torch_compile":
-            if state["compiled"] is None:
+    def _forward_fn(self, state, provider, mode="forward"):
+        tf32 = provider.endswith("_tf32")
+        if tf32 and state["cb"].device.type != "cuda":
+            raise Skip("TF32 is a CUDA tensor-core mode; on the CPU the float32 rows are the baseline")
+        base = provider[:-len("_tf32")] if tf32 else provider
+        if base == "torch_compile":
+            fn = ref_rq.residual_quantize_forward if mode == "forward" else ref_rq.residual_quantize_autograd
+            key = (provider, mode)
+            if key not in state["compiled"]:
                 torch._dynamo.reset()  # a fresh compile per shape, not a recompile limit hit mid-run
-                state["compiled"] = torch.compile(ref_rq.residual_quantize_forward, dynamic=False)
-            compiled = state["compiled"]
-            return lambda x, cb: compiled(x, cb)
-        if provider in ("torch", "cpu", "triton", "cuda"):
-            return lambda x, cb: tuple(ops.residual_quantize(x, cb, backend=provider))
-        raise Skip(f"unknown provider {provider!r}")
+                state["compiled"] = {key: torch.compile(fn, dynamic=False)}
+            compiled = state["compiled"][key]
+            call = lambda x, cb: compiled(x, cb)  # noqa: E731
+        elif provider in ("torch", "torch_tf32", "cpu", "triton", "cuda"):
+            call = lambda x, cb: tuple(ops.residual_quantize(x, cb, backend=base))  # noqa: E731
+        else:
+            raise Skip(f"unknown provider {provider!r}")
+        if not tf32:
+            return call
 
-    def _check_forward(self, state, out) -> Tuple[float, str]:
+        def with_tf32(x, cb):
+            prev = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("high")
+            try:
+                return call(x, cb)
+            finally:
+                torch.set_float32_matmul_precision(prev)
+
+        return with_tf32
+
+    def _check_forward(self, state, out, provider="") -> Tuple[float, str]:
         codes, q, rsq = out
         dtype = state["dtype"]
         x64, cb64 = state["xs"][0].double(), state["cb"].double()
         ref_codes = self._reference(state)[0]
         eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+        if provider.endswith("_tf32") and dtype == torch.float32:
+            eps = 2.0 ** -10  # TF32 keeps 10 mantissa bits of each matmul operand
         ties = check_codes(codes, ref_codes, x64, cb64, eps)
         q64, rsq64 = decode_f64(x64, cb64, codes)
         if q.dtype != dtype:
@@ -181,10 +208,7 @@ class ResidualQuantizeBench(OpBench):
 
     def prepare(self, state, provider, mode):
         xs, cb, w, n_sets, dtype = state["xs"], state["cb"], state["w"], state["n_sets"], state["dtype"]
-        if provider == "torch_compile" and mode != "forward":
-            raise Skip("torch_compile is benchmarked in forward mode only (the codes are not differentiable; "
-                       "its training step would not be the same function)")
-        fwd = self._forward_fn(state, provider)
+        fwd = self._forward_fn(state, provider, mode)
         flops = state["flops"]
 
         if mode == "forward":
@@ -192,7 +216,7 @@ class ResidualQuantizeBench(OpBench):
                 with torch.no_grad():
                     return fwd(xs[i], cb)
 
-            return Case(run, n_sets, lambda: self._check_forward(state, run(0)), flops)
+            return Case(run, n_sets, lambda: self._check_forward(state, run(0), provider), flops)
 
         leaves = [x.detach().requires_grad_(True) for x in xs]
         cb_leaf = cb.detach().requires_grad_(True)
@@ -204,7 +228,7 @@ class ResidualQuantizeBench(OpBench):
         def check():
             out, loss = loss_of(0)
             gx, gc = torch.autograd.grad(loss, [leaves[0], cb_leaf])
-            err, note = self._check_forward(state, tuple(t.detach() for t in out))
+            err, note = self._check_forward(state, tuple(t.detach() for t in out), provider)
             codes = out[0]
             n, levels = codes.shape
             x64, cb64 = xs[0].double(), cb.double()

@@ -7,7 +7,8 @@ rounds. Each test first checks the provider against the float64 reference throug
 (``motorec._C`` not built, no CUDA, a package missing) skip with the reason.
 
 Also here: tests of the harness itself (a wrong provider is recorded FAILED and never timed, an unavailable
-one is skipped, the codes check computes margins).
+one is skipped). The checks it shares with the tests (``motorec.testing``) are tested in
+``tests/test_testing.py``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.bench_propagate import PropagateBench
-from benchmarks.bench_residual_quantize import ResidualQuantizeBench, check_codes
+from benchmarks.bench_residual_quantize import ResidualQuantizeBench
 from benchmarks.bench_spmm import SpmmBench
 from benchmarks.bench_train import TrainBench
 from motorec import BackendUnavailable
@@ -84,14 +85,17 @@ def test_propagate_full(benchmark, provider):
     benchmark(case.run, 0)
 
 
-@pytest.mark.parametrize("provider", [pytest.param(p, marks=[pytest.mark.slow] if p == "torch_compile" else [])
-                                      for p in ResidualQuantizeBench.providers])
+_RQ_PROVIDERS = [pytest.param(p, marks=[pytest.mark.slow] if p.startswith("torch_compile") else [])
+                 for p in ResidualQuantizeBench.providers]
+
+
+@pytest.mark.parametrize("provider", _RQ_PROVIDERS)
 def test_residual_quantize_forward(benchmark, provider):
     case = _checked_case(ResidualQuantizeBench(), RQ, provider, "forward")
     benchmark(case.run, 0)
 
 
-@pytest.mark.parametrize("provider", ResidualQuantizeBench.providers)
+@pytest.mark.parametrize("provider", _RQ_PROVIDERS)
 def test_residual_quantize_full(benchmark, provider):
     case = _checked_case(ResidualQuantizeBench(), RQ, provider, "full")
     benchmark(case.run, 0)
@@ -159,29 +163,6 @@ def test_harness_records_failed_skipped_and_ok(tmp_path):
                              timing=harness.TimingConfig(1, 2, 3, 10))
     runner2.run(_ToyBench())
     assert len(harness.read_rows(runner.csv_path)) == 8  # appended under the same header
-
-
-def test_check_codes_margin():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 16, generator=g, dtype=torch.float64)
-    cb = torch.randn(2, 40, 16, generator=g, dtype=torch.float64)
-    cb[0, 39] = cb[0, 7]  # duplicate codeword: a provider may pick either index only within the margin
-    from motorec.reference.residual_quantize import residual_quantize_forward
-
-    ref = residual_quantize_forward(x, cb)[0]
-    eps = torch.finfo(torch.float32).eps
-    assert check_codes(ref.clone(), ref, x, cb, eps) == 0
-    tied = ref.clone()
-    rows = (tied[:, 0] == 7).nonzero().squeeze(1)
-    assert rows.numel() > 0
-    tied[rows, 0] = 39  # exact tie at level 0; later levels are then exempt for these rows
-    assert check_codes(tied, ref, x, cb, eps) == rows.numel()
-    bad = ref.clone()
-    bad[5, 1] = (bad[5, 1] + 1) % 40  # a clearly farther codeword
-    with pytest.raises(harness.CheckFailed, match="farther than the float64 best"):
-        check_codes(bad, ref, x, cb, eps)
-    with pytest.raises(harness.CheckFailed, match="out of range"):
-        check_codes(ref.clone().fill_(40), ref, x, cb, eps)
 
 
 def test_rotation_sets_cover_cache():

@@ -330,8 +330,8 @@ class HostSyncError(AssertionError):
 
 def _sync_ops():
     aten = torch.ops.aten
-    names = ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "argwhere", "masked_select", "bincount",
-             "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive")
+    names = ("_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "argwhere", "masked_select",
+             "bincount", "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive")
     return {getattr(aten, n) for n in names if hasattr(aten, n)}
 
 
@@ -345,7 +345,8 @@ def _sync_reason(func, args, kwargs) -> Optional[str]:
         _SYNC_PACKETS = _sync_ops()
     packet = func.overloadpacket
     if packet in _SYNC_PACKETS:
-        return "reads a value back to the host" if packet is torch.ops.aten._local_scalar_dense else \
+        return "reads a value back to the host" if packet in (torch.ops.aten._local_scalar_dense,
+                                                              torch.ops.aten.item) else \
             "has a data-dependent output shape (the host must read a count first)"
     if packet is torch.ops.aten.repeat_interleave and func.name().endswith("Tensor") \
             and kwargs.get("output_size") is None:
@@ -361,15 +362,16 @@ class no_host_sync(TorchDispatchMode):  # noqa: N801 (used as a context manager,
     """Context manager that raises :class:`HostSyncError` on any op that makes the host wait for the device,
     so a training step that passes under it on the CPU issues no blocking device-to-host reads on a GPU.
 
-    Caught: ``aten._local_scalar_dense`` (``.item()``, ``int(t)``, ``float(t)``, ``bool(t)``, ``if t:``),
-    ``is_nonzero``, ``equal``; data-dependent output shapes: ``nonzero``/``argwhere`` (``torch.where(mask)``),
+    Caught: ``aten._local_scalar_dense`` and ``aten.item`` (``.item()``, ``int(t)``, ``float(t)``, ``bool(t)``,
+    ``if t:``), ``is_nonzero``, ``equal``; data-dependent output shapes: ``nonzero``/``argwhere`` (``torch.where(mask)``),
     ``masked_select``, ``bincount``, ``unique*``, ``repeat_interleave`` with tensor repeats and no
     ``output_size``, and indexing or index assignment with a boolean/uint8 mask (``t[mask]``, ``t[mask] = v``).
     Not caught: device copies (``.cpu()``, ``.tolist()`` on CPU tensors are not ops that differ on a CPU run).
 
-    ``motorec::*`` custom ops are entered (their Python implementation, which picks a backend, runs under the
-    mode) so a sync in a Triton launcher or the torch reference is seen; compiled ``motorec_C`` kernels are
-    CPU-only and run opaquely. ``allow`` names aten op packets to let through (e.g. ``("bincount",)``).
+    Custom ops defined in Python (``torch.library.custom_op``, e.g. every ``motorec::*`` op) are entered: their
+    implementation, which picks a backend, runs under the mode, so a sync in a Triton launcher or in the torch
+    reference is seen. Compiled ``motorec_C`` kernels are CPU-only and run opaquely. ``allow`` names aten op
+    packets to let through (e.g. ``("bincount",)``).
     """
 
     def __init__(self, allow: Sequence[str] = ()) -> None:
@@ -381,11 +383,10 @@ class no_host_sync(TorchDispatchMode):  # noqa: N801 (used as a context manager,
         reason = _sync_reason(func, args, kwargs)
         if reason is not None and func.overloadpacket.__name__ not in self.allow:
             raise HostSyncError(f"{func} {reason}")
-        if func.namespace == "motorec":
-            opdef = _custom_opdef(func)
-            if opdef is not None:
-                with self:
-                    return opdef._init_fn(*args, **kwargs)
+        opdef = _custom_opdef(func)
+        if opdef is not None:
+            with self:
+                return opdef._init_fn(*args, **kwargs)
         return func(*args, **kwargs)
 
 

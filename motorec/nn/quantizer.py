@@ -422,6 +422,7 @@ class ResidualQuantizer(nn.Module):
         self.ema_embed_sum.copy_(self.codebooks.detach() * self.ema_cluster_size.unsqueeze(-1))
         self.reset_usage()
         self.initialized.fill_(True)
+        self._init_seen = True  # the next training forward need not read `initialized` back
 
     @torch.no_grad()
     def reset_ema(self) -> None:
@@ -437,11 +438,24 @@ class ResidualQuantizer(nn.Module):
         self._window_step = 0
 
     # ------------------------------------------------------------------ training-time updates
-    def _update(self, x: Tensor, codes: Tensor, cb: Tensor) -> None:
+    def _code_counts(self, codes: Tensor) -> Tensor:
+        """Assignments per code, [L, K] int64, as a fixed-size scatter: unlike ``torch.bincount``, which reads the
+        largest value back to size its output, this never waits on the device. Integer sums: exact.
+
+        Shapes:
+            codes: [N, L] int64 -> [L, K] int64
+        """
         num_levels, size = self.num_levels, self.codebook_size
-        offsets = torch.arange(num_levels, device=codes.device) * size
-        counts = torch.bincount((codes + offsets).reshape(-1), minlength=num_levels * size)
-        counts = self._sync(counts.view(num_levels, size).to(self.code_counts.dtype))
+        offsets = torch.arange(num_levels, device=codes.device, dtype=torch.int64) * size
+        flat = (codes + offsets).reshape(-1)
+        counts = torch.zeros(num_levels * size, dtype=torch.int64, device=codes.device)
+        return counts.index_add_(0, flat, torch.ones_like(flat)).view(num_levels, size)
+
+    def _update(self, x: Tensor, codes: Tensor, cb: Tensor) -> None:
+        # Runs every training step: no host reads here except in _reseed, which runs only at the end of a
+        # dead-code window (every `dead_code_window` steps; the window position lives on the host).
+        num_levels, size = self.num_levels, self.codebook_size
+        counts = self._sync(self._code_counts(codes).to(self.code_counts.dtype))
         self.code_counts += counts
         self.window_counts += counts
         self._window_step += 1
@@ -472,7 +486,8 @@ class ResidualQuantizer(nn.Module):
         self.codebooks.data[k].copy_(self.ema_embed_sum[k] / smoothed.unsqueeze(1))
 
     def _reseed(self, k: int, residuals: Tensor) -> None:
-        # Counts are all-reduced, so every rank finds the same dead codes.
+        # Counts are all-reduced, so every rank finds the same dead codes. This reads the number of dead codes
+        # back to the host (the size of the random draw), but only once per dead-code window, not per step.
         dead = self.window_counts[k] < self.dead_code_threshold
         n_dead, n = int(dead.sum()), residuals.shape[0]
         if n_dead == 0 or n == 0:
@@ -491,10 +506,7 @@ class ResidualQuantizer(nn.Module):
     def _counts(self, x: Optional[Tensor]) -> Tensor:
         if x is None:
             return self.code_counts.float()
-        codes = self.encode(x)
-        offsets = torch.arange(self.num_levels, device=codes.device) * self.codebook_size
-        c = torch.bincount((codes + offsets).reshape(-1), minlength=self.num_levels * self.codebook_size)
-        return c.view(self.num_levels, self.codebook_size).float()
+        return self._code_counts(self.encode(x)).float()
 
     @torch.no_grad()
     def usage(self, x: Optional[Tensor] = None) -> Tensor:

@@ -74,13 +74,33 @@ def code_usage_forward(z_e: Tensor, codes: Tensor, codebooks: Tensor, temperatur
 
 def code_usage_backward(grad_rho: Tensor, z_e: Tensor, codes: Tensor, codebooks: Tensor, aux: Tensor,
                         temperature: float, mode: str) -> Tuple[Tensor, Tensor]:
-    """``(grad_z_e [N, D] z_e.dtype, grad_codebooks [L, K, D] codebooks.dtype)``: autograd through the
-    forward, recomputed (``aux`` is not needed here; the fused backends use it)."""
-    with torch.enable_grad():
-        z = z_e.detach().requires_grad_()
-        cb = codebooks.detach().requires_grad_()
-        rho, _ = code_usage_forward(z, codes, cb, temperature, mode)
-        gz, gc = torch.autograd.grad(rho, (z, cb), grad_rho.to(rho.dtype), allow_unused=True)
-    gz = torch.zeros_like(z_e) if gz is None else gz.to(z_e.dtype)
-    gc = torch.zeros_like(codebooks) if gc is None else gc.to(codebooks.dtype)
-    return gz, gc
+    """``(grad_z_e [N, D] z_e.dtype, grad_codebooks [L, K, D] codebooks.dtype)`` by the formulas of the module
+    docstring (explicit: a custom op's implementation runs below autograd). ``aux`` is not needed here (the
+    probabilities are recomputed); the fused backends use it."""
+    acc = _acc_dtype(z_e.dtype)
+    n = z_e.shape[0]
+    codes = codes.long()
+    cb = codebooks.to(acc)
+    g = grad_rho.to(acc)
+    probs, _ = _level_probs(z_e, codes, codebooks, temperature, mode)
+    grad_cb = torch.zeros_like(cb)
+    grad_r = []
+    r = z_e.to(acc)
+    scale = 2.0 / temperature
+    for k, p in enumerate(probs):
+        c = cb[k]
+        if mode == "softmax":
+            e = p * (g[k] - (p * g[k]).sum(1, keepdim=True)) / max(n, 1)
+        else:
+            h = g[k] * p * (1.0 - p) / max(n, 1)
+            e = h - h.mean(1, keepdim=True)
+        grad_r.append(scale * (e @ c))
+        grad_cb[k] = scale * (e.t() @ r - e.sum(0).unsqueeze(1) * c)
+        r = r - c.index_select(0, codes[:, k])
+    # Residual chain: r_k = z_e - sum_{k' < k} C_{k'}[codes[:, k']].
+    chain = torch.zeros_like(r)
+    for k in range(len(probs) - 1, -1, -1):
+        chain = chain + grad_r[k]
+        if k > 0:
+            grad_cb[k - 1].index_add_(0, codes[:, k - 1], -chain)
+    return chain.to(z_e.dtype), grad_cb.to(codebooks.dtype)

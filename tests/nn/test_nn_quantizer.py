@@ -329,3 +329,51 @@ def test_residual_vq_aliases():
     assert q.num_levels == 5 and q.commitment == 0.5 and q.codebooks.shape == (5, 256, 4)
     with pytest.raises(ValueError, match="num_quantizers"):
         ResidualQuantizer(dim=4, num_levels=2, num_quantizers=5)
+
+
+def test_code_counts_equal_bincount():
+    q = _quantizer(6, 3, 17)
+    codes = torch.randint(0, 17, (500, 3))
+    codes[:, 2] = 4  # one code takes a whole level
+    want = torch.stack([torch.bincount(codes[:, k], minlength=17) for k in range(3)])
+    got = q._code_counts(codes)
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert torch.equal(q._code_counts(codes[:0]), torch.zeros(3, 17, dtype=torch.int64))
+
+
+def _sync_free_backends():
+    from motorec.testing import backends_here
+
+    # CPU tensors reach Triton only under the interpreter.
+    return [b for b in backends_here("residual_quantize", "cpu", torch.float32) if b != "triton"]
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["grad", "ema"])
+@pytest.mark.parametrize("backend", _sync_free_backends())
+def test_training_steps_issue_no_host_sync(backend, ema):
+    """After the first (k-means init) step, forward + backward + usage counts + EMA run without any op that
+    would make the host wait for the device; the dead-code re-seed at the end of a window is the one place
+    that reads back (the number of dead codes), and only then."""
+    from motorec.testing import HostSyncError, no_host_sync
+
+    data, _, _ = _clustered(400, 8, 5)
+    q = ResidualQuantizer(dim=8, num_levels=3, codebook_size=16, backend=backend, ema=ema, kmeans_iters=2,
+                          dead_code_threshold=1.0, dead_code_window=4)
+    opt = torch.optim.SGD([p for p in q.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
+                          lr=0.01)
+    enc = torch.nn.Linear(8, 8)
+
+    def step(i):
+        x = enc(data[i * 50:(i + 1) * 50])
+        quantized, codes, losses = q(x)
+        (losses.total + quantized.pow(2).mean()).backward()
+        opt.step()
+        opt.zero_grad()
+
+    step(0)  # warm-up: k-means init reads back by design; this step is the window's first
+    with no_host_sync():
+        for i in range(1, 3):
+            step(i)
+    assert q._window_step == 3
+    with pytest.raises(HostSyncError, match="_local_scalar_dense"), no_host_sync():
+        step(3)  # end of the 4-step window: re-seeding sizes its random draw on the host

@@ -9,10 +9,12 @@ Providers (``torch`` is the speedup baseline):
 * ``cpu`` / ``cuda``: ``motorec.ops.propagate(..., backend=...)`` (fused C++/CUDA kernels);
 * ``torch_sparse``: ``torch_sparse.matmul`` per layer, only where ``torch_sparse`` is installed.
 
-Graphs: power-law user-item graphs (two users per item, Zipf-like degrees, isolated nodes), normalized as
-LightGCN's, from the size of Amazon-Sports (54k nodes, 553k nnz) up to 1.5M nodes / 36.5M nnz (GPU).
-Bytes counted per layer: one pass over the CSR (rowptr, col, val), x and out. Half-precision inputs are
-computed by ``torch`` / ``torch-coo`` in float32 (torch CSR has no bf16 path on CPU), cast back.
+Graphs: power-law user-item graphs (:func:`motorec.testing.power_law_graph` on distinct pairs; two users per
+item, Zipf-like degrees, isolated nodes), normalized as LightGCN's, from the size of Amazon-Sports (54k nodes,
+553k nnz) up to 1.5M nodes / 36.5M nnz (GPU). Outputs are checked against the float64
+:func:`motorec.testing.spmm_oracle` / :func:`motorec.testing.propagate_oracle`. Bytes counted per layer: one
+pass over the CSR (rowptr, col, val), x and out. Half-precision inputs are computed by ``torch`` /
+``torch-coo`` in float32 (torch CSR has no bf16 path on CPU), cast back.
 
 Run alone: ``python -m benchmarks.bench_propagate --quick``.
 """
@@ -26,8 +28,7 @@ import torch
 from benchmarks.harness import GRAD_TOL, OUT_TOL, Case, CheckFailed, OpBench, Skip, check_close, main, rotation_sets
 from motorec import ops
 from motorec.graph import Graph
-from motorec.reference import propagate as ref_propagate
-from motorec.reference import spmm as ref_spmm
+from motorec.testing import power_law_graph, propagate_oracle, spmm_oracle
 
 # (nodes, nnz) of the benchmark graphs. Sports: the Amazon-Sports user-item graph's size.
 SPORTS = (54_000, 553_000)
@@ -36,36 +37,6 @@ MID = (400_000, 6_000_000)
 LARGE = (1_500_000, 36_500_000)
 
 _GRAPHS: Dict[Tuple[int, int, str, int], Tuple[Graph, Dict[str, torch.Tensor]]] = {}
-
-
-def power_law_pairs(num_users: int, num_items: int, num_pairs: int, *, seed: int = 0, alpha_users: float = 0.5,
-                    alpha_items: float = 0.7, device="cpu") -> torch.Tensor:
-    """``num_pairs`` distinct (user, item) pairs as keys ``user * num_items + item``, degrees Zipf-like in rank.
-
-    Pairs are sampled with replacement from independent power-law marginals, deduplicated, and resampled until
-    enough distinct pairs exist; then exactly ``num_pairs`` are kept at random. All vectorized torch ops.
-
-    Shapes:
-        -> keys: [num_pairs] int64, sorted.
-    """
-    if num_pairs > num_users * num_items:
-        raise ValueError(f"num_pairs={num_pairs} exceeds num_users * num_items = {num_users * num_items}")
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    uw = torch.arange(1, num_users + 1, dtype=torch.float64).pow(-alpha_users)[torch.randperm(num_users, generator=g)]
-    iw = torch.arange(1, num_items + 1, dtype=torch.float64).pow(-alpha_items)[torch.randperm(num_items, generator=g)]
-    keys = torch.empty(0, dtype=torch.int64)
-    for _ in range(30):
-        missing = num_pairs - keys.numel()
-        if missing <= 0:
-            break
-        m = int(missing * 1.3) + 1024
-        u = torch.multinomial(uw, m, replacement=True, generator=g)
-        i = torch.multinomial(iw, m, replacement=True, generator=g)
-        keys = torch.unique(torch.cat([keys, u * num_items + i]))
-    if keys.numel() < num_pairs:
-        raise RuntimeError(f"could only draw {keys.numel()} distinct pairs of {num_pairs}; lower the exponents")
-    keep = torch.randperm(keys.numel(), generator=g)[:num_pairs]
-    return keys[keep].sort().values.to(device)
 
 
 def bench_graph(nodes: int, nnz: int, device: torch.device, *, seed: int = 0) -> Tuple[Graph, Dict[str, torch.Tensor]]:
@@ -77,9 +48,8 @@ def bench_graph(nodes: int, nnz: int, device: torch.device, *, seed: int = 0) ->
             _GRAPHS.pop(next(iter(_GRAPHS)))
         num_users = (2 * nodes) // 3
         num_items = nodes - num_users
-        keys = power_law_pairs(num_users, num_items, nnz // 2, seed=seed)
-        users, items = keys // num_items, keys % num_items
-        g = Graph.from_interactions(users, items, num_users, num_items, device=device)
+        g = power_law_graph(num_users, num_items, nnz // 2, seed=seed, alpha=0.5, alpha_items=0.7, distinct=True,
+                            device=device)
         forms = {
             "csr": torch.sparse_csr_tensor(g.rowptr, g.col.long(), g.val, (g.num_rows, g.num_cols),
                                            check_invariants=False),
@@ -176,14 +146,11 @@ class GraphBench(OpBench):
     def _reference(self, state, which: str) -> torch.Tensor:
         """float64 reference of the output on x set 0 (``out``) or of the gradient for gout set 0 (``grad``)."""
         if which not in state["ref"]:
-            g, val64 = state["graph"], state["forms"]["val64"]
+            g = state["graph"]
             src = state["xs"][0] if which == "out" else state["gouts"][0]
             # The graph is symmetric (LightGCN's normalized adjacency): the gradient is the same operator.
             assert g.symmetric
-            if self.single_layer:
-                r = ref_spmm.spmm(g.rowptr, g.col, val64, src.double())
-            else:
-                r = ref_propagate.propagate(g.rowptr, g.col, val64, src.double(), state["layers"])
+            r = spmm_oracle(g, src) if self.single_layer else propagate_oracle(g, src, state["layers"])
             state["ref"][which] = r
         return state["ref"][which]
 

@@ -39,6 +39,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from motorec import BackendUnavailable
+# Checks shared with the tests: CheckFailed (an AssertionError) and the float64 relative-error check.
+from motorec.testing import CheckFailed  # noqa: F401  (re-exported: the benches raise it)
+from motorec.testing import assert_close_rel as check_close  # noqa: F401  (re-exported for the benches)
 
 MODES = ("forward", "backward", "full")
 SIZES = ("quick", "full")
@@ -62,10 +65,6 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 class Skip(Exception):
     """The provider cannot run this case here; the message is the reason recorded in the row."""
-
-
-class CheckFailed(Exception):
-    """The provider's output disagrees with the float64 reference; the message says how."""
 
 
 @dataclass
@@ -207,30 +206,6 @@ def rotation_sets(bytes_per_set: int, device: torch.device, *, max_sets: int = 8
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# -------------------------------------------------------------------------------------------------- checking
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in float64 (absolute norm when ``ref`` is zero; 0 for empty tensors)."""
-    o = out.detach().to(torch.float64)
-    r = ref.detach().to(device=o.device, dtype=torch.float64)
-    if r.numel() == 0:
-        return 0.0
-    den = torch.linalg.vector_norm(r).item()
-    num = torch.linalg.vector_norm(o - r).item()
-    return num / den if den > 0 else num
-
-
-def check_close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> float:
-    """Raise :class:`CheckFailed` unless ``out`` has ``ref``'s shape, is finite and within ``tol``."""
-    if tuple(out.shape) != tuple(ref.shape):
-        raise CheckFailed(f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
-    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-        raise CheckFailed(f"{what}: non-finite values")
-    err = rel_err(out, ref)
-    if not err <= tol:
-        raise CheckFailed(f"{what}: relative error {err:.2e} > {tol:.0e}")
-    return err
 
 
 # ---------------------------------------------------------------------------------------------------- timing

@@ -24,7 +24,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from motorec import _ext
 from motorec._dispatch import dispatcher
 from motorec.graph import Graph
-from motorec.reference.spmm import spmm_gather
 
 DEVICES: List[torch.device] = [torch.device("cpu")] + ([torch.device("cuda")] if _ext.CUDA_AVAILABLE else [])
 FLOAT_DTYPES = [torch.float32, torch.float64]
@@ -165,24 +164,37 @@ def tol_vs_torch(torch_err: float, floor: float, *, add_floor: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------- float64 oracles
-def spmm_oracle(g: Graph, x: torch.Tensor) -> torch.Tensor:
-    """``A @ x`` in float64 by gather + ``index_add_`` (shares no code with the CSR kernels).
+def spmm_oracle(g: Graph, x: torch.Tensor, *, chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """``A @ x`` in float64 by gather + ``index_add_`` over edge chunks of at most ``chunk_elems`` gathered
+    elements (shares no code with the CSR kernels; memory stays bounded on benchmark-sized graphs).
 
     Shapes:
-        g: [R, C] graph, x: [C, D] -> [R, D] float64.
+        g: [R, C] graph, x: [C, D] -> [R, D] float64 on x's device.
     """
-    return spmm_gather(g.rowptr, g.col, g.val.double(), x.double())
+    x64 = x.detach().double()
+    out = torch.zeros(g.num_rows, x64.shape[1], dtype=torch.float64, device=x64.device)
+    if g.nnz == 0 or x64.shape[1] == 0:
+        return out
+    rowptr = g.rowptr.to(x64.device).long()
+    row = torch.repeat_interleave(torch.arange(g.num_rows, device=x64.device), rowptr.diff())
+    col = g.col.to(x64.device).long()
+    val = g.val.to(device=x64.device, dtype=torch.float64)
+    step = max(1, chunk_elems // x64.shape[1])
+    for e0 in range(0, g.nnz, step):
+        e1 = min(e0 + step, g.nnz)
+        out.index_add_(0, row[e0:e1], x64.index_select(0, col[e0:e1]) * val[e0:e1, None])
+    return out
 
 
 def propagate_oracle(g: Graph, x: torch.Tensor, num_layers: int) -> torch.Tensor:
     """LightGCN readout ``mean(x, Ax, ..., A^L x)`` in float64 by :func:`spmm_oracle`'s product.
 
     Shapes:
-        g: [N, N] graph, x: [N, D] -> [N, D] float64.
+        g: [N, N] graph, x: [N, D] -> [N, D] float64 on x's device.
     """
-    h = acc = x.double()
+    h = acc = x.detach().double()
     for _ in range(num_layers):
-        h = spmm_gather(g.rowptr, g.col, g.val.double(), h)
+        h = spmm_oracle(g, h)
         acc = acc + h
     return acc / (num_layers + 1)
 
@@ -196,13 +208,27 @@ class RQOracle(NamedTuple):
     gap: torch.Tensor  # float64: distance of the given code - best (on the oracle's path); zeros without codes
 
 
+def _exact_min(rr: torch.Tensor, c: torch.Tensor, cand: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the exact ``min ||r - c_j||^2`` over the candidate ``j`` (``inf`` where none) and the lowest
+    ``j`` attaining it."""
+    i, j = cand.nonzero(as_tuple=True)
+    dist = ((rr[i] - c[j]) ** 2).sum(1)
+    best = torch.full((rr.shape[0],), float("inf"), dtype=torch.float64, device=rr.device)
+    best = best.scatter_reduce(0, i, dist, "amin")
+    at = dist == best[i]
+    arg = torch.full((rr.shape[0],), c.shape[0], dtype=torch.int64, device=rr.device)
+    return best, arg.scatter_reduce(0, i[at], j[at], "amin")
+
+
 def rq_oracle(x: torch.Tensor, codebooks: torch.Tensor, codes: Optional[torch.Tensor] = None, *,
               chunk_elems: int = 1 << 22) -> RQOracle:
     """Residual quantization in float64 with exact distances ``||r - c||^2`` (a difference of vectors, so
     identical codewords get identical distances and the lowest index wins), plus each choice's margin.
 
-    Computed on ``x``'s device over row chunks of at most ``chunk_elems`` [rows, K, D] elements (rows are
-    independent: chunking changes nothing).
+    The float64 matmul form ``||r||^2 - 2 r.c + ||c||^2`` only narrows the search: every codeword it puts within
+    twice its rounding bound of the smallest value is measured exactly, which includes every codeword whose
+    exact distance could be the best (then likewise for the best codeword differing from the winner, for
+    the margin). Computed on ``x``'s device over row chunks of at most ``chunk_elems`` [rows, K] elements.
 
     Shapes:
         x: [N, D], codebooks: [L, K, D], codes: [N, L] or None -> :class:`RQOracle` of [N, L] tensors.
@@ -211,28 +237,35 @@ def rq_oracle(x: torch.Tensor, codebooks: torch.Tensor, codes: Optional[torch.Te
     cb64 = codebooks.detach().to(device=x64.device, dtype=torch.float64)
     n = x64.shape[0]
     num_levels, k, d = cb64.shape
-    rows = max(1, chunk_elems // max(1, k * d))
+    rows = max(1, chunk_elems // max(1, k))
     dev = x64.device
     out = torch.empty(n, num_levels, dtype=torch.int64, device=dev)
     margin = torch.empty(n, num_levels, dtype=torch.float64, device=dev)
     scale = torch.empty(n, num_levels, dtype=torch.float64, device=dev)
     gap = torch.zeros(n, num_levels, dtype=torch.float64, device=dev)
     codes = None if codes is None else codes.to(dev)
+    eps = torch.finfo(torch.float64).eps
     r = x64.clone()
     for lvl in range(num_levels):
         c = cb64[lvl]
-        cmax = c.norm(dim=1).max() if k else torch.zeros((), dtype=torch.float64, device=dev)
+        csq = (c * c).sum(1)
+        cmax = csq.max().sqrt()
+        group = torch.unique(c, dim=0, return_inverse=True)[1]  # equal ids <=> identical codewords
         for i0 in range(0, n, rows):
             rr = r[i0:i0 + rows]
-            dist = ((rr[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-            best = dist.argmin(1)  # first minimum: lowest index among equal distances
-            dbest = dist.gather(1, best[:, None]).squeeze(1)
-            same = (c[None, :, :] == c[best][:, None, :]).all(-1)
-            margin[i0:i0 + rows, lvl] = dist.masked_fill(same, float("inf")).min(1).values - dbest
-            scale[i0:i0 + rows, lvl] = (rr.norm(dim=1) + cmax) ** 2
+            sc = (rr.norm(dim=1) + cmax) ** 2
+            bound = (8 * (d + 4) * eps * sc)[:, None]  # >= twice the rounding of the matmul form
+            approx = (rr * rr).sum(1, keepdim=True) - 2 * (rr @ c.t()) + csq[None, :]
+            dbest, best = _exact_min(rr, c, approx <= approx.min(1, keepdim=True).values + bound)
+            other = group[None, :] != group[best][:, None]
+            approx = approx.masked_fill(~other, float("inf"))
+            second, _ = _exact_min(rr, c, other & (approx <= approx.min(1, keepdim=True).values + bound))
+            margin[i0:i0 + rows, lvl] = second - dbest
+            scale[i0:i0 + rows, lvl] = sc
             out[i0:i0 + rows, lvl] = best
             if codes is not None:
-                gap[i0:i0 + rows, lvl] = dist.gather(1, codes[i0:i0 + rows, lvl:lvl + 1]).squeeze(1) - dbest
+                chosen = ((rr - c[codes[i0:i0 + rows, lvl]]) ** 2).sum(1)
+                gap[i0:i0 + rows, lvl] = chosen - dbest
         r = r - c[out[:, lvl]]
     return RQOracle(out, margin, scale, gap)
 
@@ -277,6 +310,9 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
     ``rounding * (||r|| + max_j ||c_j||)^2`` are near-ties (``excused``); with ``max_excused``, more than
     ``max(3, max_excused * N)`` rows holding one fail the check (a tolerance so loose that the check is vacuous).
 
+    ``oracle``: :func:`rq_oracle` of ``(x, codebooks)`` when the caller already has it (benchmarks check many
+    providers on one input).
+
     Shapes:
         codes: [N, L] int64, x: [N, D], codebooks: [L, K, D] -> :class:`CodeCheck` (excused [N, L]).
     """
@@ -288,7 +324,7 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
         raise CheckFailed(f"codes: dtype {codes.dtype}, expected torch.int64")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k_size):
         raise CheckFailed(f"codes: out of range [0, {k_size}): min {int(codes.min())}, max {int(codes.max())}")
-    orc = rq_oracle(x, codebooks, codes) if oracle is None else oracle
+    orc = rq_oracle(x, codebooks) if oracle is None else oracle
     codes = codes.to(orc.codes.device)
     excused = orc.margin <= rounding * orc.scale
     diff = codes != orc.codes
@@ -304,7 +340,7 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
             r -= torch.where(before, cb64[lvl].index_select(0, oc[:, lvl]), torch.zeros_like(r))
         c_best = cb64[first, oc.gather(1, first[:, None]).squeeze(1)]
         c_chosen = cb64[first, pc.gather(1, first[:, None]).squeeze(1)]
-        gap = orc.gap[rows, first]
+        gap = ((r - c_chosen) ** 2).sum(1) - ((r - c_best) ** 2).sum(1)
         pair = r.norm(dim=1) + torch.maximum(c_best.norm(dim=1), c_chosen.norm(dim=1))
         bound = rounding * pair * pair
         bad = gap > bound

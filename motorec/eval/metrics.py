@@ -21,15 +21,37 @@ Definitions (the MMRec / LightGCN conventions, binary relevance):
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "GROUPS", "SETTINGS"]
+__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "eval_batch_size", "GROUPS", "SETTINGS",
+           "EVAL_MEMORY_MB"]
 
 GROUPS = ("overall", "warm", "cold")
 SETTINGS = ("warm_only", "cold_only")
+
+# Default budget of evaluate's per-batch score blocks, in MiB (env MOTOREC_EVAL_MEMORY_MB): with 1M items a
+# user's float32 score row is 4 MB, so 1024 users per batch would need 4 GB; the budget caps the batch.
+EVAL_MEMORY_MB = float(os.environ.get("MOTOREC_EVAL_MEMORY_MB", "1024"))
+
+
+def eval_batch_size(batch_size: int, num_items: int, *, memory_mb: Optional[float] = None,
+                    settings: bool = False, score_bytes: int = 4) -> int:
+    """Users per :func:`evaluate` batch: ``batch_size`` capped so that the batch's ``[B, num_items]`` score
+    blocks fit in ``memory_mb`` MiB (default :data:`EVAL_MEMORY_MB`), at least 1.
+
+    Counted per user: the score row ``score_fn`` returns (``score_bytes`` per item, float32 by default) and,
+    with ``settings``, the copy of its cold columns (at most another row). What ``score_fn`` allocates
+    internally beyond its output is not known here.
+    """
+    budget = EVAL_MEMORY_MB if memory_mb is None else memory_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 or math.isinf(budget):
+        raise ValueError(f"memory_mb must be a positive finite number of MiB, got {memory_mb!r}")
+    per_user = max(num_items, 1) * score_bytes * (2 if settings else 1)
+    return max(1, min(batch_size, int(budget * 2**20) // per_user))
 
 
 def _check_ks(ks: Iterable[int]) -> list:
@@ -140,7 +162,7 @@ def mask_pairs_(scores: Tensor, users: Tensor, rowptr: Tensor, items: Tensor) ->
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
              batch_size: int = 1024, device=None, item_groups: bool = True, settings: bool = False,
-             progress: bool = False) -> dict:
+             progress: bool = False, memory_mb: Optional[float] = None) -> dict:
     """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs.
 
     Args:
@@ -149,12 +171,15 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             ``[B, num_items]`` buffer (a view is copied first).
         dataset: a :class:`motorec.data.Dataset`.
         split: ``"test"`` masks each user's train and valid items; ``"valid"`` masks train items only.
-        ks: cut-offs K. batch_size: users per call of ``score_fn``.
+        ks: cut-offs K. batch_size: users per call of ``score_fn`` at most; fewer when the ``[batch_size,
+            num_items]`` float32 score block would exceed ``memory_mb`` (:func:`eval_batch_size`).
         device: where masking and top-k run and where ``user_ids`` are created (default: the dataset's).
         item_groups: also report the ``"warm"`` and ``"cold"`` groups (see the module docstring).
         settings: also report ``"warm_only"`` and ``"cold_only"`` (rankings over warm items alone and over cold
             items alone; needs ``item_groups``). Costs one more top-K pass and a ``[B, num_cold]`` copy per batch.
         progress: show a tqdm bar over user batches.
+        memory_mb: budget in MiB of a batch's score blocks (default :data:`EVAL_MEMORY_MB` = 1024, env
+            ``MOTOREC_EVAL_MEMORY_MB``): 1M items give batches of 268 users.
 
     Returns ``{group: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}``
     for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``), then
@@ -175,6 +200,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     n_items, n_users = dataset.num_items, dataset.num_users
     if settings and not item_groups:
         raise ValueError("settings=True needs item_groups=True (the settings are per item group)")
+    batch_size = eval_batch_size(batch_size, n_items, memory_mb=memory_mb, settings=settings)
     groups = list(GROUPS) if item_groups else ["overall"]
     if settings:
         groups += list(SETTINGS)

@@ -52,6 +52,19 @@ def test_env_backend(monkeypatch):
     monkeypatch.setenv("MOTOREC_BACKEND", "bogus")
     with pytest.raises(ValueError, match="MOTOREC_BACKEND"):
         motorec.ops.spmm(g, x)
+    monkeypatch.setenv("MOTOREC_BACKEND", "spmm=fastest")
+    with pytest.raises(ValueError, match=r"MOTOREC_BACKEND must name one of .*got 'fastest'"):
+        motorec.ops.spmm(g, x)
+
+
+def test_explicit_backend_that_cannot_serve_the_inputs_says_why(no_backend_env):
+    g = power_law_graph(10, 10, 30)
+    x = torch.randn(20, 7)
+    # float16 on CPU: neither the C++ CPU kernel nor CUDA serves it, whatever is built here.
+    with pytest.raises(BackendUnavailable, match=r"backend='cpu' cannot run spmm: .*(float16|not built|disabled)"):
+        motorec.ops.spmm(g, x.half(), backend="cpu")
+    with pytest.raises(BackendUnavailable, match=r"backend='cuda' cannot run propagate"):
+        motorec.ops.propagate(g, x, 1, backend="cuda")
 
 
 def test_auto_never_picks_interpreter_for_cpu_tensors(no_backend_env):

@@ -64,6 +64,11 @@ def test_empty_graph():
         (torch.tensor([[0, 1]]), torch.tensor([0, 1]), 5, 2, ValueError, "users must be 1-D"),
         (torch.tensor([0, 1]), torch.tensor([0, 1]), -1, 2, ValueError, "num_users must be a non-negative int"),
         ([0, 1], torch.tensor([0, 1]), 5, 2, TypeError, "users must be a torch.Tensor"),
+        (torch.tensor([0, 1]), torch.tensor([0, 9]), 3, 9, ValueError, r"items contains id 9, out of range for num_items=9"),
+        (torch.tensor([0, -2]), torch.tensor([0, 1]), 3, 9, ValueError, r"users contains a negative id \(-2\)"),
+        (torch.tensor([0, 1]), torch.tensor([0, 1, 2]), 3, 9, ValueError,
+         r"users and items must have the same length, got 2 and 3"),
+        (torch.tensor([0, 1]), torch.tensor([0, 1]), 3, 2.5, ValueError, r"num_items must be a non-negative int, got 2.5"),
     ],
 )
 def test_bad_interactions(users, items, nu, ni, exc, match):
@@ -74,9 +79,65 @@ def test_bad_interactions(users, items, nu, ni, exc, match):
 def test_int32_overflow_is_checked_arithmetically():
     from motorec.graph import _check_nnz
 
-    with pytest.raises(ValueError, match="overflows int32"):
-        _check_nnz(2**31, torch.int32)
+    _check_nnz(2**31 - 1, torch.int32)
     _check_nnz(2**31, torch.int64)
+    with pytest.raises(ValueError, match=r"nnz=2147483648 overflows int32 column indices; use index_dtype=torch.int64"):
+        _check_nnz(2**31, torch.int32)
+    with pytest.raises(TypeError, match=r"index_dtype must be torch.int32 or torch.int64, got torch.int16"):
+        _check_nnz(10, torch.int16)
+
+
+def test_int32_node_overflow_refused_before_allocating():
+    # 2^32 nodes: the rowptr alone would be 32 GiB; the check must fire before anything is allocated.
+    one = torch.tensor([0])
+    with pytest.raises(ValueError, match=r"num_users \+ num_items = 4294967296 overflows int32 column indices"):
+        Graph.from_interactions(one, one, 2**31, 2**31, index_dtype=torch.int32)
+    g = Graph.from_csr(torch.tensor([0, 1]), torch.tensor([2**33]), num_cols=2**34)
+    with pytest.raises(ValueError, match=r"num_cols=17179869184 overflows int32 column indices"):
+        g.to(index_dtype=torch.int32)
+
+
+@pytest.mark.parametrize(
+    "rowptr,col,val,num_cols,exc,match",
+    [
+        ([0, 1, 3], [0, 5, 1], None, 2, ValueError, r"col contains id 5, out of range for num_cols=2"),
+        ([0, 1, 3], [0, -1, 1], None, 2, ValueError, r"col contains a negative id \(-1\)"),
+        ([0, 1, 2], [0, 1, 1], None, 3, ValueError, r"rowptr must start at 0 and end at nnz=3, got 0..2"),
+        ([1, 2, 3], [0, 1, 1], None, 3, ValueError, r"rowptr must start at 0"),
+        ([0, 2, 1, 3], [0, 1, 1], None, 3, ValueError, r"rowptr must be non-decreasing"),
+        ([], [], None, 0, ValueError, r"rowptr must have at least one entry"),
+        ([0, 1, 2], [0, 1], [1.0, 2.0, 3.0], 2, ValueError, r"val must have the shape of col \(2,\), got \(3,\)"),
+        ([0, 1, 2], [0, 1], [1, 2], 2, TypeError, r"val must be floating point, got torch.int64"),
+        ([0.0, 1.0, 2.0], [0, 1], None, 2, TypeError, r"rowptr must have an integer dtype"),
+        ([0, 1, 2], [0.0, 1.0], None, 2, TypeError, r"col must have an integer dtype"),
+    ],
+    ids=["col-out-of-range", "col-negative", "rowptr-wrong-length", "rowptr-not-zero", "rowptr-decreasing",
+         "rowptr-empty", "val-shape", "val-int", "rowptr-float", "col-float"],
+)
+@pytest.mark.parametrize("ctor", ["from_csr", "init"])
+def test_hand_made_csr_is_refused(ctor, rowptr, col, val, num_cols, exc, match):
+    rp, c = torch.tensor(rowptr), torch.tensor(col)
+    if rp.dtype == torch.float32 and not rowptr:
+        rp = rp.long()
+    if c.dtype == torch.float32 and not col:
+        c = c.long()
+    v = torch.tensor(val) if val is not None else torch.ones(c.numel())
+    with pytest.raises(exc, match=match):
+        if ctor == "from_csr":
+            Graph.from_csr(rp, c, v, num_cols)
+        else:  # the plain constructor must not let a bad CSR through to the kernels either
+            Graph(rp, c, v, num_cols)
+
+
+def test_from_edge_index_refuses():
+    with pytest.raises(ValueError, match=r"edge_index must be a \[2, E\] integer tensor, got \(3, 2\)"):
+        Graph.from_edge_index(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"edge_index contains id 4, out of range for num_nodes=4"):
+        Graph.from_edge_index(torch.tensor([[0, 1], [2, 4]]), 4)
+    with pytest.raises(ValueError, match=r"edge_weight must have shape \[2\], got \(3,\)"):
+        Graph.from_edge_index(torch.tensor([[0, 1], [2, 3]]), 4, edge_weight=torch.ones(3))
+
+
 
 
 def test_from_edge_index_pyg_semantics():

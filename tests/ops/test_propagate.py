@@ -169,6 +169,20 @@ def test_explicit_cuda_backend_raises_with_reason(plaw):
         motorec.ops.propagate(plaw, torch.randn(plaw.num_nodes, 4), 2, backend="cuda")
 
 
+@pytest.mark.parametrize("num_layers", [-1, 1.5, True, "2"])
+def test_refuses_bad_num_layers(num_layers):
+    graph = power_law_graph(13, 8, 60, seed=5)
+    x = torch.randn(graph.num_nodes, 7)
+    with pytest.raises(ValueError, match=r"num_layers must be an int >= 0, got"):
+        motorec.ops.propagate(graph, x, num_layers)
+
+
+def test_refuses_non_square_graph():
+    g = Graph.from_csr(torch.tensor([0, 2, 3]), torch.tensor([0, 4, 1]), num_cols=5)
+    with pytest.raises(ValueError, match=r"graph must be square for propagation, got 2 x 5"):
+        motorec.ops.propagate(g, torch.randn(5, 3), 1)
+
+
 @needs_c
 def test_raw_op_rejects_bad_arguments():
     g = power_law_graph(5, 4, 12)
@@ -179,6 +193,10 @@ def test_raw_op_rejects_bad_arguments():
         torch.ops.motorec_C.propagate(g.rowptr, g.col, g.val, x[:-1], 2)
     with pytest.raises(RuntimeError, match="val must have the dtype of x"):
         torch.ops.motorec_C.propagate(g.rowptr, g.col, g.val.double(), x, 2)
+    bad = g.col.clone()
+    bad[0] = g.num_nodes
+    with pytest.raises(RuntimeError, match=rf"col contains index {g.num_nodes}, out of range"):
+        torch.ops.motorec_C.propagate(g.rowptr, bad, g.val, x, 2)
 
 
 @pytest.mark.parametrize("device,backend", backend_params("propagate", torch.bfloat16))

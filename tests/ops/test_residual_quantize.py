@@ -412,6 +412,52 @@ def test_cpu_kernel_rejects_bad_inputs():
         bwd(torch.randn(5, 4), torch.randn(5, 3), x, cb, codes)
     with pytest.raises(RuntimeError, match="codes must be int64"):
         bwd(torch.randn(5, 4), torch.randn(5, 2), x, cb, codes.int())
+    with pytest.raises(RuntimeError, match=r"(?i)codebooks"):
+        fwd(x, torch.randn(0, 3, 4))  # L = 0
+    with pytest.raises(RuntimeError, match=r"(?i)codebooks|K"):
+        fwd(x, torch.randn(2, 0, 4))  # K = 0
+    with pytest.raises(RuntimeError, match=r"(?i)x"):
+        fwd(x[:, 0], cb)  # x 1-D
+
+
+@pytest.mark.parametrize(
+    "x_shape,cb_shape,kw,exc,match",
+    [
+        ((5, 4), (0, 3, 4), {}, ValueError, r"codebooks must have at least one level \(L >= 1\), got shape \(0, 3, 4\)"),
+        ((5, 4), (2, 0, 4), {}, ValueError, r"at least one codeword per level \(K >= 1\), got shape \(2, 0, 4\)"),
+        ((5, 4), (2, 3, 5), {}, ValueError, r"x has D=4 but codebooks have D=5"),
+        ((5, 4), (2, 3, 4), {"cb_dtype": torch.float64}, TypeError, r"x \(torch.float32\) and codebooks \(torch.float64\) must have the same dtype"),
+        ((5, 4), (2, 3, 4), {"cb_device": "meta"}, ValueError, r"x is on cpu but codebooks are on meta"),
+        ((5, 4), (2, 3, 4), {"x_dtype": torch.int64, "cb_dtype": torch.int64}, TypeError, r"x must be float16, bfloat16, float32 or float64, got torch.int64"),
+        ((5,), (2, 3, 4), {}, ValueError, r"x must be 2-D, got shape \(5,\)"),
+        ((5, 4), (3, 4), {}, ValueError, r"codebooks must be 3-D, got shape \(3, 4\)"),
+    ],
+    ids=["L=0", "K=0", "D-mismatch", "dtype-mismatch", "device-mismatch", "int-dtype", "x-1-D", "codebooks-2-D"],
+)
+def test_residual_quantize_refuses(x_shape, cb_shape, kw, exc, match):
+    x = torch.randn(x_shape).to(kw.get("x_dtype", torch.float32))
+    cb = torch.randn(cb_shape).to(kw.get("cb_dtype", torch.float32)).to(kw.get("cb_device", "cpu"))
+    with pytest.raises(exc, match=match):
+        residual_quantize(x, cb)
+
+
+def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Same values as ``t``, but a strided view (column-major with a gap)."""
+    wide = torch.empty(t.shape[1], t.shape[0] * 2, dtype=t.dtype).t()[::2]
+    wide.copy_(t)
+    assert not wide.is_contiguous() and torch.equal(wide, t)
+    return wide
+
+
+def test_residual_quantize_non_contiguous_is_correct():
+    xs = _non_contiguous(torch.randn(37, 9))
+    cb = torch.randn(3, 9, 11).transpose(1, 2)  # [3, 11, 9] non-contiguous codebooks
+    assert not cb.is_contiguous()
+    want = ref.residual_quantize_forward(xs.contiguous(), cb.contiguous())
+    for backend in backends_here("residual_quantize", "cpu", torch.float32):
+        out = residual_quantize(xs, cb, backend=backend)
+        torch.testing.assert_close(out.codes, want[0], msg=f"codes backend={backend}")
+        torch.testing.assert_close(out.quantized, want[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(_ext.TRITON_INTERPRET or _ext.CUDA_AVAILABLE,

@@ -205,6 +205,43 @@ def test_explicit_cuda_backend_raises_with_reason(plaw):
         motorec.ops.spmm(plaw, torch.randn(plaw.num_cols, 4), backend="cuda")
 
 
+# ------------------------------------------------------------------ the public ops: bad input
+# spmm and propagate validate through one function (motorec.ops._graph.check_graph_input): checked for both.
+def _small():
+    graph = power_law_graph(13, 8, 60, seed=5)  # 21 nodes, symmetric, a few isolated
+    return graph, torch.randn(graph.num_cols, 7)
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda x: x.int(), TypeError, r"x must be float16, bfloat16, float32 or float64, got torch.int32"),
+        (lambda x: x.to("meta"), ValueError, r"x is on meta but graph is on cpu"),
+        (lambda x: x[:-1], ValueError, r"x must have graph.num_cols=21 rows, got x of shape \(20, 7\)"),
+        (lambda x: x[:, 0], ValueError, r"x must be 2-D, got shape \(21,\)"),
+        (lambda x: x.to_sparse(), TypeError, r"x must be a dense \(strided\) tensor"),
+        (lambda x: x.tolist(), TypeError, r"x must be a torch.Tensor, got list"),
+    ],
+    ids=["int-dtype", "wrong-device", "wrong-rows", "1-D", "sparse-layout", "not-a-tensor"],
+)
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_graph_ops_refuse_bad_x(op, make, exc, match):
+    graph, x = _small()
+    with pytest.raises(exc, match=match):
+        if op == "spmm":
+            motorec.ops.spmm(graph, make(x))
+        else:
+            motorec.ops.propagate(graph, make(x), 2)
+
+
+@pytest.mark.parametrize("op", ["spmm", "propagate"])
+def test_graph_ops_refuse_non_graph(op):
+    graph, x = _small()
+    a = graph.to_torch_sparse()
+    with pytest.raises(TypeError, match=r"graph must be a motorec.Graph, got Tensor"):
+        motorec.ops.spmm(a, x) if op == "spmm" else motorec.ops.propagate(a, x, 1)
+
+
 # ------------------------------------------------------------------ the raw C++ op: argument checks
 @needs_c
 @pytest.mark.parametrize(
@@ -224,9 +261,10 @@ def test_explicit_cuda_backend_raises_with_reason(plaw):
         ("rowptr_order", "rowptr must be non-decreasing"),
     ],
 )
-def test_raw_op_rejects_bad_arguments(case, match):
-    rowptr = torch.tensor([0, 2, 2, 5])
-    col = torch.tensor([0, 3, 1, 7, 11])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_raw_op_rejects_bad_arguments(case, match, index_dtype):
+    rowptr = torch.tensor([0, 2, 2, 5], dtype=index_dtype)
+    col = torch.tensor([0, 3, 1, 7, 11], dtype=index_dtype)
     val = torch.rand(5)
     x = torch.randn(12, 4)
     if case == "rowptr_2d":
@@ -255,6 +293,14 @@ def test_raw_op_rejects_bad_arguments(case, match):
         rowptr = torch.tensor([0, 3, 2, 5])
     with pytest.raises(RuntimeError, match=match):
         torch.ops.motorec_C.spmm(rowptr, col, val, x)
+
+
+@needs_c
+def test_raw_op_non_contiguous_x_is_correct():
+    rowptr, col, val = torch.tensor([0, 2, 2, 4]), torch.tensor([0, 2, 1, 2]), torch.randn(4)
+    x = torch.randn(5, 3).t()  # [3, 5], non-contiguous
+    out = torch.ops.motorec_C.spmm(rowptr, col, val, x)
+    torch.testing.assert_close(out, torch_csr_spmm(rowptr, col, val, x.contiguous()), rtol=1e-5, atol=1e-6)
 
 
 @needs_c

@@ -7,17 +7,22 @@ without ``--data`` it uses the bundled MovieLens-100k. An output directory holds
 recall@20, ndcg@20) with ``m[model]["seconds_per_epoch"]``.
 
 A user error (bad data, bad flag or config, missing backend, foreign checkpoint) prints one line
-``motorec: error: ...`` and exits with code 2; ``MOTOREC_DEBUG=1`` shows the traceback instead.
+``motorec: error: ...`` and exits with code 2; a file of the run that cannot be written (a full disk) prints
+one line naming the file and the cause and exits with code 1, the previous version of the file intact.
+``MOTOREC_DEBUG=1`` shows the traceback instead.
+
+Every command reads and writes a run through :class:`motorec.train.runs.RunDir`, and returns an
+:class:`Outcome` (its exit code, and whether it left a torchrun process group) instead of setting globals.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +32,16 @@ from motorec.eval.metrics import GROUPS, SETTINGS
 __all__ = ["main", "UserError"]
 
 EXIT_USAGE = 2
+EXIT_WRITE = 1
+
+
+@dataclass
+class Outcome:
+    """What a command returns: its exit code, and whether it ran in a torchrun process group and left it (then
+    :func:`main` ends the process itself, see there)."""
+
+    code: int = 0
+    left_process_group: bool = False
 
 
 class UserError(Exception):
@@ -120,7 +135,7 @@ def _setup_logging(log_file: Optional[Path], quiet: bool) -> logging.Logger:
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     if log_file is not None:
-        fh = logging.FileHandler(log_file)
+        fh = _LogFile(log_file)
         fh.setFormatter(fmt)
         log.addHandler(fh)
     if not quiet:
@@ -128,6 +143,13 @@ def _setup_logging(log_file: Optional[Path], quiet: bool) -> logging.Logger:
         sh.setFormatter(fmt)
         log.addHandler(sh)
     return log
+
+
+class _LogFile(logging.FileHandler):
+    def handleError(self, record) -> None:
+        # A log line that cannot be written (a full disk) is dropped instead of printing a traceback per line;
+        # the run's next file write (checkpoint, metrics) then fails and says so in one line.
+        pass
 
 
 def load_data(data: Optional[str], split: str, seed: int):
@@ -167,24 +189,9 @@ def results_table(metrics: Dict[str, Any], split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------- commands
-def cmd_train(args) -> int:
-    global _LEFT_PROCESS_GROUP
-    from motorec.config import MODEL_NAMES, Config, ConfigError
-    from motorec.train import Trainer
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+def _train_config(args):
+    """The run's config: the ``--config`` file (or the defaults) with the command line's overrides."""
     cfg = _load_config(args.config)
     train_over: Dict[str, Any] = {}
     for flag, key in (("epochs", "epochs"), ("pretrain_epochs", "pretrain_epochs"), ("device", "device"),
@@ -195,55 +202,54 @@ def cmd_train(args) -> int:
     data_over: Dict[str, Any] = {"split": args.split} if args.split else {}
     if args.split_seed is not None:
         data_over["seed"] = args.split_seed
-    cfg = cfg.replace(train=train_over, data=data_over)
+    return cfg.replace(train=train_over, data=data_over)
+
+
+def cmd_train(args) -> Outcome:
+    from motorec.config import MODEL_NAMES
+    from motorec.train import Trainer
+    from motorec.train import distributed as _dist
+    from motorec.train.runs import RunDir
     from motorec.train.trainer import resolve_device
 
-    resolve_device(cfg.train.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = _train_config(args)
+    device = resolve_device(cfg.train.device)
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR (the run to continue)")
     out = Path(args.out) if args.out else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    from motorec.train import distributed as _dist
-
     dctx = _dist.init_from_env(cfg.train.device)  # under torchrun: join the group; rank 0 writes the outputs
+    device = _dist.local_device(dctx, device)  # resolved once, passed to every trainer
     main = dctx is None or dctx.is_main
-    out = Path(_dist.on_main(dctx, lambda: str(out)))
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    run = RunDir(_dist.on_main(dctx, lambda: str(out)))
     models: List[str] = list(dict.fromkeys(args.model)) if args.model else list(MODEL_NAMES)
 
     ds = load_data(args.data, cfg.data.split, cfg.data.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.resume and (out / "config.yaml").is_file():
-        old = Config.load(out / "config.yaml")
-        if old.fingerprint() != cfg.fingerprint():
-            diff = cfg.differences(old)
-            raise ConfigError(f"--resume: the config differs from the one in {str(out / 'config.yaml')!r} "
-                              f"({'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})")
-    if main:
-        cfg.save(out / "config.yaml")
-        _write_json(out / "run.json", {"data": None if args.data is None else str(Path(args.data).resolve()),
-                                       "dataset": ds.name, "split": cfg.data.split, "data_seed": cfg.data.seed,
-                                       "dataset_fingerprint": ds.fingerprint(), "models": models})
-    log = _setup_logging(out / "train.log" if main else None, args.quiet or not main)
+    run.prepare(cfg, {"data": None if args.data is None else str(Path(args.data).resolve()), "dataset": ds.name,
+                      "split": cfg.data.split, "data_seed": cfg.data.seed, "dataset_fingerprint": ds.fingerprint(),
+                      "models": models}, resume=args.resume, write=main)
+    log = _setup_logging(run.log_path if main else None, args.quiet or not main)
     log.info("data: %s", ds.summary().replace("\n", " |"))
-    log.info("output: %s", out)
+    log.info("output: %s", run.path)
 
-    metrics_path = out / "metrics.json"
-    metrics: Dict[str, Any] = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
+    metrics: Dict[str, Any] = run.read_metrics() if args.resume else {}
     capped: List[str] = []  # models the epoch cap stopped before early stopping could (the trainer warned)
     for name in models:
         mcfg = cfg.replace(model={"name": name})
-        trainer = Trainer(mcfg, ds, checkpoint_dir=out / "checkpoints" / name, quiet=args.quiet or not main,
-                          logger=log)
-        resume = _dist.on_main(dctx, lambda: args.resume and (out / "checkpoints" / name / "last.pt").is_file())
-        res = trainer.fit(resume=resume)
+        trainer = Trainer(mcfg, ds, checkpoint_dir=run.checkpoint_dir(name), quiet=args.quiet or not main,
+                          logger=log, device=device, dist=dctx)
+        res = trainer.fit(resume=_dist.on_main(dctx, lambda: args.resume and run.has_checkpoint(name)))
         if res["hit_epoch_cap"]:
             capped.append(name)
         metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
                          "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
                          "early_stopped": res["early_stopped"]}
-        if main:
-            _write_json(metrics_path, metrics)
+        _dist.on_main(dctx, lambda: run.write_metrics(metrics))
         log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
                                                 for g in GROUPS if g in res["test"]))
     if main:
@@ -251,81 +257,72 @@ def cmd_train(args) -> int:
         if capped:
             print(f"\nnote: {', '.join(capped)} reached the epoch cap ({cfg.train.epochs}) before early stopping: "
                   "validation recall was still improving, so these may be undertrained (raise --epochs)")
-        print(f"\nwrote {metrics_path}")
-    if dctx is not None:
-        dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts
-        _dist.shutdown()
-        _LEFT_PROCESS_GROUP = True
-    return 0
+        print(f"\nwrote {run.metrics_path}")
+    if dctx is None:
+        return Outcome(0)
+    dctx.barrier()  # every rank leaves together: a rank exiting with live gloo threads aborts
+    _dist.shutdown()
+    return Outcome(0, left_process_group=True)
 
 
-def _run_info(run: Path) -> Dict[str, Any]:
-    from motorec.train.runs import read_run_info
+def _run_dir(path: str):
+    from motorec.train.runs import RunDir
 
-    return read_run_info(run)
-
-
-def _load_trained(run: Path, name: str, ds, device: str):
-    """Model ``name`` of a run, with its best (early-stopping) weights (:func:`motorec.train.load_trained`)."""
-    from motorec.train.runs import load_trained
-
-    return load_trained(run, name, ds, device)
+    run = RunDir(path)
+    run.read_info()  # refuses a directory that is not a run
+    return run
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args) -> Outcome:
     from motorec.eval import evaluate
     from motorec.train.trainer import resolve_device
 
-    run = Path(args.run)
-    info = _run_info(run)
+    run = _run_dir(args.run)
+    info = run.read_info()
     device = args.device or "cpu"
-    ds = load_data(args.data or info["data"], info["split"], info["data_seed"])
-    names = args.model or [n for n in info["models"] if (run / "checkpoints" / n / "last.pt").is_file()]
-    if not names:
-        raise UserError(f"{str(run)!r} has no checkpoints")
     dev = resolve_device(device)
+    ds = load_data(args.data or info["data"], info["split"], info["data_seed"])
+    names = args.model or run.trained_models()
+    if not names:
+        raise UserError(f"{str(run.path)!r} has no checkpoints")
     out: Dict[str, Any] = {}
     for name in names:
-        model, cfg = _load_trained(run, name, ds, device)
+        model, cfg = run.load_trained(name, ds, device)
         out[name] = {s: {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in
                          evaluate(model.score, ds.to(dev), split=s, batch_size=cfg.train.eval_batch_size,
                                   device=dev, settings=True).items()} for s in ("valid", "test")}
     print(results_table(out))
-    return 0
+    return Outcome(0)
 
 
-def cmd_tokenize(args) -> int:
+def cmd_tokenize(args) -> Outcome:
     import numpy as np
 
-    run = Path(args.run)
-    info = _run_info(run)
-    if not (run / "checkpoints" / "motorec" / "last.pt").is_file():
-        raise UserError(f"{str(run)!r} has no trained motorec model (checkpoints/motorec/last.pt)")
-    ds = load_data(info["data"], info["split"], info["data_seed"])
-    model, cfg = _load_trained(run, "motorec", ds, args.device or "cpu")
+    from motorec.train.checkpoint import atomic_write
+
+    run = _run_dir(args.run)
+    if not run.has_checkpoint("motorec"):
+        raise UserError(f"{str(run.path)!r} has no trained motorec model (checkpoints/motorec/last.pt)")
+    if args.output and Path(args.output).suffix not in (".tsv", ".npy"):
+        raise UserError(f"--output must end in .tsv or .npy, got {Path(args.output).name!r}")
+    ds = run.load_dataset()
+    model, cfg = run.load_trained("motorec", ds, args.device or "cpu")
     if cfg.model.continuous:
         raise UserError("this MoToRec was trained with model.continuous=true: it has no tokens")
     tokens = {m: c.cpu().numpy() for m, c in model.tokenize().items()}
     mods = list(tokens)
     table = np.concatenate([tokens[m] for m in mods], axis=1) if mods else np.zeros((ds.num_items, 0), np.int64)
-    if args.output:
-        outp = Path(args.output)
-        if outp.suffix not in (".tsv", ".npy"):
-            raise UserError(f"--output must end in .tsv or .npy, got {outp.name!r}")
-        targets = [outp]
-    else:
-        targets = [run / "tokens.tsv", run / "tokens.npy"]
+    targets = [Path(args.output)] if args.output else [run.path / "tokens.tsv", run.path / "tokens.npy"]
     for t in targets:
         if t.suffix == ".npy":
-            np.save(t, table)
+            atomic_write(t, lambda f: np.save(f, table))
         else:
-            with open(t, "w") as f:
-                f.write("itemID\t" + "\t".join(mods) + "\n")
-                for i in range(table.shape[0]):
-                    f.write(str(i) + "\t" + "\t".join("-".join(map(str, tokens[m][i])) for m in mods) + "\n")
+            lines = ["itemID\t" + "\t".join(mods)] + [
+                str(i) + "\t" + "\t".join("-".join(map(str, tokens[m][i])) for m in mods) for i in range(table.shape[0])]
+            atomic_write(t, lambda f: f.write(("\n".join(lines) + "\n").encode()))
         print(f"wrote {t} ({table.shape[0]} items; columns: "
               + ", ".join(f"{m} x{tokens[m].shape[1]}" for m in mods) + ")")
-    return 0
+    return Outcome(0)
 
 
 def _parse_users(spec: Optional[str], num_users: int):
@@ -345,27 +342,27 @@ def _parse_users(spec: Optional[str], num_users: int):
     return torch.tensor(list(dict.fromkeys(ids)))
 
 
-def cmd_recommend(args) -> int:
+def cmd_recommend(args) -> Outcome:
     """Top-K lists per user over the run's catalog (and ``--new-items``): every item a user is known to have
     interacted with in the run's data (train, valid and test) is left out of that user's list."""
     import torch
 
     from motorec.data.mmrec import read_features
     from motorec.eval.metrics import mask_pairs_, pairs_csr
+    from motorec.train.checkpoint import atomic_write
     from motorec.train.trainer import resolve_device
 
-    run = Path(args.run)
-    info = _run_info(run)
+    run = _run_dir(args.run)
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if not (run / "checkpoints" / args.model / "last.pt").is_file():
-        raise UserError(f"{str(run)!r} has no trained {args.model} model (checkpoints/{args.model}/last.pt)")
-    outp = Path(args.output) if args.output else run / "recommendations.tsv"
+    if not run.has_checkpoint(args.model):
+        raise UserError(f"{str(run.path)!r} has no trained {args.model} model (checkpoints/{args.model}/last.pt)")
+    outp = Path(args.output) if args.output else run.path / "recommendations.tsv"
     if outp.suffix != ".tsv":
         raise UserError(f"--output must end in .tsv, got {outp.name!r}")
-    ds = load_data(info["data"], info["split"], info["data_seed"])
+    ds = run.load_dataset()
     users = _parse_users(args.users, ds.num_users)
-    model, cfg = _load_trained(run, args.model, ds, args.device or "cpu")
+    model, cfg = run.load_trained(args.model, ds, args.device or "cpu")
     n_new = 0
     if args.new_items:
         if args.model != "motorec":
@@ -373,16 +370,11 @@ def cmd_recommend(args) -> int:
                             "was not built with)")
         if not Path(args.new_items).is_dir():
             raise UserError(f"--new-items {args.new_items!r} is not a directory of <modality>_feat.npy files")
-        feats = read_features(args.new_items)
-        if sorted(feats) != sorted(ds.features):
-            raise UserError(f"--new-items {args.new_items!r} has modalities {sorted(feats)}; the model was trained "
-                            f"on {sorted(ds.features)}")
-        for m, f in feats.items():
-            if f.shape[1] != ds.features[m].shape[1]:
-                raise UserError(f"--new-items {m}_feat.npy has {f.shape[1]} columns; the model was trained on "
-                                f"{ds.features[m].shape[1]}")
-        n_new = next(iter(feats.values())).shape[0]
-        model = model.with_new_items(feats)
+        try:  # the model validates the features (modalities, widths, values)
+            model = model.with_new_items(read_features(args.new_items))
+        except ValueError as e:
+            raise UserError(f"--new-items {args.new_items!r}: {e}") from None
+        n_new = model.num_items - ds.num_items
     dev = resolve_device(args.device or "cpu")
     k = min(args.top_k, model.num_items)
     # every item a user already has in the run's data (catalog ids only, so new items are never masked)
@@ -391,26 +383,30 @@ def cmd_recommend(args) -> int:
     kind_of = model.warm_mask.long().cpu()
     kind_of[ds.num_items:] = 2
     kind_of = kind_of.tolist()
-    tmp = outp.with_name(outp.name + ".tmp")
     bs = max(1, cfg.train.eval_batch_size)
-    with torch.no_grad(), open(tmp, "w") as fh:
-        fh.write("userID\trank\titemID\tscore\tkind\n")
+
+    def write(fh) -> None:
+        fh.write(b"userID\trank\titemID\tscore\tkind\n")
         for start in range(0, users.numel(), bs):
             ub = users[start:start + bs].to(dev)
             s = mask_pairs_(model.score(ub).float(), ub, k_rowptr, k_items)
             top = s.topk(k, dim=1)
+            lines = []
             for u, idx, vals in zip(ub.tolist(), top.indices.tolist(), top.values.tolist()):  # one copy per batch
                 for rank, (i, v) in enumerate(zip(idx, vals), 1):
                     if v == float("-inf"):
                         break  # the user already has every remaining item
-                    fh.write(f"{u}\t{rank}\t{i}\t{v:.6g}\t{kinds[kind_of[i]]}\n")
-    os.replace(tmp, outp)
+                    lines.append(f"{u}\t{rank}\t{i}\t{v:.6g}\t{kinds[kind_of[i]]}\n")
+            fh.write("".join(lines).encode())
+
+    with torch.no_grad():
+        atomic_write(outp, write)
     print(f"wrote {outp} (top {k} of {model.num_items} items for {users.numel()} users"
           + (f"; {n_new} new items are ids {ds.num_items}..{ds.num_items + n_new - 1}" if n_new else "") + ")")
-    return 0
+    return Outcome(0)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args) -> Outcome:
     root = Path(__file__).resolve().parent.parent
     bench = root / "benchmarks"
     if not (bench / "run.py").is_file() and not (bench / "harness.py").is_file():
@@ -420,11 +416,7 @@ def cmd_bench(args) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     extra = [a for a in args.args if a != "--"]
-    return subprocess.call([sys.executable, "-m", module, *extra], cwd=root, env=env)
-
-
-# Set by ``train`` after it ran in a torchrun process group; :func:`main` then ends the process itself.
-_LEFT_PROCESS_GROUP = False
+    return Outcome(subprocess.call([sys.executable, "-m", module, *extra], cwd=root, env=env))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -437,18 +429,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     written and closed when ``run`` returns, so such a rank ends with ``os._exit`` instead of running those
     destructors. A program that calls motorec in-process should call :func:`run`, which never exits.
     """
-    rc = run(argv)
-    if _LEFT_PROCESS_GROUP:
+    outcome = execute(argv)
+    if outcome.left_process_group:
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
-        os._exit(rc)
-    return rc
+        os._exit(outcome.code)
+    return outcome.code
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    """Run one ``motorec`` command in this process and return its exit code (0 ok, 2 user error, 130
-    interrupted); never exits the process (see :func:`main`)."""
+    """Run one ``motorec`` command in this process and return its exit code (0 ok, 1 a file could not be
+    written, 2 user error, 130 interrupted); never exits the process (see :func:`main`)."""
+    return execute(argv).code
+
+
+def execute(argv: Optional[List[str]] = None) -> Outcome:
+    """Run one ``motorec`` command in this process; errors become one line on stderr and an exit code."""
+    from motorec.train.checkpoint import WriteError
+
     errors = (UserError,)
     try:
         errors = _user_errors()
@@ -456,19 +455,19 @@ def run(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
-            return EXIT_USAGE
+            return Outcome(EXIT_USAGE)
         cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "tokenize": cmd_tokenize, "recommend": cmd_recommend,
                "bench": cmd_bench}
         return cmd[args.command](args)
-    except errors as e:
+    except (*errors, WriteError) as e:
         if os.environ.get("MOTOREC_DEBUG"):
             raise
         msg = " ".join(str(e).split())
         print(msg if msg.startswith("motorec") else f"motorec: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+        return Outcome(EXIT_WRITE if isinstance(e, WriteError) else EXIT_USAGE)
     except KeyboardInterrupt:
         print("motorec: interrupted", file=sys.stderr)
-        return 130
+        return Outcome(130)
     finally:
         # Leave a torchrun process group before the interpreter exits: its communication threads would
         # otherwise be torn down by static destructors ("terminate called without an active exception").

@@ -1,22 +1,26 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
-A checkpoint is written to a temporary file in the target's directory, flushed and ``fsync``-ed, then moved
-over the target with ``os.replace`` (atomic on POSIX and Windows), and the directory is fsync-ed: a crash
-leaves either the old file or the new one, never a torn one. Everything stored is a tensor, a number, a
-string, or a list/dict of those, so no pickle code runs on load.
+A checkpoint (like every file of a run, :func:`atomic_write`) is written to a temporary file in the target's
+directory, flushed and ``fsync``-ed, then moved over the target with ``os.replace`` (atomic on POSIX and
+Windows), and the directory is fsync-ed: a crash leaves either the old file or the new one, never a torn one.
+A write that fails (a full disk, no permission) removes the temporary file and raises :class:`WriteError`
+naming the file and the cause. Everything stored is a tensor, a number, a string, or a list/dict of those, so
+no pickle code runs on load.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import IO, Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "WriteError", "atomic_write", "save_checkpoint", "load_checkpoint", "rng_state",
+           "set_rng_state", "FORMAT_VERSION"]
 
 # 2: the model's whole state is state["model"] (kNN graphs and the like through get_extra_state), with the
 #    parameter names of the composed models. Version 1 kept a separate "extra" dict and other names.
@@ -29,24 +33,36 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, of another format, or from another config/dataset."""
 
 
-def save_checkpoint(state: Dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same directory + fsync + ``os.replace``)."""
+class WriteError(Exception):
+    """A file of a run could not be written; the message names the file and the cause (e.g. ``cannot write
+    runs/x/metrics.json: No space left on device``). The file's previous content, if any, is intact."""
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then fsync and ``os.replace`` it over ``path``.
+
+    On failure the temporary file is removed and an error that comes from the operating system (however deep
+    in the exception chain: ``torch.save`` wraps it in a RuntimeError) is raised as :class:`WriteError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = dict(state, format_version=FORMAT_VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from e
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
     except OSError:  # directories cannot be opened on some platforms (Windows)
@@ -57,6 +73,22 @@ def save_checkpoint(state: Dict[str, Any], path: str | Path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _os_error(e: Optional[BaseException]) -> Optional[OSError]:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def save_checkpoint(state: Dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`)."""
+    state = dict(state, format_version=FORMAT_VERSION)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> Dict[str, Any]:

@@ -21,9 +21,10 @@ import torch
 
 from motorec.config import Config, ConfigError
 from motorec.models import Recommender, build_model
+from motorec.train import distributed as _dist
 from motorec.train.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state)
-from motorec.train import distributed as _dist
+from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
 __all__ = ["Trainer", "seed_everything", "resolve_device"]
@@ -70,6 +71,9 @@ class Trainer:
         quiet: no progress bars and no log lines on stderr.
         logger: where epoch lines go (default: the ``motorec`` logger).
         evaluate_fn: ``evaluate(score_fn, dataset, split=..., ...)`` (default :func:`motorec.eval.evaluate`).
+        device: the device to train on (default: ``config.train.device``, checked by :func:`resolve_device`).
+        dist: the :class:`~motorec.train.distributed.DistContext` of a data-parallel run (``None``: one process);
+            ``device`` is then this rank's device.
 
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "early_stopped",
     "hit_epoch_cap", "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training;
@@ -81,7 +85,8 @@ class Trainer:
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
-                 logger: Optional[logging.Logger] = None, evaluate_fn: Optional[Callable] = None) -> None:
+                 logger: Optional[logging.Logger] = None, evaluate_fn: Optional[Callable] = None,
+                 device: Optional[torch.device] = None, dist: Optional[_dist.DistContext] = None) -> None:
         self.config = config.validate()
         self.dataset = dataset
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -90,8 +95,8 @@ class Trainer:
         if evaluate_fn is None:
             from motorec.eval import evaluate as evaluate_fn
         self.evaluate_fn = evaluate_fn
-        self.dist = _dist.current()  # set under torchrun (motorec.train.distributed.init_from_env)
-        self.device = _dist.local_device(self.dist, resolve_device(config.train.device))
+        self.dist = dist
+        self.device = device if device is not None else _dist.local_device(dist, resolve_device(config.train.device))
         self.model: Optional[Recommender] = None
 
     @property
@@ -118,13 +123,8 @@ class Trainer:
 
     def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
         path = self.checkpoint_path
-        if state.get("config_fingerprint") != self.config.fingerprint():
-            diff = self.config.differences(state.get("config") or {})
-            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-            raise CheckpointError(f"checkpoint {str(path)!r} was written with another configuration "
-                                  f"(model {state.get('config', {}).get('model', {}).get('name')!r}"
-                                  f"{': ' + shown if shown else ''}); use a fresh --out directory or the same "
-                                  "config")
+        check_same_config(self.config, state.get("config") or {}, f"checkpoint {str(path)!r}",
+                          fingerprint=state.get("config_fingerprint"))
         if state.get("dataset_fingerprint") != fingerprint:
             raise CheckpointError(f"checkpoint {str(path)!r} was written for another dataset or split; "
                                   "use a fresh --out directory or the same data")
@@ -198,15 +198,18 @@ class Trainer:
                           " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                    if k != "epoch"))
             epoch += 1
-            if self.checkpoint_path is not None and (self.dist is None or self.dist.is_main):
-                save_checkpoint({
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                    "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
-                    "train_seconds": train_seconds, "config": cfg.to_dict(),
-                    "config_fingerprint": cfg.fingerprint(), "dataset_fingerprint": fingerprint,
-                    "model_name": cfg.model.name,
-                }, self.checkpoint_path)
+            if self.checkpoint_path is not None:
+                def save() -> None:  # on rank 0; a failed write (WriteError) is raised on every rank alike
+                    save_checkpoint({
+                        "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                        "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
+                        "train_seconds": train_seconds, "config": cfg.to_dict(),
+                        "config_fingerprint": cfg.fingerprint(), "dataset_fingerprint": fingerprint,
+                        "model_name": cfg.model.name,
+                    }, self.checkpoint_path)
+
+                _dist.on_main(self.dist, save)
             if stopped:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
                               cfg.model.name, epoch - 1, tc.select_group, SELECT_METRIC, best, best_epoch)

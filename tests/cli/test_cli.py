@@ -197,9 +197,10 @@ def test_main_ends_the_process_only_after_train_left_a_process_group(monkeypatch
 
     exits = []
     monkeypatch.setattr(cli.os, "_exit", exits.append)
-    monkeypatch.setattr(cli, "run", lambda argv=None: 0)
+    monkeypatch.setattr(cli, "execute", lambda argv=None: cli.Outcome(0))
     assert cli.main(["train"]) == 0 and exits == []
-    monkeypatch.setattr(cli, "_LEFT_PROCESS_GROUP", True)
+    monkeypatch.setattr(cli, "execute", lambda argv=None: cli.Outcome(0, left_process_group=True))
+    assert cli.run(["train"]) == 0 and exits == []  # the in-process API never exits
     cli.main(["train"])
     assert exits == [0]
 
@@ -217,12 +218,12 @@ def _read_recs(path):
 def test_recommend_top_k_with_new_items(run, tmp_path, capsys):
     import torch
 
-    from motorec.cli import _load_trained, _run_info, load_data, main
+    from motorec.cli import main
+    from motorec.train import RunDir
 
     tmp, data, cfg, out, p = run
     assert p.returncode == 0, p.stderr[-3000:]
-    info = _run_info(out)
-    ds = load_data(info["data"], info["split"], info["data_seed"])
+    ds = RunDir(out).load_dataset()
     known = {}
     for part in (ds.train, ds.valid, ds.test):
         for u, i in part.tolist():
@@ -231,7 +232,7 @@ def test_recommend_top_k_with_new_items(run, tmp_path, capsys):
     assert main(["recommend", str(out), "--top-k", "7", "--users", "0,5,9"]) == 0
     assert "wrote" in capsys.readouterr().out
     recs = _read_recs(out / "recommendations.tsv")
-    model, _ = _load_trained(out, "motorec", ds, "cpu")
+    model, _ = RunDir(out).load_trained("motorec", ds, "cpu")
     scores = model.score(torch.tensor([0, 5, 9])).float()
     assert sorted(recs) == [0, 5, 9]
     for r, u in enumerate((0, 5, 9)):
@@ -270,8 +271,8 @@ def test_recommend_top_k_with_new_items(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("case, match", [
     ("baseline-new", "--new-items needs --model motorec"),
-    ("width", "text_feat.npy has 3 columns; the model was trained on 6"),
-    ("modalities", r"has modalities \['image'\]"),
+    ("width", r"features\['text'\] must be \[N, 6\] \(the trained width\), got \(2, 3\)"),
+    ("modalities", r"each trained modality \['image', 'text'\] to a tensor, got \['image'\]"),
     ("users", r"--users: id\(s\) \[999\] outside"),
     ("users-text", "--users must be comma-separated integer"),
     ("top-k", "--top-k must be >= 1"),

@@ -120,7 +120,7 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
         "model": {"name": "motorec", "dim": 16, "latent_dim": 8, "hidden_dims": [16], "num_levels": 2,
                   "codebook_size": 8, "knn_k": 4, "ema": True},
         "train": {"epochs": 1, "pretrain_epochs": 1, "batch_size": 48, "lr": 0.01, "patience": 0, "seed": 0}})
-    trainer = Trainer(cfg, ds, quiet=True)
+    trainer = Trainer(cfg, ds, quiet=True, dist=ctx, device=ctx.device)  # the context is passed, not looked up
     res = trainer.fit()
     torch.save({"counts": counts, "codebooks": q.codebooks.detach().clone(), "res": res,
                 "model": copy.deepcopy(trainer.model.state_dict())},

@@ -3,8 +3,11 @@ uninterrupted run; checkpoints are atomic, versioned, tied to their config and d
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mmrec import small_config, subprocess_env, write_mmrec  # noqa: E402
 
-from motorec.train.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from motorec.train.checkpoint import (FORMAT_VERSION, CheckpointError, WriteError, load_checkpoint,  # noqa: E402
+                                      save_checkpoint)
 
 RESULT_KEYS = ("valid", "test", "best_epoch", "epochs_run")
 
@@ -125,7 +129,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torn_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*last\.pt: disk full"):
         save_checkpoint({"epoch": 2, "w": torch.zeros(5)}, path)
     monkeypatch.undo()
     state = load_checkpoint(path)
@@ -190,3 +194,94 @@ def test_checkpoint_of_the_old_format_is_refused_in_one_line(tmp_path, capsys):
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "format version 1" in err[0] and "retrain" in err[0], err
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+class _FullDisk(io.RawIOBase):
+    """A file that takes ``budget`` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, budget: int) -> None:
+        self.f, self.left = f, budget
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if len(b) > self.left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.left -= len(b)
+        return self.f.write(b)
+
+
+def _full_disk_from(monkeypatch, nth: int) -> None:
+    """From the ``nth`` checkpoint write on (1-based), torch.save streams into a disk with 1 kB left: the real
+    serializer fails mid-file (a RuntimeError around the OSError, as on a real full disk)."""
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        return real_save(obj, _FullDisk(f, 1000) if len(calls) >= nth else f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["train", "resume"])
+def test_full_disk_during_train_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch, resume):
+    from motorec.cli import main
+
+    data = write_mmrec(tmp_path / "data", num_users=40, num_items=30, num_interactions=400)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--model", "lightgcn", "--split", "warm", "--quiet", "--out", str(out)]
+    if resume:
+        assert main([*args, "--epochs", "1"]) == 0
+        _full_disk_from(monkeypatch, 1)  # the resumed run's first checkpoint already fails
+        rc = main([*args, "--epochs", "3", "--resume"])
+    else:
+        _full_disk_from(monkeypatch, 2)  # epoch 1's checkpoint lands, epoch 2's does not
+        rc = main([*args, "--epochs", "3"])
+    ckpt = out / "checkpoints" / "lightgcn" / "last.pt"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err == [f"motorec: error: cannot write {ckpt}: No space left on device"], err
+    monkeypatch.undo()
+    assert load_checkpoint(ckpt)["epoch"] == 1, "the previous checkpoint must stay loadable"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"], "the temporary file must be removed"
+    # room again: the run continues from the surviving checkpoint
+    assert main([*args, "--epochs", "3", "--resume"]) == 0
+    assert load_checkpoint(ckpt)["epoch"] == 3
+
+
+def test_run_dir_files_resume_check_and_failed_writes(tmp_path, monkeypatch):
+    from motorec.config import Config
+    from motorec.train import RunDir, WriteError
+    from motorec.train.checkpoint import CheckpointError as CkErr
+
+    run = RunDir(tmp_path / "r")
+    cfg = Config().replace(train={"epochs": 2})
+    with pytest.raises(CkErr, match="not a motorec run directory"):
+        run.read_info()
+    info = {"data": None, "dataset": "x", "split": "cold", "data_seed": 0, "models": ["lightgcn", "motorec"]}
+    run.prepare(cfg, info, resume=False)
+    assert run.read_info() == info and Config.load(run.config_path) == cfg
+    assert run.checkpoint("motorec") == run.path / "checkpoints" / "motorec" / "last.pt"
+    assert run.trained_models() == [] and run.read_metrics() == {}
+    save_checkpoint({"epoch": 1}, run.checkpoint("motorec"))
+    assert run.trained_models() == ["motorec"]
+    # resuming with other settings is refused once, here, naming every difference; the epoch budget may change
+    run.prepare(cfg.replace(train={"epochs": 9}), info, resume=True)
+    other = cfg.replace(model={"dim": 8}, train={"lr": 0.01})
+    with pytest.raises(CkErr, match=r"run '.*r' was written with another configuration \(model 'motorec': "
+                                    r"model.dim: 64 -> 8; train.lr: 0.001 -> 0.01\)"):
+        run.prepare(other, info, resume=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CkErr, match="exists and is not a directory"):
+        RunDir(tmp_path / "file").prepare(cfg, info, resume=False)
+    # a full disk: the write names the file and the cause, the previous metrics stay, no temp file is left
+    run.write_metrics({"lightgcn": {"best_epoch": 1}})
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k), 10))
+    with pytest.raises(WriteError, match=rf"cannot write {re.escape(str(run.metrics_path))}: No space left on device"):
+        run.write_metrics({"lightgcn": {"best_epoch": 2, "more": "x" * 100}})
+    monkeypatch.undo()
+    assert run.read_metrics() == {"lightgcn": {"best_epoch": 1}}
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "metrics.json", "run.json"]

@@ -60,7 +60,8 @@ class Dataset:
         train: [E_train, 2], valid: [E_valid, 2], test: [E_test, 2] (int64; column 0 user, column 1 item)
         features[m]: [num_items, d_m] float32
         cold_valid_items: [C_valid], cold_test_items: [C_test] (int64)
-        warm_items(), cold_items(): [num_items] bool; item_degree(): [num_items]; user_degree(): [num_users]
+        warm_items(), cold_items(): [num_items] bool; item_interaction_counts(): [num_items];
+        user_interaction_counts(): [num_users]
 
     Construction validates everything and raises :class:`DataError` naming the field and value.
     """
@@ -149,17 +150,18 @@ class Dataset:
             raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
         return getattr(self, split)
 
-    def item_degree(self) -> Tensor:
-        """Number of training interactions per item. Shapes: -> [num_items] int64."""
+    def item_interaction_counts(self) -> Tensor:
+        """Number of training interactions per item, a repeated (user, item) pair counted each time (a
+        model's ``item_degree`` counts distinct users). Shapes: -> [num_items] int64."""
         return torch.bincount(self.train[:, 1], minlength=self.num_items)
 
-    def user_degree(self) -> Tensor:
-        """Number of training interactions per user. Shapes: -> [num_users] int64."""
+    def user_interaction_counts(self) -> Tensor:
+        """Number of training interactions per user, repeats counted each time. Shapes: -> [num_users] int64."""
         return torch.bincount(self.train[:, 0], minlength=self.num_users)
 
     def warm_items(self) -> Tensor:
         """Mask of items with at least one training interaction. Shapes: -> [num_items] bool."""
-        return self.item_degree() > 0
+        return self.item_interaction_counts() > 0
 
     def cold_items(self) -> Tensor:
         """Mask of items without any training interaction (``~warm_items()``): the held-out cold items and

@@ -100,6 +100,7 @@ class Recommender(nn.Module):
         train = train.long()
         self.register_buffer("train_pairs", train, persistent=False)
         deg = item_degrees(train, self.num_items)
+        # distinct training users per item (Dataset.item_interaction_counts counts repeated pairs too)
         self.register_buffer("item_degree", deg, persistent=False)
         # Items with at least one training interaction; the others are cold: no trained ID embedding.
         self.register_buffer("warm_mask", deg > 0, persistent=False)

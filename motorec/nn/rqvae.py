@@ -119,7 +119,7 @@ class RQVAE(nn.Module):
         forward: x [N, input_dim] -> :class:`RQVAEOutput`
         encode: x [N, input_dim] -> codes [N, L];  decode_codes: codes [N, L] -> z_q [N, latent_dim]
         quantize: x [N, input_dim] -> (z_q [N, latent_dim], codes [N, L])
-        decode: z [N, latent_dim] -> [N, input_dim]
+        reconstruct: z [N, latent_dim] -> [N, input_dim] (the decoder MLP on a latent)
     """
 
     def __init__(
@@ -262,8 +262,10 @@ class RQVAE(nn.Module):
         """Quantized latent of tokens. Shapes: codes [N, l] (l <= L) -> z_q [N, latent_dim]."""
         return self.quantizer.decode(codes)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Decoder MLP. Shapes: z [N, latent_dim] -> [N, input_dim]."""
+    def reconstruct(self, z: Tensor) -> Tensor:
+        """Decoder MLP on a latent (``z_q``, or ``decode_codes(codes)``). Shapes: z [N, latent_dim] -> [N, input_dim].
+
+        Named apart from :meth:`encode` / :meth:`decode_codes`, which go between features and codes."""
         return self.decoder(z)
 
     @torch.no_grad()

@@ -25,8 +25,8 @@ def _make(**kw):
 
 def test_masks_degrees_and_views():
     d = _make()
-    assert d.item_degree().tolist() == [1, 2, 1, 1, 0, 0, 0]
-    assert d.user_degree().tolist() == [2, 1, 1, 1]
+    assert d.item_interaction_counts().tolist() == [1, 2, 1, 1, 0, 0, 0]
+    assert d.user_interaction_counts().tolist() == [2, 1, 1, 1]
     assert d.warm_items().tolist() == [True, True, True, True, False, False, False]
     assert torch.equal(d.cold_items(), ~d.warm_items())
     assert d.modalities == ["image", "text"]

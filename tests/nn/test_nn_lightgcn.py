@@ -157,3 +157,25 @@ def test_lightgcn_bad_inputs():
         model.recommend(good, torch.tensor([4]), 2)
     with pytest.raises(ValueError, match="exclude"):
         model.recommend(good, torch.tensor([0]), 2, exclude=torch.zeros(3, 3, dtype=torch.int64))
+
+
+def test_lightgcn_init_draws_and_item_input():
+    """Each table is one ``init_std * randn`` draw (what motorec's models initialized by hand before using this
+    module), and ``item_input`` replaces the item table as layer 0 with gradients to both."""
+    torch.manual_seed(0)
+    m = LightGCN(5, 7, embedding_dim=4, num_layers=2, init_std=0.1, backend="torch")
+    torch.manual_seed(0)
+    u0, i0 = torch.randn(5, 4) * 0.1, torch.randn(7, 4) * 0.1
+    assert torch.equal(m.user_embedding.weight.detach(), u0) and torch.equal(m.item_embedding.weight.detach(), i0)
+    g = Graph.from_interactions(torch.tensor([0, 1, 2, 4, 4]), torch.tensor([1, 1, 3, 6, 0]), 5, 7)
+    items0 = torch.randn(7, 4, requires_grad=True)
+    users, items = m(g, items0)
+    dense = g.to_dense().double()
+    x = torch.cat([u0, items0.detach()]).double()
+    expect = (x + dense @ x + dense @ (dense @ x)) / 3
+    torch.testing.assert_close(torch.cat([users, items]).double(), expect, atol=1e-6, rtol=1e-6)
+    (users.sum() + items.sum()).backward()
+    assert items0.grad is not None and m.user_embedding.weight.grad is not None
+    assert m.item_embedding.weight.grad is None  # the table was not layer 0
+    with pytest.raises(ValueError, match=r"item_input must be \[num_items=7, embedding_dim=4\]"):
+        m(g, torch.randn(6, 4))

@@ -126,7 +126,9 @@ def test_encode_decode_quantize_consistent():
     out = m(x)
     assert torch.equal(out.codes, codes)
     torch.testing.assert_close(out.z_q, z_q)
-    torch.testing.assert_close(out.recon, m.decode(z_q))
+    torch.testing.assert_close(out.recon, m.reconstruct(z_q))
+    torch.testing.assert_close(m.reconstruct(m.decode_codes(codes)), out.recon)
+    assert not hasattr(m, "decode")  # no name that could mean codes or latents
 
 
 def test_continuous_ablation():

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES"]
+__all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES", "DEFAULT_MODELS"]
 
-MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content")
+MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content", "knn", "aldi")
+# what `motorec train` trains without --model (the cold-start baselines knn/aldi are asked for by name)
+DEFAULT_MODELS = ("motorec", "lightgcn", "content", "lightgcn_content")
 # train settings that change how long or where a run goes, not what its checkpoint means: resuming with
 # other values is allowed (Config.fingerprint / Config.differences leave them out)
 RUN_ONLY_TRAIN_KEYS = ("epochs", "patience", "device", "backend", "eval_batch_size")
@@ -65,10 +67,9 @@ class ModelConfig:
     rarity_warmup_epochs: int = 5
     rarity_contrastive: bool = False
     rarity_gate: bool = False
-    # which BPR terms the rarity weights scale: "content" (default: only the content-only lambda_cold term, the
-    # path that embeds cold items; the main term, which ranks warm items, stays unweighted) or "all" (both
-    # terms, as before 2026-11-27). On MovieLens-100k's cold split "content" raised warm Recall@20 on all five
-    # runs measured, see docs/MODEL.md
+    # which BPR terms the rarity weights scale: "content" (only the content-only lambda_cold term, the path that
+    # embeds cold items; the main term, which ranks warm items, stays unweighted) or "all" (both terms).
+    # "content" because weighting the warm ranking toward rare items cost warm recall (docs/MODEL.md)
     rarity_terms: str = "content"
     # graph encoder (section 3)
     item_item: bool = True
@@ -102,20 +103,31 @@ class ModelConfig:
     # the token level also adds an MLP of the raw (L2-normalized) features:
     # h_i^m = W_m z_q^m + sum_k E_m[code_k] + MLP_m(f_m); false: codes alone (the paper's token level)
     feature_residual: bool = False
-    # content baselines: MLP hidden width
+    # content baselines: MLP hidden width (also the aldi student's)
     content_hidden: int = 256
+    # knn baseline: a cold item's embedding is the mean of its knn_cold_k nearest warm items' (docs/BASELINES.md)
+    knn_cold_k: int = 10
+    # aldi baseline (docs/BASELINES.md; defaults are the ALDI authors'): weights of the student's ranking,
+    # identification, rating-distribution and supervised BPR terms, and teacher-aware weighting with its cap M
+    aldi_alpha: float = 0.9
+    aldi_beta: float = 0.05
+    aldi_gamma: float = 0.1
+    aldi_supervised: float = 1.0
+    aldi_tws: bool = False
+    aldi_tws_m: float = 4.0
 
     def validate(self) -> None:
         if self.name not in MODEL_NAMES:
             raise ConfigError(f"model.name must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
-        for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden"):
+        for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden",
+                  "knn_cold_k"):
             _positive_int(self, k)
         for k in ("num_layers", "rarity_warmup_epochs"):
             _nonneg_int(self, k)
         for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold",
-                  "cold_score_shift"):
+                  "cold_score_shift", "aldi_alpha", "aldi_beta", "aldi_gamma", "aldi_supervised"):
             _nonneg_float(self, k)
-        for k in ("tau", "sparse_temperature"):
+        for k in ("tau", "sparse_temperature", "aldi_tws_m"):
             if _float(self, k) <= 0:
                 raise ConfigError(f"model.{k} must be > 0, got {getattr(self, k)}")
         for k in ("id_dropout", "cold_dropout"):
@@ -138,7 +150,8 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "feature_residual"):
+                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "feature_residual",
+                  "aldi_tws"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
 
@@ -148,8 +161,8 @@ class TrainConfig:
     """Optimization, schedule, early stopping and evaluation settings."""
 
     # a cap, not a schedule: early stopping (``patience``) ends training. 500 leaves every model of the
-    # bundled MovieLens-100k room to converge (LightGCN's validation recall peaks at epoch 164-212 at lr 1e-3;
-    # the old cap of 100 cut it off while still rising). The trainer warns when the cap ends a run.
+    # bundled MovieLens-100k room to converge (LightGCN's validation recall peaks at epoch 164-212 at lr 1e-3,
+    # docs/MODEL.md). The trainer warns when the cap ends a run.
     epochs: int = 500
     pretrain_epochs: int = 20
     batch_size: int = 2048

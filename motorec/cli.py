@@ -71,7 +71,7 @@ def _user_errors():
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from motorec import __version__
-    from motorec.config import MODEL_NAMES
+    from motorec.config import DEFAULT_MODELS, MODEL_NAMES
 
     p = _Parser(prog="motorec", description="MoToRec: multimodal tokenization for cold-start recommendation.")
     p.add_argument("--version", action="version", version=f"motorec {__version__}")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train MoToRec and/or baselines; print and save metrics")
     t.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
     t.add_argument("--model", choices=MODEL_NAMES, action="append",
-                   help="model to train (repeatable; default: all of " + ", ".join(MODEL_NAMES) + ")")
+                   help="model to train (repeatable; default: " + ", ".join(DEFAULT_MODELS) + ")")
     t.add_argument("--config", metavar="FILE", help="YAML config (sections model/train/data)")
     t.add_argument("--epochs", type=int, help="joint training epochs (overrides the config)")
     t.add_argument("--pretrain-epochs", type=int, help="tokenizer pre-training epochs (overrides the config)")
@@ -206,7 +206,7 @@ def _train_config(args):
 
 
 def cmd_train(args) -> Outcome:
-    from motorec.config import MODEL_NAMES
+    from motorec.config import DEFAULT_MODELS
     from motorec.train import Trainer
     from motorec.train import distributed as _dist
     from motorec.train.runs import RunDir
@@ -227,7 +227,7 @@ def cmd_train(args) -> Outcome:
     device = _dist.local_device(dctx, device)  # resolved once, passed to every trainer
     main = dctx is None or dctx.is_main
     run = RunDir(_dist.on_main(dctx, lambda: str(out)))
-    models: List[str] = list(dict.fromkeys(args.model)) if args.model else list(MODEL_NAMES)
+    models: List[str] = list(dict.fromkeys(args.model)) if args.model else list(DEFAULT_MODELS)
 
     ds = load_data(args.data, cfg.data.split, cfg.data.seed)
     run.prepare(cfg, {"data": None if args.data is None else str(Path(args.data).resolve()), "dataset": ds.name,

@@ -1,5 +1,6 @@
-"""Recommenders: :class:`MoToRec` and the baselines ``lightgcn``, ``content``, ``lightgcn_content``, and the
-parts MoToRec is composed of (tokenizer, content encoder levels, cold scorer).
+"""Recommenders: :class:`MoToRec` and the baselines ``lightgcn``, ``content``, ``lightgcn_content``, the cold-start
+baselines ``knn`` and ``aldi`` (docs/BASELINES.md), and the parts MoToRec is composed of (tokenizer, content
+encoder levels, cold scorer).
 
 :func:`build_model` makes any of them from a dataset and a :class:`motorec.config.ModelConfig`.
 """
@@ -9,18 +10,21 @@ from typing import Optional
 
 from motorec.config import MODEL_NAMES, ModelConfig
 from motorec.models.base import Recommender, bpr_loss, info_nce, item_degrees
+from motorec.models.aldi import ALDIRec
 from motorec.models.baselines import ContentRec, LightGCNContentRec, LightGCNRec
 from motorec.models.cold import ColdScorer
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
+from motorec.models.knn import KNNRec
 from motorec.models.motorec import MoToRec, rarity_weights
 from motorec.models.tokenizer import MultimodalTokenizer
 
-__all__ = ["MoToRec", "LightGCNRec", "ContentRec", "LightGCNContentRec", "Recommender", "build_model",
-           "MODELS", "bpr_loss", "info_nce", "item_degrees", "rarity_weights", "ItemFeatures", "FeatureEncoder",
-           "MultimodalTokenizer", "TokenEncoder", "ItemItemEncoder", "SourceAttention", "ColdScorer"]
+__all__ = ["MoToRec", "LightGCNRec", "ContentRec", "LightGCNContentRec", "KNNRec", "ALDIRec", "Recommender",
+           "build_model", "MODELS", "bpr_loss", "info_nce", "item_degrees", "rarity_weights", "ItemFeatures",
+           "FeatureEncoder", "MultimodalTokenizer", "TokenEncoder", "ItemItemEncoder", "SourceAttention", "ColdScorer"]
 
-MODELS = {"motorec": MoToRec, "lightgcn": LightGCNRec, "content": ContentRec, "lightgcn_content": LightGCNContentRec}
+MODELS = {"motorec": MoToRec, "lightgcn": LightGCNRec, "content": ContentRec, "lightgcn_content": LightGCNContentRec,
+          "knn": KNNRec, "aldi": ALDIRec}
 assert set(MODELS) == set(MODEL_NAMES)
 
 

@@ -166,11 +166,16 @@ def _cu_bwd_kernel(
     tl.store(gz_ptr + rows[:, None] * D + dcols[None, :], (chain * out_scale).to(gz_ptr.dtype.element_ty), mask=m2)
 
 
-def _block_sizes(d: int, k: int) -> Tuple[int, int, int]:
+def _launch_config(d: int, k: int, backward: bool) -> Tuple[int, int, int, int, Optional[int]]:
+    """``(BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages)``. Chosen offline for sm_90 at D = 64, K = 256 by
+    ``benchmarks/compile_check.py`` (0 spills): the backward keeps four [rows, D] tiles live (z, r, d r and the
+    chain) besides the logit tile, so it takes half the rows, 8 warps and no software pipelining."""
     block_d = max(16, triton.next_power_of_2(d))
-    block_k = max(16, min(64, triton.next_power_of_2(k)))
-    block_n = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
-    return block_n, block_k, block_d
+    if backward:
+        block_k = max(16, min(64, triton.next_power_of_2(k)))
+        return (32 if block_d <= 64 else 16), block_k, block_d, 8, 1
+    block_k = max(16, min(32, triton.next_power_of_2(k)))
+    return (64 if block_d <= 64 else (32 if block_d <= 128 else 16)), block_k, block_d, 4, None
 
 
 def _check(z_e: Tensor, codes: Tensor, codebooks: Tensor, temperature: float, mode: str) -> None:
@@ -219,11 +224,12 @@ def code_usage_fwd(z_e: Tensor, codes: Tensor, codebooks: Tensor, temperature: f
     cn = (cb32 * cb32).sum(-1).contiguous()  # [L, K]
     cbar = cb32.mean(1).contiguous()  # [L, D]
     cnbar = cn.mean(1).contiguous()  # [L]
-    bn, bk, bd = _block_sizes(d, k)
+    bn, bk, bd, warps, stages = _launch_config(d, k, backward=False)
+    opts = {} if stages is None else {"num_stages": stages}
     _cu_fwd_kernel[(triton.cdiv(n, bn),)](
         z_e, codes, codebooks, cn, cbar, cnbar, rho, aux, n, 1.0 / temperature,
         D=d, K=k, L=num_levels, SOFTMAX=mode == "softmax", BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd,
-        PRECISION=prec, num_warps=4,
+        PRECISION=prec, num_warps=warps, **opts,
     )
     return rho / n, aux
 
@@ -248,12 +254,43 @@ def code_usage_bwd(grad_rho: Tensor, z_e: Tensor, codes: Tensor, codebooks: Tens
     gz = torch.empty_like(z_e)
     cb32 = codebooks.float()
     cn = (cb32 * cb32).sum(-1).contiguous()
-    bn, bk, bd = _block_sizes(d, k)
+    bn, bk, bd, warps, stages = _launch_config(d, k, backward=True)
     scale = 2.0 / temperature
     _cu_bwd_kernel[(triton.cdiv(n, bn),)](
         g, z_e, codes, codebooks, cn, aux, gz, gcb, col, n, 1.0 / temperature, 1.0 / n, scale,
         D=d, K=k, L=num_levels, SOFTMAX=mode == "softmax", BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd,
-        PRECISION=prec, num_warps=4,
+        PRECISION=prec, num_warps=warps, num_stages=stages,
     )
     gcb = scale * (gcb - col.unsqueeze(-1) * cb32)
     return gz, gcb.to(codebooks.dtype)
+
+
+def compile_specs():
+    """Offline sm_90 compilations gated by ``benchmarks/compile_check.py`` (the benchmark's shape: D = 64,
+    K = 256, L = 3, float32, both modes), with their register and spill budgets."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.compile_check import CompileSpec
+
+    d, k, levels = 64, 256, 3
+    f32 = "*fp32"
+    specs = []
+    for softmax in (True, False):
+        mode = "softmax" if softmax else "sigmoid"
+        const = {"D": d, "K": k, "L": levels, "SOFTMAX": softmax, "PRECISION": "tf32x3"}
+        bn, bk, bd, warps, stages = _launch_config(d, k, backward=False)
+        specs.append(CompileSpec(
+            f"fwd {mode} f32 D64 K256 L3", _cu_fwd_kernel,
+            {"z_ptr": f32, "codes_ptr": "*i64", "cb_ptr": f32, "cn_ptr": f32, "cbar_ptr": f32, "cnbar_ptr": f32,
+             "rho_ptr": f32, "aux_ptr": f32, "N": "i32", "inv_t": "fp32"},
+            dict(const, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd), num_warps=warps, num_stages=stages))
+        bn, bk, bd, warps, stages = _launch_config(d, k, backward=True)
+        specs.append(CompileSpec(
+            f"bwd {mode} f32 D64 K256 L3", _cu_bwd_kernel,
+            {"g_ptr": f32, "z_ptr": f32, "codes_ptr": "*i64", "cb_ptr": f32, "cn_ptr": f32, "aux_ptr": f32,
+             "gz_ptr": f32, "gcb_ptr": f32, "col_ptr": f32, "N": "i32", "inv_t": "fp32", "inv_n": "fp32",
+             "out_scale": "fp32"},
+            dict(const, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd), num_warps=warps, num_stages=stages))
+    return specs

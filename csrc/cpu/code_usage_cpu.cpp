@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -109,26 +110,52 @@ std::vector<T> codeword_norms(const T* cb, int64_t LK, int64_t D) {
   return cn;
 }
 
-// s_ij = (2 g_ij - cn_j) / T in place over one row; returns the row statistic (logsumexp or mean).
+// s_ij = (2 g_ij - cn_j) / T in place over one row; returns (max_j s_ij, sum_j s_ij).
 template <typename T>
-double row_logits(T* g, const T* cn, int64_t K, double inv_t, bool softmax) {
+std::pair<T, double> row_logits(T* g, const T* cn, int64_t K, double inv_t) {
   const T two_inv_t = static_cast<T>(2.0 * inv_t), it = static_cast<T>(inv_t);
-  double m = -std::numeric_limits<double>::infinity(), sum = 0.0;
+  T m = -std::numeric_limits<T>::infinity();
+  double sum = 0.0;
   for (int64_t j = 0; j < K; ++j) {
     g[j] = two_inv_t * g[j] - it * cn[j];
-    m = std::max(m, static_cast<double>(g[j]));
+    m = std::max(m, g[j]);
     sum += g[j];
   }
-  if (!softmax) return sum / static_cast<double>(K);
-  double z = 0.0;
-  for (int64_t j = 0; j < K; ++j) z += std::exp(static_cast<double>(g[j]) - m);
-  return m + std::log(z);
+  return {m, sum};
 }
 
+// One exponential per entry (in the working precision T): the row's p_ij overwrite its logits in the tile, and
+// the row statistic (logsumexp or mean of the logits) is returned.
 template <typename T>
-inline double prob(T s, double a, bool softmax) {
-  const double q = static_cast<double>(s) - a;
-  return softmax ? std::exp(q) : 1.0 / (1.0 + std::exp(-q));
+double row_probs(T* g, const T* cn, int64_t K, double inv_t, bool softmax) {
+  const auto ms = row_logits(g, cn, K, inv_t);
+  if (softmax) {
+    const T m = ms.first;
+    double z = 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+      g[j] = std::exp(g[j] - m);
+      z += g[j];
+    }
+    const T inv_z = static_cast<T>(1.0 / z);
+    for (int64_t j = 0; j < K; ++j) g[j] *= inv_z;
+    return static_cast<double>(m) + std::log(z);
+  }
+  const double a = ms.second / static_cast<double>(K);
+  const T ta = static_cast<T>(a);
+  for (int64_t j = 0; j < K; ++j) g[j] = T(1) / (T(1) + std::exp(ta - g[j]));
+  return a;
+}
+
+// p_ij of one row of logits, from the saved row statistic a (the backward's recomputation).
+template <typename T>
+void probs_from_stat(T* g, const T* cn, int64_t K, double inv_t, double a, bool softmax) {
+  row_logits(g, cn, K, inv_t);
+  const T ta = static_cast<T>(a);
+  if (softmax) {
+    for (int64_t j = 0; j < K; ++j) g[j] = std::exp(g[j] - ta);
+  } else {
+    for (int64_t j = 0; j < K; ++j) g[j] = T(1) / (T(1) + std::exp(ta - g[j]));
+  }
 }
 
 template <typename T>
@@ -155,9 +182,8 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
         double* accl = my + l * K;
         for (int64_t i = 0; i < rows; ++i) {
           T* g = s + i * K;
-          const double a = row_logits(g, cn.data() + l * K, K, inv_t, softmax);
-          aux[(i0 + i) * L + l] = static_cast<T>(a);
-          for (int64_t j = 0; j < K; ++j) accl[j] += prob(g[j], a, softmax);
+          aux[(i0 + i) * L + l] = static_cast<T>(row_probs(g, cn.data() + l * K, K, inv_t, softmax));
+          for (int64_t j = 0; j < K; ++j) accl[j] += g[j];
           const T* c = cb + (l * K + codes[(i0 + i) * L + l]) * D;
           T* ri = r + i * D;
           for (int64_t t = 0; t < D; ++t) ri[t] = ri[t] - c[t];
@@ -214,20 +240,28 @@ void cu_backward(const T* grad_rho, const T* z, const int64_t* codes, const T* c
         double* coll = mycol + l * K;
         for (int64_t i = 0; i < rows; ++i) {
           T* g = s + i * K;
-          const double a = static_cast<double>(aux[(i0 + i) * L + l]);
-          const T two_inv_t = static_cast<T>(2.0 * inv_t), it = static_cast<T>(inv_t);
-          double beta = 0.0;  // softmax: sum_j p_ij G_j; sigmoid: sum_j h_ij
-          for (int64_t j = 0; j < K; ++j) {
-            g[j] = two_inv_t * g[j] - it * cn[l * K + j];
-            const double p = prob(g[j], a, softmax);
-            beta += softmax ? p * G[j] : G[j] * p * (1.0 - p);
-          }
-          if (!softmax) beta /= static_cast<double>(K);
-          for (int64_t j = 0; j < K; ++j) {
-            const double p = prob(g[j], a, softmax);
-            const double e = softmax ? p * (G[j] - beta) * inv_n : (G[j] * p * (1.0 - p) - beta) * inv_n;
-            g[j] = static_cast<T>(e);
-            coll[j] += e;
+          probs_from_stat(g, cn.data() + l * K, K, inv_t, static_cast<double>(aux[(i0 + i) * L + l]), softmax);
+          if (softmax) {
+            double beta = 0.0;  // sum_j p_ij G_j
+            for (int64_t j = 0; j < K; ++j) beta += static_cast<double>(g[j]) * G[j];
+            for (int64_t j = 0; j < K; ++j) {
+              const double e = static_cast<double>(g[j]) * (G[j] - beta) * inv_n;
+              g[j] = static_cast<T>(e);
+              coll[j] += e;
+            }
+          } else {
+            double beta = 0.0;  // mean_j h_ij, h = G p (1 - p)
+            for (int64_t j = 0; j < K; ++j) {
+              const double p = g[j];
+              g[j] = static_cast<T>(G[j] * p * (1.0 - p));
+              beta += g[j];
+            }
+            beta /= static_cast<double>(K);
+            for (int64_t j = 0; j < K; ++j) {
+              const double e = (static_cast<double>(g[j]) - beta) * inv_n;
+              g[j] = static_cast<T>(e);
+              coll[j] += e;
+            }
           }
         }
         at::Tensor gr_view = gr_buf[l].narrow(0, 0, rows);

@@ -6,7 +6,13 @@ kernel adds the partial sums; lighter rows are walked by one group of lanes. Thi
 checking each output against the float64 reference, beside torch's CSR product (cuSPARSE) on the same inputs.
 It needs a CUDA GPU and motorec._C built with CUDA.
 
-Run: ``python -m benchmarks.cuda_segment_sweep [--segments 64,128,256,512,2048] [--out FILE.csv]``.
+Rows ``provider=merge`` time the equal-work merge-path kernels (``motorec_C::spmm_merge`` /
+``propagate_merge``, csrc/cuda/csr_cuda.cuh) with ``segment`` = path items per part, on the partition cached by
+``Graph.merge_path(items)`` (computed once, outside the timing), with int32 column indices where they fit;
+``merge_i64`` keeps int64 columns. Each output is checked against float64 first.
+
+Run: ``python -m benchmarks.cuda_segment_sweep [--segments 64,128,256,512,2048] [--items 32,64,128,256,512]
+[--out FILE.csv]``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ def _time_ms(fn) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--segments", default="64,128,256,512,1024,2048")
+    p.add_argument("--items", default="32,64,128,256,512", help="merge-path items per part")
     p.add_argument("--out", default=None, help="CSV file for the rows (printed either way)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -82,6 +89,26 @@ def main(argv=None) -> int:
                                  "ms": "", "rel_err": "", "status": f"FAILED: {e}"})
                 finally:
                     os.environ.pop("MOTOREC_CUDA_SEGMENT", None)
+            for provider, gg in (("merge", g.to(index_dtype=torch.int32) if g.nnz < 2 ** 31 else g),
+                                 ("merge_i64", g.to(index_dtype=torch.int64))):
+                for items in [int(i) for i in a.items.split(",")]:
+                    mp = gg.merge_path(items)
+                    if op == "spmm":
+                        fn = lambda: torch.ops.motorec_C.spmm_merge(  # noqa: E731
+                            gg.rowptr, gg.col, gg.val, x, mp.coords, mp.split_rows)
+                    else:
+                        fn = lambda: torch.ops.motorec_C.propagate_merge(  # noqa: E731
+                            gg.rowptr, gg.col, gg.val, x, mp.coords, mp.split_rows, 3)
+                    row = {"op": op, "nodes": g.num_rows, "nnz": g.nnz, "provider": provider, "segment": items}
+                    try:
+                        out = fn()
+                        torch.cuda.synchronize()
+                        err = check_close(out, refs[op], OUT_TOL[torch.float32], f"{op} merge items={items}")
+                        row.update(ms=f"{_time_ms(fn):.4f}", rel_err=f"{err:.2e}", status="ok")
+                    except Exception as e:  # a failed check is a row, not the end of the sweep
+                        failed += 1
+                        row.update(ms="", rel_err="", status=f"FAILED: {e}")
+                    rows.append(row)
         del g, forms, refs
         torch.cuda.empty_cache()
     cols = ["op", "nodes", "nnz", "provider", "segment", "ms", "rel_err", "status"]

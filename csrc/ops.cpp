@@ -25,6 +25,12 @@ TORCH_LIBRARY(motorec_C, m) {
   m.def("spmm(Tensor rowptr, Tensor col, Tensor val, Tensor x) -> Tensor");
   // LightGCN readout: mean_{l=0..num_layers} A^l x for a square CSR A ([R == C]).
   m.def("propagate(Tensor rowptr, Tensor col, Tensor val, Tensor x, int num_layers) -> Tensor");
+  // CUDA only: spmm / propagate on the merge path (equal work per thread group whatever the degrees).
+  // coords [2, P + 1] int32|int64 and split_rows come from motorec.Graph.merge_path() (cached per graph).
+  m.def("spmm_merge(Tensor rowptr, Tensor col, Tensor val, Tensor x, Tensor coords, bool split_rows) -> Tensor");
+  m.def(
+      "propagate_merge(Tensor rowptr, Tensor col, Tensor val, Tensor x, Tensor coords, bool split_rows, "
+      "int num_layers) -> Tensor");
   // Residual quantization over L levels. x [N, D], codebooks [L, K, D] (same float dtype) ->
   // codes [N, L] int64, quantized [N, D], residual_sq [N, L] (||r^(k)||^2 after level k, in float32 or wider).
   m.def("residual_quantize_fwd(Tensor x, Tensor codebooks) -> (Tensor, Tensor, Tensor)");

@@ -7,12 +7,12 @@ float32), never as views of a torch sparse tensor, so they pass ``torch.library.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["Graph"]
+__all__ = ["Graph", "MergePath", "merge_path_partition"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -94,6 +94,7 @@ class Graph:
         self.num_users = num_users
         self.num_items = num_items
         self._transpose: Optional[Graph] = None
+        self._merge_paths: Dict[int, "MergePath"] = {}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -261,6 +262,15 @@ class Graph:
             self._transpose = t
         return self._transpose
 
+    def merge_path(self, items_per_part: int = 0) -> "MergePath":
+        """The equal-work partition of this CSR for the CUDA merge-path kernels, computed once per
+        ``items_per_part`` and cached (like :meth:`transpose`). ``0`` picks :data:`MERGE_PATH_ITEMS`.
+        See :func:`merge_path_partition`."""
+        items = int(items_per_part) or MERGE_PATH_ITEMS
+        if items not in self._merge_paths:
+            self._merge_paths[items] = merge_path_partition(self.rowptr, items)
+        return self._merge_paths[items]
+
     def _is_symmetric(self) -> bool:
         if self.num_rows != self.num_cols:
             return False
@@ -310,3 +320,63 @@ def _check_nnz(nnz: int, index_dtype: torch.dtype) -> None:
         raise TypeError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
     if index_dtype == torch.int32 and nnz > _INT32_MAX:
         raise ValueError(f"nnz={nnz} overflows int32 column indices; use index_dtype=torch.int64")
+
+
+# Merge-path items (rows + edges) per group of the CUDA merge-path kernels. A guess pending the GPU sweep
+# (benchmarks/cuda_segment_sweep.py): 54k nodes / 553k edges give about 4.7k groups.
+MERGE_PATH_ITEMS = 128
+
+
+class MergePath(NamedTuple):
+    """Equal-work partition of a CSR's merge path (Merrill & Garland, SC'16) into parts of ``items`` items.
+
+    The merge path interleaves the ``R`` row ends with the ``nnz`` edges; part ``p`` covers path items
+    ``[p * items, (p + 1) * items)``, so every part does the same work however the degrees are spread, and a
+    row of any length is cut among as many parts as it needs (no separate heavy-row pass).
+
+    Attributes:
+        coords: [2, P + 1] (int32 when ``R + nnz`` fits, else int64): ``coords[0, p]`` rows finished and
+            ``coords[1, p]`` edges consumed before part ``p``; ``coords[:, P] = (R, nnz)``.
+        items: path items per part.
+        split_rows: whether some row is cut between parts (the kernel's fix-up pass runs only then).
+    """
+
+    coords: Tensor
+    items: int
+    split_rows: bool
+
+    @property
+    def num_parts(self) -> int:
+        return int(self.coords.shape[1]) - 1
+
+
+def merge_path_partition(rowptr: Tensor, items_per_part: int) -> MergePath:
+    """Split the merge path of a CSR with ``rowptr`` into parts of ``items_per_part`` items (torch ops only).
+
+    On diagonal ``d`` the path has finished ``i`` rows and consumed ``d - i`` edges, with ``i`` the number of
+    rows ``r`` whose end item comes before: ``rowptr[r + 1] + r + 1 <= d`` (strictly increasing in ``r``, so a
+    ``searchsorted``), clipped to ``[max(d - nnz, 0), min(d, R)]``.
+
+    Shapes:
+        rowptr: [R + 1] int64 -> :class:`MergePath` with ``coords`` [2, P + 1], ``P = ceil((R + nnz) / items)``.
+    """
+    if isinstance(items_per_part, bool) or not isinstance(items_per_part, int) or items_per_part < 1:
+        raise ValueError(f"items_per_part must be a positive int, got {items_per_part!r}")
+    rowptr = rowptr.long()
+    num_rows = rowptr.numel() - 1
+    nnz = int(rowptr[-1])
+    total = num_rows + nnz
+    num_parts = -(-total // items_per_part)
+    diag = torch.clamp(torch.arange(num_parts + 1, device=rowptr.device, dtype=torch.int64) * items_per_part,
+                       max=total)
+    ends = rowptr[1:] + torch.arange(1, num_rows + 1, device=rowptr.device, dtype=torch.int64)
+    rows = torch.searchsorted(ends, diag, right=True)
+    rows = torch.minimum(torch.maximum(rows, (diag - nnz).clamp(min=0)), diag.clamp(max=num_rows))
+    edges = diag - rows
+    coords = torch.stack([rows, edges])
+    # A part whose first row started in an earlier part continues a split row.
+    first = rows[:-1].clamp(max=max(num_rows - 1, 0))
+    split = bool(((rows[:-1] < num_rows) & (edges[:-1] > rowptr[first])).any()) if num_parts > 0 else False
+    if total <= _INT32_MAX:
+        coords = coords.to(torch.int32)
+    return MergePath(coords.contiguous(), items_per_part, split)

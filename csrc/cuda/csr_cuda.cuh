@@ -10,10 +10,8 @@
 // kernel sums each heavy row's part of each segment into a workspace (deterministic, no atomics), and the
 // row kernel adds those partial sums instead of walking the heavy row. The row kernel's epilogue also fuses
 // propagate's running layer mean. S is kDefaultSegment unless MOTOREC_CUDA_SEGMENT says otherwise (a
-// tuning knob read at each call; README "Installing and building"). On an H100 (2026-11-27) S = 2048 left
-// the longest light rows as the critical path (SpMM at 54k nodes / 553k edges: 1.47 ms, cuSPARSE 0.07 ms);
-// benchmarks/cuda_segment_sweep.py over S = 64..2048 (benchmarks/results/cuda-segment-sweep-h100.csv):
-// S = 64 was fastest at 54k nodes, S = 128 at 1.5M nodes / 36.5M edges (SpMM 3.41 ms, cuSPARSE 3.85 ms).
+// tuning knob read at each call; README "Installing and building"); the measurements behind the default
+// are in benchmarks/results/GPU_NOTES.md.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -185,6 +183,33 @@ __global__ void __launch_bounds__(kBlock) heavy_partial_kernel(const Params<T, A
   if (r1 != r0) heavy_piece<T, A, I, VEC>(P, r1, k0, k1, P.partial + (2 * s + 1) * P.D, lane, mask);
 }
 
+// Row r's features [f, f + VEC) of the product are acc: store them with the MODE epilogue.
+template <typename T, typename A, typename I, int VEC, int MODE>
+__device__ __forceinline__ void write_row(const Params<T, A, I>& P, int64_t r, int64_t f, const A (&acc)[VEC]) {
+  const int64_t o = r * P.D + f;
+  if (MODE == kSpmm) {
+    store_vec<T, A, VEC>(P.out + o, acc);
+  } else {
+    A prev[VEC];
+    if (P.x0 != nullptr) {
+      load_acc<T, A, VEC>(P.x0 + o, prev);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) prev[k] = P.sum[o + k];
+    }
+    if (MODE == kMid) {
+      store_vec<T, A, VEC>(P.next + o, acc);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) P.sum[o + k] = prev[k] + acc[k];
+    } else {
+      A res[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) res[k] = (prev[k] + acc[k]) * P.scale;
+      store_vec<T, A, VEC>(P.out + o, res);
+    }
+  }
+}
+
 template <typename T, typename A, typename I, int VEC, int MODE>
 __global__ void __launch_bounds__(kBlock) row_kernel(const Params<T, A, I> P) {
   const int G = P.G;
@@ -209,29 +234,7 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const Params<T, A, I> P) {
         for (int k = 0; k < VEC; ++k) acc[k] += src[k];
       }
     }
-    if (f >= P.D) continue;
-    const int64_t o = r * P.D + f;
-    if (MODE == kSpmm) {
-      store_vec<T, A, VEC>(P.out + o, acc);
-    } else {
-      A prev[VEC];
-      if (P.x0 != nullptr) {
-        load_acc<T, A, VEC>(P.x0 + o, prev);
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) prev[k] = P.sum[o + k];
-      }
-      if (MODE == kMid) {
-        store_vec<T, A, VEC>(P.next + o, acc);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) P.sum[o + k] = prev[k] + acc[k];
-      } else {
-        A res[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) res[k] = (prev[k] + acc[k]) * P.scale;
-        store_vec<T, A, VEC>(P.out + o, res);
-      }
-    }
+    if (f < P.D) write_row<T, A, I, VEC, MODE>(P, r, f, acc);
   }
 }
 
@@ -243,6 +246,99 @@ inline int lanes_per_row(int64_t D, int vec) {
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// ---------------------------------------------------------------------------------------------- merge path
+// Equal-work kernels (Merrill & Garland's merge-based CSR SpMV, one G-lane group per part): the merge path of
+// the R row ends and the nnz edges is cut into parts of equal length (motorec.graph.merge_path_partition,
+// cached on the Graph); coords[0][p] rows are finished and coords[1][p] edges consumed before part p. A part
+// writes every row that starts and ends inside it (with the MODE epilogue), and parks the pieces of rows cut
+// by its boundaries in the workspace: slot 2p for its first row when that row started earlier, slot 2p + 1
+// for its last row when that row goes on. merge_fixup_kernel then completes each cut row in the part where it
+// ends, adding its pieces in a fixed order (deterministic, no atomics). tests/test_merge_path.py emulates both.
+template <typename J>
+struct MergeCoords {
+  const J* rows;   // [P + 1]
+  const J* edges;  // [P + 1]
+  int64_t parts;
+};
+
+template <typename T, typename A, typename I, typename J, int VEC, int MODE>
+__global__ void __launch_bounds__(kBlock, 1) merge_path_kernel(const Params<T, A, I> P, const MergeCoords<J> M) {
+  const int G = P.G;
+  const int64_t p = (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) / G;
+  if (p >= M.parts) return;
+  const int lane = threadIdx.x % G;
+  const unsigned mask = group_mask(G);
+  const int64_t r0 = M.rows[p], e0 = M.edges[p], r1 = M.rows[p + 1], e1 = M.edges[p + 1];
+  const int64_t r_last = r1 < P.R - 1 ? r1 : P.R - 1;
+  for (int64_t f = static_cast<int64_t>(lane) * VEC; f - lane * VEC < P.D; f += static_cast<int64_t>(G) * VEC) {
+    for (int64_t r = r0; r <= r_last; ++r) {
+      const int64_t rs = P.rowptr[r], re = P.rowptr[r + 1];
+      const int64_t lo = rs > e0 ? rs : e0;
+      if (r == r1 && e1 <= lo) break;  // the part ends before this row's first edge
+      const int64_t hi = re < e1 ? re : e1;
+      A acc[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] = 0;
+      gather_edges<T, A, I, VEC>(P, lo, hi, f, lane, mask, acc);
+      if (f >= P.D) continue;
+      const bool starts_here = r > r0 || e0 == rs;
+      if (starts_here && r < r1) {
+        write_row<T, A, I, VEC, MODE>(P, r, f, acc);
+      } else {
+        A* dst = P.partial + (2 * p + (r == r0 && !starts_here ? 0 : 1)) * P.D + f;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) dst[k] = acc[k];
+      }
+    }
+  }
+}
+
+// Completes the cut row that ends in part p (if any): its piece in p, the whole-part pieces of the parts
+// inside it, and the piece of the part where it starts, summed in that order.
+template <typename T, typename A, typename I, typename J, int VEC, int MODE>
+__global__ void __launch_bounds__(kBlock) merge_fixup_kernel(const Params<T, A, I> P, const MergeCoords<J> M) {
+  const int G = P.G;
+  const int64_t p = (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) / G;
+  if (p >= M.parts) return;
+  const int64_t r0 = M.rows[p], e0 = M.edges[p];
+  if (r0 >= P.R || r0 >= M.rows[p + 1]) return;
+  const int64_t rs = P.rowptr[r0];
+  if (e0 == rs) return;
+  const int lane = threadIdx.x % G;
+  for (int64_t f = static_cast<int64_t>(lane) * VEC; f < P.D; f += static_cast<int64_t>(G) * VEC) {
+    A acc[VEC];
+    const A* src = P.partial + 2 * p * P.D + f;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = src[k];
+    for (int64_t q = p - 1; q >= 0; --q) {
+      const bool inside = M.rows[q] == r0 && M.edges[q] > rs;
+      src = P.partial + (2 * q + (inside ? 0 : 1)) * P.D + f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += src[k];
+      if (!inside) break;
+    }
+    write_row<T, A, I, VEC, MODE>(P, r0, f, acc);
+  }
+}
+
+// One product layer on the merge path: the main kernel, then the fix-up only if some row is cut.
+template <typename T, typename A, typename I, typename J, int MODE>
+void launch_merge_layer(Params<T, A, I> P, const MergeCoords<J>& M, bool split_rows, bool vectorized,
+                        cudaStream_t stream) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  P.G = lanes_per_row(P.D, vectorized ? V : 1);
+  if (M.parts == 0) return;
+  const int64_t groups_per_block = kBlock / P.G;
+  const int64_t blocks = (M.parts + groups_per_block - 1) / groups_per_block;
+  if (vectorized) merge_path_kernel<T, A, I, J, V, MODE><<<blocks, kBlock, 0, stream>>>(P, M);
+  else merge_path_kernel<T, A, I, J, 1, MODE><<<blocks, kBlock, 0, stream>>>(P, M);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!split_rows) return;
+  if (vectorized) merge_fixup_kernel<T, A, I, J, V, MODE><<<blocks, kBlock, 0, stream>>>(P, M);
+  else merge_fixup_kernel<T, A, I, J, 1, MODE><<<blocks, kBlock, 0, stream>>>(P, M);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 // One product layer: the heavy-row partial sums, then the row kernel with the MODE epilogue.
 template <typename T, typename A, typename I, int MODE>
@@ -269,6 +365,25 @@ inline at::Tensor partial_workspace(int64_t nnz, int64_t D, int64_t seg, at::Sca
                                     const at::Device& device) {
   const int64_t num_segments = (nnz + seg - 1) / seg;
   return at::empty({2 * num_segments, D}, at::TensorOptions().dtype(acc).device(device));
+}
+
+// The merge-path coordinates of a coords tensor [2, P + 1] (int32 or int64, contiguous, on x's device).
+template <typename J>
+MergeCoords<J> merge_coords(const at::Tensor& coords) {
+  MergeCoords<J> M;
+  M.parts = coords.size(1) - 1;
+  M.rows = coords.data_ptr<J>();
+  M.edges = M.rows + coords.size(1);
+  return M;
+}
+
+inline void check_merge_coords(const char* op, const at::Tensor& coords, const at::Tensor& x) {
+  TORCH_CHECK(coords.dim() == 2 && coords.size(0) == 2 && coords.size(1) >= 1, op,
+              ": coords must be [2, P + 1] (Graph.merge_path().coords), got ", coords.sizes());
+  TORCH_CHECK(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong, op,
+              ": coords must be int32 or int64, got ", coords.scalar_type());
+  TORCH_CHECK(coords.device() == x.device(), op, ": coords is on ", coords.device(), " but x is on ", x.device());
+  TORCH_CHECK(coords.is_contiguous(), op, ": coords must be contiguous");
 }
 
 // Calls fn(T{}, I{}) with T the storage type of x's dtype and I the index type of col.

@@ -168,7 +168,11 @@ def compile_triton(spec: CompileSpec) -> Dict[str, Any]:
     if spec.num_stages is not None:
         options["num_stages"] = spec.num_stages
     t0 = time.time()
-    k = triton.compile(triton.compiler.ASTSource(spec.fn, sig, spec.constexprs),
+    # A launch with torch tensors specializes every 16-byte-aligned pointer (tt.divisibility = 16), which
+    # decides vector widths and layouts: compile what the launcher gets.
+    attrs = {(spec.fn.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n, t in spec.signature.items() if t.startswith("*")}
+    k = triton.compile(triton.compiler.ASTSource(spec.fn, sig, spec.constexprs, attrs),
                        target=GPUTarget("cuda", ARCH, 32), options=options)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

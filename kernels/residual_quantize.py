@@ -1,13 +1,26 @@
 """Triton kernels for ``motorec::residual_quantize`` (forward and backward), installed as ``motorec.kernels``.
 
-Forward (:func:`residual_quantize_fwd`): one program per block of ``BLOCK_N`` rows runs all ``L`` levels, with the
-residual kept in registers. Per level it streams the codebook in tiles of ``BLOCK_K`` codewords, computes
-``a_j = ||c_j||^2 - 2 r.c_j`` with ``tl.dot`` and keeps the 4 smallest ``a_j`` per row (ties: lowest index). The
-4 candidates are then re-checked with the exact distance ``||r - c_j||^2`` summed as a difference of vectors in
-float32 (no cancellation), and the best is kept (ties: lowest index). A rigorous rounding bound of the
-``tl.dot`` products then certifies each row: if no codeword outside the 4 can beat the winner, the code is the
-argmin of the exact float32 distance; rows that fail (near-ties among more than 4 codewords, duplicated
-codewords) make their block re-run the level as an exhaustive exact scan. No ``[N, K]`` tensor is ever written.
+Forward (:func:`residual_quantize_fwd`), two launches, no host sync:
+
+* the search (``_rq_fwd_kernel``): one program per block of ``BLOCK_N`` rows runs all ``L`` levels with the
+  residual in registers. Per level it streams the *centred* codebook ``C - mu`` (``mu`` the level's mean
+  codeword: distances do not change, operands shrink, so does the dot's rounding) in tiles of ``BLOCK_K``
+  codewords, computes ``a_j = ||c_j - mu||^2 - 2 (r - mu).(c_j - mu)`` with one ``tl.dot`` (a single TF32
+  tf32x3 pass by default), and keeps per row the smallest and the second smallest ``a_j``. Candidate selection is
+  on packed keys: ``a_j`` as an order-preserving int32 whose low ``log2 BLOCK_K`` bits hold ``j``'s place in
+  the tile, so one
+  integer min per tile gives value and index (ties: lowest index) and a second min gives the runner-up.
+  A rigorous rounding bound ``B`` of the computed ``a_j`` (dot operands, accumulation, the dropped key
+  bits) certifies a row when the runner-up trails by more than ``2 B``: the winner is then the exact
+  argmin of ``||r - c_j||^2``. Duplicated codewords are masked (their lowest-index copy stands for them),
+  so they do not spoil the gap. A row that fails is appended (one atomic per row) to a queue as
+  ``row * L + level``; its later levels in this kernel are ignored;
+* the exact per-row pass (``_rq_exact_kernel``): a fixed grid walks the queue (its length stays on the
+  device) ``BLOCK_Q`` rows at a time, replays the stored codes of the levels before the failed one (the
+  same float32 operations, so the same residual bits) and scans every codeword from there with the exact
+  distance ``||r - c_j||^2`` summed as squared differences in float32 (ties: lowest index).
+
+No ``[N, K]`` tensor is ever written; a failure costs one row's exact scan, not a block's.
 
 Backward (:func:`residual_quantize_bwd`), with the gradient of :mod:`motorec.reference.residual_quantize`:
 
@@ -24,9 +37,11 @@ Shapes:
     Backward: grad_quantized [N, D], grad_residual_sq [N, L] float32 -> grad_x [N, D], grad_codebooks [L, K, D].
 
 Numerics: all arithmetic is float32 (half inputs are upcast on load). ``precision`` picks the ``tl.dot`` mode
-of the candidate search: ``tf32x3`` (default on GPUs; about float32 accuracy on tensor cores, so the
-certificate almost never fails), ``tf32`` (one tensor-core pass; its rigorous rounding bound is so loose
-that on typical data most blocks fall back to the exhaustive scan: for experiments) or ``ieee``. Under ``TRITON_INTERPRET=1`` the dot runs in float32 (``ieee``).
+of the search: ``tf32x3`` (default: three tensor-core passes, about float32 accuracy; a float64 emulation of
+the certificate on the benchmark's data sends 1.8% of rows to the exact pass at D = 64, K = 256, L = 3 and
+4.1% at D = 128, K = 1024), ``tf32`` (one pass: its rounding bound leaves 80-90% of rows to the exact pass
+with this top-2 certificate) or ``ieee``. Codes are exact in every mode; the mode only moves rows between the
+search and the exact pass. Under ``TRITON_INTERPRET=1`` the dot runs in float32 (``ieee``).
 """
 from __future__ import annotations
 
@@ -39,9 +54,17 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
+from motorec.reference.residual_quantize import _lowest_duplicate
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _PRECISIONS = ("tf32x3", "tf32", "ieee")
-_TOPC = 4  # candidates kept per row by the tensor-core search (the kernel unrolls exactly 4)
+# tf32x3: with a single tf32 pass the top-2 certificate sends most rows to the exact pass (float64 emulation on
+# the benchmark's data: 80% of rows; tf32x3: about 2%), see benchmarks/results/GPU_NOTES.md.
+_DEFAULT_PRECISION = "tf32x3"
+_BLOCK_Q = 16  # rows per step of the exact per-row pass
+# Search launch (benchmarks/compile_check.py, sm_90, D = 64, K = 256): tf32x3 at 8 warps, 1 stage: 176 registers,
+# no spills (4 warps: over 200; 2 stages: 180); tf32: 130. The budget is 128: see benchmarks/results/GPU_NOTES.md.
+_FWD_WARPS, _FWD_STAGES = 8, 1
 
 # Relative error of one product r_i * c_i in the tl.dot candidate search, with a 2x margin: tf32 keeps 10
 # mantissa bits (hardware may truncate: 2^-10 per operand); tf32x3 drops only lo*lo terms and the rounding of
@@ -51,40 +74,39 @@ _EPS_DOT = {"tf32": 2.0 ** -8, "tf32x3": 2.0 ** -17, "ieee": 0.0}
 _ACC_TERMS = {"tf32": 3, "tf32x3": 3, "ieee": 1}
 
 
-@triton.jit
-def _keep_smaller(v, i, b, bi):
-    # (v, i) vs the list entry (b, bi): the smaller stays in the list, the other moves on. Strict `<` keeps the
-    # entry on ties; entries arrive in increasing codeword order, so ties keep the lowest index.
-    c = v < b
-    return tl.where(c, v, b), tl.where(c, i, bi), tl.where(c, b, v), tl.where(c, bi, i)
+def _bound_rel(precision: str, d: int) -> float:
+    """Relative rounding bound of the search's computed ``a_j``, in units of ``2 |r| |c| + |c|^2 + |r|^2``
+    (centred vectors): the dot's operand rounding, its accumulation, and the float32 steps around it."""
+    return _EPS_DOT[precision] + (_ACC_TERMS[precision] * d + 16) * 2.0 ** -23
+
+
+def _idx_bits(block_k: int) -> int:
+    """Bits of a codeword's place in its tile in the search's packed keys (at least 1)."""
+    return max(1, (block_k - 1).bit_length())
+
+
+def _exact_programs(device: torch.device) -> int:
+    # Programs of the exact per-row pass: a few per SM (the queue is usually short); fixed, so no host sync.
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
 
 
 @triton.jit
-def _insert4(v, i, b0, i0, b1, i1, b2, i2, b3, i3):
-    # Insert (v, i) into the ascending list (b0..b3, i0..i3); the largest falls off.
-    b0, i0, v, i = _keep_smaller(v, i, b0, i0)
-    b1, i1, v, i = _keep_smaller(v, i, b1, i1)
-    b2, i2, v, i = _keep_smaller(v, i, b2, i2)
-    b3, i3, v, i = _keep_smaller(v, i, b3, i3)
-    return b0, i0, b1, i1, b2, i2, b3, i3
-
-
-@triton.jit
-def _recheck(r, cbl, idx, best_e, best_i, dcols, m2, D: tl.constexpr):
-    # Exact float32 distance ||r - c_idx||^2 as a sum of squared differences; (distance, index) lexicographic.
-    c = tl.load(cbl + idx.to(tl.int64)[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
-    diff = r - c
-    e = tl.sum(diff * diff, axis=1)
-    better = (e < best_e) | ((e == best_e) & (idx < best_i))
-    return tl.where(better, e, best_e), tl.where(better, idx, best_i)
+def _key_value(key, IDX_BITS: tl.constexpr):
+    # The float a key stands for, rounded down to its bucket (the index bits cleared): the true value lies in
+    # [value, value + bucket), bucket <= 2^(IDX_BITS - 23) |value|; infinite keys give +inf.
+    k = key & ~((1 << IDX_BITS) - 1)
+    bits = tl.where(k < 0, k ^ 0x7FFFFFFF, k)
+    return tl.where(key >= 0x7F800000, float("inf"), bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit
 def _rq_fwd_kernel(
-    x_ptr, cb_ptr, cn_ptr, cnmax_ptr, codes_ptr, q_ptr, rsq_ptr, N,
+    x_ptr, cb_ptr, cbc_ptr, mu_ptr, cn_ptr, cnmax_ptr, codes_ptr, q_ptr, rsq_ptr, queue_ptr, count_ptr, N,
     D: tl.constexpr, K: tl.constexpr, L: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, BOUND_REL: tl.constexpr,
+    PRECISION: tl.constexpr, BOUND_REL: tl.constexpr, IDX_BITS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -94,56 +116,108 @@ def _rq_fwd_kernel(
     m2 = rmask[:, None] & dmask[None, :]
     kk = tl.arange(0, BLOCK_K)
     r = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+    failed = tl.zeros([BLOCK_N], dtype=tl.int32)  # 1: the row is already queued for the exact pass
     for lvl in range(L):
-        cbl = cb_ptr + lvl * K * D
+        mu = tl.load(mu_ptr + lvl * D + dcols, mask=dmask, other=0.0)
+        rc = tl.where(m2, r - mu[None, :], 0.0)  # centred residual: smaller operands, smaller dot error
+        rn2 = tl.sum(rc * rc, axis=1)
+        if PRECISION == "tf32x3":
+            rc_hi = (rc.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # 10 mantissa bits
+            rc_lo = rc - rc_hi
         cnmax = tl.load(cnmax_ptr + lvl)
-        rn2 = tl.sum(r * r, axis=1)
-        b0 = tl.full([BLOCK_N], float("inf"), tl.float32)
-        b1 = b0
-        b2 = b0
-        b3 = b0
-        i0 = tl.zeros([BLOCK_N], dtype=tl.int32)
-        i1 = i0
-        i2 = i0
-        i3 = i0
+        # Candidate selection on packed keys: the computed a_j = ||c_j - mu||^2 - 2 (r - mu).(c_j - mu)
+        # (= ||r - c_j||^2 - ||r - mu||^2) as an order-preserving int32 whose low IDX_BITS bits are replaced by
+        # j's place in the tile, so one integer min gives value and index (ties: lowest j). Running smallest key
+        # k1 (codeword i1) and runner-up k2.
+        k1 = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
+        k2 = k1
+        i1 = tl.zeros([BLOCK_N], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             kidx = k0 + kk
             kmask = kidx < K
-            c = tl.load(cbl + kidx[:, None] * D + dcols[None, :], mask=kmask[:, None] & dmask[None, :],
-                        other=0.0).to(tl.float32)
+            cptrs = cbc_ptr + lvl * K * D + kidx[:, None] * D + dcols[None, :]
+            cm = kmask[:, None] & dmask[None, :]
             cn = tl.load(cn_ptr + lvl * K + kidx, mask=kmask, other=float("inf"))
-            a = cn[None, :] - 2.0 * tl.dot(r, tl.trans(c), input_precision=PRECISION)
-            for _c in tl.static_range(4):
-                v, j = tl.min(a, axis=1, return_indices=True)
-                b0, i0, b1, i1, b2, i2, b3, i3 = _insert4(v, k0 + j, b0, i0, b1, i1, b2, i2, b3, i3)
-                a = tl.where(kk[None, :] == j[:, None], float("inf"), a)
-        best_e = tl.full([BLOCK_N], float("inf"), tl.float32)
-        best_i = tl.zeros([BLOCK_N], dtype=tl.int32)
-        best_e, best_i = _recheck(r, cbl, i0, best_e, best_i, dcols, m2, D)
-        best_e, best_i = _recheck(r, cbl, i1, best_e, best_i, dcols, m2, D)
-        best_e, best_i = _recheck(r, cbl, i2, best_e, best_i, dcols, m2, D)
-        best_e, best_i = _recheck(r, cbl, i3, best_e, best_i, dcols, m2, D)
-        # Any codeword outside the 4 has computed a_j >= b3, so its exact distance is at least
-        # rn2 + b3 - bound. If that does not clear the winner, the row is not certified.
-        bound = BOUND_REL * (2.0 * tl.sqrt(rn2 * cnmax) + cnmax + rn2 + best_e)
-        uncertified = rmask & (rn2 + b3 - bound <= best_e)
-        if tl.max(uncertified.to(tl.int32), axis=0) > 0:
-            ex_e = tl.full([BLOCK_N], float("inf"), tl.float32)
-            ex_i = tl.zeros([BLOCK_N], dtype=tl.int32)
-            for j in range(K):
-                c = tl.load(cbl + j * D + dcols, mask=dmask, other=0.0).to(tl.float32)
-                diff = r - c[None, :]
-                e = tl.sum(diff * diff, axis=1)
-                better = e < ex_e
-                ex_e = tl.where(better, e, ex_e)
-                ex_i = tl.where(better, j, ex_i)
-            best_i = tl.where(uncertified, ex_i, best_i)
-        c = tl.load(cbl + best_i.to(tl.int64)[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+            if PRECISION == "tf32x3":
+                # Three tf32 products of the hi/lo splits (the codebook's split precomputed by the launcher,
+                # behind the centred codebook at cbc_ptr + L K D); lo * lo is dropped.
+                c_hi = tl.load(cptrs, mask=cm, other=0.0)
+                c_lo = tl.load(cptrs + L * K * D, mask=cm, other=0.0)
+                dot = tl.dot(rc_hi, tl.trans(c_hi), input_precision="tf32")
+                dot = tl.dot(rc_hi, tl.trans(c_lo), dot, input_precision="tf32")
+                dot = tl.dot(rc_lo, tl.trans(c_hi), dot, input_precision="tf32")
+            else:
+                c = tl.load(cptrs, mask=cm, other=0.0)
+                dot = tl.dot(rc, tl.trans(c), input_precision=PRECISION)
+            a = cn[None, :] - 2.0 * dot
+            bits = a.to(tl.int32, bitcast=True)
+            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+            key = (key & ~((1 << IDX_BITS) - 1)) | kk[None, :]
+            t1 = tl.min(key, axis=1)
+            t2 = tl.min(tl.where(key == t1[:, None], 0x7FFFFFFF, key), axis=1)
+            k2 = tl.minimum(tl.maximum(k1, t1), tl.minimum(k2, t2))
+            # Strict: a later tile wins only with a smaller key. Equal buckets across tiles are within the
+            # bound of each other, so such a row is not certified and the exact pass breaks the tie.
+            i1 = tl.where(t1 < k1, k0 + (t1 & ((1 << IDX_BITS) - 1)), i1)
+            k1 = tl.minimum(k1, t1)
+        m1 = _key_value(k1, IDX_BITS)
+        m2v = _key_value(k2, IDX_BITS)
+        # Every computed a_j is within `bound` of its exact value, so when the runner-up trails by more than
+        # 2 bound, i1 is the exact argmin of ||r - c_j||^2. Otherwise the row goes to the exact per-row pass,
+        # which redoes it from this level (the later levels here are then ignored).
+        bound = BOUND_REL * (2.0 * tl.sqrt(rn2 * cnmax) + cnmax + rn2)
+        uncertified = rmask & (m2v - m1 <= 2.0 * bound) & (failed == 0)
+        slot = tl.atomic_add(count_ptr + tl.zeros([BLOCK_N], dtype=tl.int32), 1, mask=uncertified, sem="relaxed")
+        tl.store(queue_ptr + slot, rows * L + lvl, mask=uncertified)
+        failed = failed | uncertified.to(tl.int32)
+        c = tl.load(cb_ptr + lvl * K * D + i1.to(tl.int64)[:, None] * D + dcols[None, :], mask=m2,
+                    other=0.0).to(tl.float32)
         r = r - c
-        tl.store(codes_ptr + rows * L + lvl, best_i.to(tl.int64), mask=rmask)
+        tl.store(codes_ptr + rows * L + lvl, i1.to(tl.int64), mask=rmask)
         tl.store(rsq_ptr + rows * L + lvl, tl.sum(r * r, axis=1), mask=rmask)
     x = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
     tl.store(q_ptr + rows[:, None] * D + dcols[None, :], (x - r).to(q_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _rq_exact_kernel(
+    x_ptr, cb_ptr, codes_ptr, q_ptr, rsq_ptr, queue_ptr, count_ptr,
+    D: tl.constexpr, K: tl.constexpr, L: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # The rows the search could not certify, BLOCK_Q at a time from the queue (persistent grid: the queue's
+    # length stays on the device). Each entry is row * L + level: the levels before `level` replay the stored
+    # codes (bit-identical residuals), the rest are an exhaustive scan of ||r - c_j||^2 summed as squared
+    # differences in float32 (ties: lowest j), as the search's certified codes are.
+    count = tl.load(count_ptr)
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < D
+    for start in range(tl.program_id(0) * BLOCK_Q, count, tl.num_programs(0) * BLOCK_Q):
+        q = start + tl.arange(0, BLOCK_Q)
+        qmask = q < count
+        entry = tl.load(queue_ptr + q, mask=qmask, other=0)
+        rows = entry // L
+        first = entry - rows * L
+        m2 = qmask[:, None] & dmask[None, :]
+        r = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+        for lvl in range(L):
+            code = tl.load(codes_ptr + rows * L + lvl, mask=qmask, other=0).to(tl.int32)
+            redo = qmask & (lvl >= first)
+            if tl.max(redo.to(tl.int32), axis=0) > 0:
+                best = tl.full([BLOCK_Q], float("inf"), tl.float32)
+                for j in range(K):
+                    c = tl.load(cb_ptr + (lvl * K + j) * D + dcols, mask=dmask, other=0.0).to(tl.float32)
+                    diff = r - c[None, :]
+                    e = tl.sum(diff * diff, axis=1)
+                    better = redo & (e < best)
+                    best = tl.where(better, e, best)
+                    code = tl.where(better, j, code)
+            c = tl.load(cb_ptr + lvl * K * D + code.to(tl.int64)[:, None] * D + dcols[None, :], mask=m2,
+                        other=0.0).to(tl.float32)
+            r = r - c
+            tl.store(codes_ptr + rows * L + lvl, code.to(tl.int64), mask=redo)
+            tl.store(rsq_ptr + rows * L + lvl, tl.sum(r * r, axis=1), mask=redo)
+        x = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.store(q_ptr + rows[:, None] * D + dcols[None, :], (x - r).to(q_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -226,22 +300,25 @@ def _check(x: Tensor, codebooks: Tensor) -> None:
 
 
 def residual_quantize_fwd(x: Tensor, codebooks: Tensor, *, precision: Optional[str] = None,
-                          block_n: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                          block_n: Optional[int] = None, bound_scale: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused residual quantization over all levels.
 
     Args:
         x: [N, D] float32, float16 or bfloat16.
         codebooks: [L, K, D], dtype of x.
         precision: ``tl.dot`` mode of the candidate search: ``tf32x3`` (default, or ``MOTOREC_RQ_PRECISION``),
-            ``tf32`` or ``ieee``; codes are exact in every mode (the mode only moves work between the search and
-            the fallback scan). Ignored under ``TRITON_INTERPRET=1`` (float32).
+            ``tf32`` or ``ieee``; codes are exact in every mode (the mode only moves rows between the search
+            and the exact per-row pass). Ignored under ``TRITON_INTERPRET=1`` (float32).
         block_n: rows per program (a power of two >= 16), default from D.
+        bound_scale: multiplies the certificate's rounding bound (tests: a huge value sends every row through
+            the exact per-row pass).
 
     Returns:
         ``(codes [N, L] int64, quantized [N, D] x.dtype, residual_sq [N, L] float32)``.
     """
     _check(x, codebooks)
-    precision = "ieee" if _INTERPRET else (precision or os.environ.get("MOTOREC_RQ_PRECISION", "tf32x3"))
+    if precision is None:
+        precision = "ieee" if _INTERPRET else os.environ.get("MOTOREC_RQ_PRECISION", _DEFAULT_PRECISION)
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     x, codebooks = x.contiguous(), codebooks.contiguous()
@@ -253,17 +330,35 @@ def residual_quantize_fwd(x: Tensor, codebooks: Tensor, *, precision: Optional[s
     if n == 0:
         return codes, quantized, residual_sq
     cb32 = codebooks.float()
-    cn = (cb32 * cb32).sum(-1).contiguous()  # [L, K]
+    mu = cb32.mean(1)  # [L, D]
+    cbc = (cb32 - mu[:, None, :]).contiguous()
+    cn = (cbc * cbc).sum(-1)  # [L, K]
+    if precision == "tf32x3":  # [2, L, K, D]: the tf32 part (mantissa truncated to 10 bits) and the rest
+        hi = (cbc.view(torch.int32) & -8192).view(torch.float32)
+        cbc = torch.stack([hi, cbc - hi]).contiguous()
     cnmax = cn.amax(-1).contiguous()  # [L]
+    # A duplicated codeword never competes with its lowest-index copy (ties go to the lowest index), so it
+    # cannot leave the runner-up gap at 0 and send rows to the exact pass.
+    dup = torch.stack([_lowest_duplicate(cb32[lvl]) for lvl in range(num_levels)])
+    cn = torch.where(dup == torch.arange(k, device=x.device), cn, float("inf")).contiguous()
+    mu = mu.contiguous()
     bn, bk, bd = _block_sizes(d, k)
     if block_n is not None:
         bn = block_n
-    bound_rel = _EPS_DOT[precision] + (_ACC_TERMS[precision] * d + 16) * 2.0 ** -23
-    grid = (triton.cdiv(n, bn),)
-    _rq_fwd_kernel[grid](
-        x, codebooks, cn, cnmax, codes, quantized, residual_sq, n,
+    idx_bits = _idx_bits(bk)
+    # Keys drop idx_bits mantissa bits of a_j: a relative 2^(idx_bits - 23) on top of the dot's bound.
+    bound_rel = bound_scale * (_bound_rel(precision, d) + 2.0 ** (idx_bits - 22))
+    queue = torch.empty(n, dtype=torch.int64, device=x.device)
+    count = torch.zeros(1, dtype=torch.int32, device=x.device)
+    _rq_fwd_kernel[(triton.cdiv(n, bn),)](
+        x, codebooks, cbc, mu, cn, cnmax, codes, quantized, residual_sq, queue, count, n,
         D=d, K=k, L=num_levels, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd,
-        PRECISION=precision, BOUND_REL=bound_rel, num_warps=4,
+        PRECISION=precision, BOUND_REL=bound_rel, IDX_BITS=idx_bits, num_warps=_FWD_WARPS, num_stages=_FWD_STAGES,
+    )
+    bq = _BLOCK_Q
+    _rq_exact_kernel[(min(triton.cdiv(n, bq), _exact_programs(x.device)),)](
+        x, codebooks, codes, quantized, residual_sq, queue, count,
+        D=d, K=k, L=num_levels, BLOCK_Q=bq, BLOCK_D=bd, num_warps=4,
     )
     return codes, quantized, residual_sq
 
@@ -301,7 +396,8 @@ def residual_quantize_bwd(grad_quantized: Tensor, grad_residual_sq: Tensor, x: T
     lk = num_levels * k
     keys = (codes + torch.arange(num_levels, device=x.device) * k).t().reshape(-1)
     order = torch.sort(keys, stable=True).indices
-    counts = torch.bincount(keys, minlength=lk)
+    # Fixed-size index_add_, not bincount (whose output size is read back to the host).
+    counts = torch.zeros(lk, dtype=torch.int64, device=x.device).index_add_(0, keys, torch.ones_like(keys))
     seg_start = torch.cumsum(counts, 0) - counts
     items = (counts + block_r - 1) // block_r
     item_end = torch.cumsum(items, 0)
@@ -326,15 +422,20 @@ def compile_specs():
 
     d, k, levels = 64, 256, 3
     bn, bk, bd = _block_sizes(d, k)
-    prec = "tf32x3"
-    bound_rel = _EPS_DOT[prec] + (_ACC_TERMS[prec] * d + 16) * 2.0 ** -23
+    prec = _DEFAULT_PRECISION
     f32 = "*fp32"
     return [
         CompileSpec("fwd f32 D64 K256 L3", _rq_fwd_kernel,
-                    {"x_ptr": f32, "cb_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32,
-                     "rsq_ptr": f32, "N": "i32"},
+                    {"x_ptr": f32, "cb_ptr": f32, "cbc_ptr": f32, "mu_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32,
+                     "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32, "queue_ptr": "*i64", "count_ptr": "*i32",
+                     "N": "i32"},
                     {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "PRECISION": prec,
-                     "BOUND_REL": bound_rel}, num_warps=4, max_regs=128),
+                     "BOUND_REL": _bound_rel(prec, d) + 2.0 ** (_idx_bits(bk) - 22), "IDX_BITS": _idx_bits(bk)},
+                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, max_regs=128, min_tensor_share=0.02),
+        CompileSpec("fwd_exact f32 D64 K256 L3", _rq_exact_kernel,
+                    {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32,
+                     "queue_ptr": "*i64", "count_ptr": "*i32"},
+                    {"D": d, "K": k, "L": levels, "BLOCK_Q": _BLOCK_Q, "BLOCK_D": bd}, num_warps=4),
         CompileSpec("bwd_x f32 D64 K256 L3", _rq_bwd_x_kernel,
                     {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "gr_ptr": f32, "gx_ptr": f32, "N": "i32"},
                     {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=4),

@@ -554,3 +554,32 @@ def test_reference_autograd_form_matches_forward_and_backward():
     wx, wc = ref.residual_quantize_backward(gq, gr, x, cb, out[0])
     torch.testing.assert_close(gx, wx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gc, wc, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not (_ext.TRITON_INTERPRET or _ext.CUDA_AVAILABLE), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_triton_exact_per_row_pass():
+    """Rows the search cannot certify are redone by the exact per-row pass from the level that failed. With the
+    certificate's bound scaled up, every row goes there; codes, quantized and residual_sq must be the same
+    bits as when (almost) every row is certified, and equal the float64 codes away from near-ties."""
+    pytest.importorskip("triton")
+    from motorec.kernels import residual_quantize as kern
+
+    device = "cuda" if _ext.CUDA_AVAILABLE else "cpu"
+    n, k = (2000, 256) if device == "cuda" else (45, 40)
+    d, num_levels = 24, 3
+    g = torch.Generator().manual_seed(5)
+    cb = _codebooks(num_levels, k, d, dtype=torch.float32, device="cpu", generator=g)
+    cb[1, [7, 11]] = cb[1, 3].clone()  # duplicates: the search masks them, the exact pass keeps the lowest
+    x = torch.randn(n, d, generator=g)
+    x[: n // 3] = cb[0, 5] + cb[1, 3] + 0.01 * x[: n // 3]
+    x, cb = x.to(device), cb.to(device)
+    normal = kern.residual_quantize_fwd(x, cb)
+    forced = kern.residual_quantize_fwd(x, cb, bound_scale=1e30)
+    for a, b in zip(normal, forced):
+        assert torch.equal(a, b)
+    # The default GPU mode's code path (hi/lo split of the operands; the interpreter's dot is float32).
+    for a, b in zip(kern.residual_quantize_fwd(x, cb, precision="tf32x3"), forced):
+        assert torch.equal(a, b)
+    _check_codes(forced[0], x, cb)
+    assert not torch.isin(forced[0][:, 1].cpu(), torch.tensor([7, 11])).any()
+    assert (forced[0][: n // 3, 1] == 3).all()

@@ -2,9 +2,9 @@
 # The GPU check, one script for the GPU machine (Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, nvcc,
 # ninja, pytest, no internet). Stages, in order: build motorec._C with CUDA (editable install, in place);
 # the op tests on the GPU (all cases); the benchmark table at the target shapes (--quick); the rest of the
-# tests (not slow); as much of the full benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (7 files at most):
+# tests (not slow); as much of the full benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (8 files at most):
 #   env.txt, build.log, bench.log, tests.log, <device-slug>.csv, <device-slug>_speedup.png,
-#   <device-slug>_throughput.png
+#   <device-slug>_throughput.png, sweep.csv
 #
 # Usage (from anywhere):  bash benchmarks/gpu_check.sh OUTDIR
 #   GPU_CHECK_BUDGET=415   total seconds for all stages (default 415: under 7 minutes)
@@ -113,6 +113,10 @@ stage "op tests" "$OUT/tests.log" "$(cap 150 170)" \
 # 4. benchmarks: the target shapes (--quick) ---------------------------------------------------------
 stage "bench --quick" "$OUT/bench.log" "$(cap 150 80)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot
 
+# 4b. issue 18: merge-path SpMM/propagate (items per part) beside the row kernel and cuSPARSE, each output
+# checked first; the quantizer's fair baselines (torch_tf32, torch_compile[_tf32]) are rows of --quick above.
+ALLOW_TIMEOUT=1 stage "merge-path sweep" "$OUT/bench.log" "$(cap 90 60)" \
+    "$PY" -m benchmarks.cuda_segment_sweep --segments 64,128 --items 64,128,256 --out "$OUT/sweep.csv"
 # 5. the rest of the suite (not slow), spread over the CPU cores when pytest-xdist is there -------------
 TEST_ARGS=(tests -m "not slow" -q -p no:cacheprovider -rfE --ignore tests/ops --ignore tests/test_dispatch.py
            --ignore tests/test_bad_input.py)

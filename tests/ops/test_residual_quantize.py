@@ -583,3 +583,18 @@ def test_triton_exact_per_row_pass():
     _check_codes(forced[0], x, cb)
     assert not torch.isin(forced[0][:, 1].cpu(), torch.tensor([7, 11])).any()
     assert (forced[0][: n // 3, 1] == 3).all()
+
+
+@pytest.mark.skipif(not (_ext.TRITON_INTERPRET or _ext.CUDA_AVAILABLE), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_triton_launchers_have_no_host_sync():
+    """The Triton launchers' torch ops (duplicate map, centring, the backward's codeword counts, now a fixed-size
+    index_add_ instead of bincount) have no data-dependent shape or value: nothing waits for the device."""
+    pytest.importorskip("triton")
+    from motorec.kernels import residual_quantize as kern
+
+    device = "cuda" if _ext.CUDA_AVAILABLE else "cpu"
+    x, cb = torch.randn(40, 12, device=device), torch.randn(2, 9, 12, device=device)
+    assert _host_syncing_ops(kern.residual_quantize_fwd, x, cb) == []
+    codes = kern.residual_quantize_fwd(x, cb)[0]
+    args = (torch.randn(40, 12, device=device), torch.randn(40, 2, device=device), x, cb, codes)
+    assert _host_syncing_ops(kern.residual_quantize_bwd, *args) == []

@@ -93,13 +93,15 @@ class PeakMeter:
 def measure(meter: PeakMeter, name: str, fn: Callable[[], object], note: str = "") -> Dict[str, object]:
     meter.reset()
     start = meter.rss()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = meter.peak()
-    row = {"phase": name, "seconds": round(seconds, 3), "rss_start_mib": round(start, 1),
+    # CPU seconds beside wall seconds: on a shared machine the wall time grows with the load, the CPU time
+    # much less (it is the work done, all threads together).
+    row = {"phase": name, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 1), "rss_start_mib": round(start, 1),
            "peak_mib": round(peak, 1), "peak_rise_mib": round(peak - start, 1), "note": note}
-    print(f"{name:<14} {seconds:>9.2f} s  start {start:>8.0f} MiB  peak {peak:>8.0f} MiB  "
+    print(f"{name:<14} {seconds:>9.2f} s  (cpu {cpu:>8.1f} s)  start {start:>8.0f} MiB  peak {peak:>8.0f} MiB  "
           f"rise {peak - start:>8.0f} MiB  {note}", flush=True)
     row["result"] = out
     return row

@@ -1,10 +1,13 @@
-"""The ``motorec`` command line: ``train``, ``evaluate``, ``tokenize``, ``recommend``, ``bench``.
+"""The ``motorec`` command line: ``train``, ``evaluate``, ``compare``, ``tokenize``, ``recommend``, ``bench``.
 
 ``motorec train`` without ``--model`` trains MoToRec and the three baselines and prints a results table;
 without ``--data`` it uses the bundled MovieLens-100k. An output directory holds ``config.yaml``, ``run.json``
 (where the data came from), ``checkpoints/<model>/last.pt``, ``train.log`` and ``metrics.json`` shaped
-``m[model]["test"|"valid"][group][metric]`` (group: overall, warm, cold; metric: recall@10, ndcg@10,
-recall@20, ndcg@20) with ``m[model]["seconds_per_epoch"]``.
+``m[model]["test"|"valid"][key][metric]`` (key: the settings cold, warm, hybrid, then hybrid_warm and
+hybrid_cold, see :mod:`motorec.eval.metrics`; metric: recall@10, ndcg@10, recall@20, ndcg@20) with
+``m[model]["seconds_per_epoch"]``. ``motorec compare`` trains every model on several cold-item draws and seeds
+(one ``motorec train`` subprocess per run, resumable) and writes ``summary.json`` / ``summary.md``
+(:mod:`motorec.eval.compare`).
 
 A user error (bad data, bad flag or config, missing backend, foreign checkpoint) prints one line
 ``motorec: error: ...`` and exits with code 2; a file of the run that cannot be written (a full disk) prints
@@ -26,13 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-# item groups of the shared ranking, and ColdRec's warm-only / cold-only rankings (motorec.eval)
-from motorec.eval.metrics import GROUPS, SETTINGS
+# ColdRec's settings: cold (warm items masked), warm (cold items masked), hybrid (nothing masked)
+from motorec.eval.metrics import SETTINGS
 
 __all__ = ["main", "UserError"]
 
 EXIT_USAGE = 2
 EXIT_WRITE = 1
+# what `motorec compare` trains without --model: MoToRec, the ID backbone and every cold-start baseline
+COMPARE_MODELS = ("motorec", "lightgcn", "lightgcn_content", "content", "knn", "aldi")
 
 
 @dataclass
@@ -75,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="motorec", description="MoToRec: multimodal tokenization for cold-start recommendation.")
     p.add_argument("--version", action="version", version=f"motorec {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,evaluate,tokenize,recommend,bench}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser,
+                           metavar="{train,evaluate,compare,tokenize,recommend,bench}")
 
     t = sub.add_parser("train", help="train MoToRec and/or baselines; print and save metrics")
     t.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
@@ -102,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="DIR", help="evaluate on this MMRec folder instead of the run's data")
     e.add_argument("--device", help="cpu, cuda or cuda:N")
     e.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser("compare", help="train every model on several cold-item draws and seeds (one subprocess "
+                       "per run, resumable); write summary.json / summary.md and print the table")
+    c.add_argument("--out", metavar="DIR", required=True, help="output directory (runs/draw<d>_seed<s>/, summary)")
+    c.add_argument("--draws", type=int, default=5, help="cold-item draws: split seeds 0..N-1 (default 5)")
+    c.add_argument("--seeds", type=int, default=1, help="training seeds per draw: 0..N-1 (default 1)")
+    c.add_argument("--model", choices=MODEL_NAMES, action="append",
+                   help="model to compare (repeatable; default: " + ", ".join(COMPARE_MODELS) + ")")
+    c.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
+    c.add_argument("--config", metavar="FILE", help="YAML config for every run (e.g. model.cold_calibration "
+                   "for every model)")
+    c.add_argument("--epochs", type=int, help="joint training epochs (overrides the config)")
+    c.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    c.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
+    c.add_argument("--device", help="cpu, cuda or cuda:N")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     k = sub.add_parser("tokenize", help="write each item's semantic IDs (codes) from a trained MoToRec")
     k.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train' with a motorec model")
@@ -170,19 +193,16 @@ def _load_config(path: Optional[str]):
 
 
 def results_table(metrics: Dict[str, Any], split: str = "test") -> str:
-    """Plain-text table per model: overall/warm/cold Recall@20 and NDCG@20 of the shared ranking, Recall@20 of
-    the warm-only and cold-only rankings (where present), and seconds per epoch."""
-    head = (f"{'model':<18}" + "".join(f"{g + ' R@20':>13}{g + ' N@20':>13}" for g in GROUPS)
-            + "".join(f"{g.replace('_', '-') + ' R@20':>16}" for g in SETTINGS) + f"{'s/epoch':>10}")
-    lines = [f"{split} results", head, "-" * len(head)]
+    """Plain-text table per model: Recall@20 and NDCG@20 in the cold, warm and hybrid settings, and seconds per
+    epoch (``-`` where a run has none)."""
+    head = f"{'model':<18}" + "".join(f"{g + ' R@20':>13}{g + ' N@20':>13}" for g in SETTINGS) + f"{'s/epoch':>10}"
+    lines = [f"{split} results (cold: warm items masked; warm: cold items masked; hybrid: nothing masked)", head,
+             "-" * len(head)]
     for name, m in metrics.items():
         row = f"{name:<18}"
-        for g in GROUPS:
+        for g in SETTINGS:
             gm = m.get(split, {}).get(g, {})
             row += f"{gm.get('recall@20', float('nan')):>13.4f}{gm.get('ndcg@20', float('nan')):>13.4f}"
-        for g in SETTINGS:
-            gm = m.get(split, {}).get(g)
-            row += f"{gm['recall@20']:>16.4f}" if gm else f"{'-':>16}"
         spe = m.get("seconds_per_epoch")
         row += f"{spe:>10.2f}" if isinstance(spe, (int, float)) and spe == spe else f"{'-':>10}"  # evaluate: none
         lines.append(row)
@@ -251,7 +271,7 @@ def cmd_train(args) -> Outcome:
                          "early_stopped": res["early_stopped"]}
         _dist.on_main(dctx, lambda: run.write_metrics(metrics))
         log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
-                                                for g in GROUPS if g in res["test"]))
+                                                for g in SETTINGS))
     if main:
         print(results_table({k: metrics[k] for k in models}))
         if capped:
@@ -290,8 +310,36 @@ def cmd_evaluate(args) -> Outcome:
         model, cfg = run.load_trained(name, ds, device)
         out[name] = {s: {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in
                          evaluate(model.score, ds.to(dev), split=s, batch_size=cfg.train.eval_batch_size,
-                                  device=dev, settings=True).items()} for s in ("valid", "test")}
+                                  device=dev).items()} for s in ("valid", "test")}
     print(results_table(out))
+    return Outcome(0)
+
+
+def cmd_compare(args) -> Outcome:
+    from motorec.eval.compare import run_compare
+
+    for flag in ("draws", "seeds", "threads", "jobs"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.epochs is not None and args.epochs < 0:
+        raise UserError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data!r} is not a directory (expected an MMRec folder)")
+    if args.config is not None:
+        _load_config(args.config)  # a bad config is refused here, not once per run
+    models = list(dict.fromkeys(args.model)) if args.model else list(COMPARE_MODELS)
+    out = Path(args.out)
+    try:
+        run_compare(out, models=models, draws=args.draws, seeds=args.seeds,
+                    data=None if args.data is None else str(Path(args.data).resolve()),
+                    config=None if args.config is None else str(Path(args.config).resolve()), epochs=args.epochs,
+                    threads=args.threads, jobs=args.jobs, backend=args.backend, device=args.device,
+                    progress=not args.quiet)
+    except RuntimeError as e:  # some runs failed: the finished ones stay, a re-run resumes the others
+        print(f"motorec: error: {e}", file=sys.stderr)
+        return Outcome(EXIT_WRITE)
+    print((out / "summary.md").read_text(), end="")
+    print(f"\nwrote {out / 'summary.json'} and {out / 'summary.md'}")
     return Outcome(0)
 
 
@@ -456,8 +504,8 @@ def execute(argv: Optional[List[str]] = None) -> Outcome:
         if args.command is None:
             parser.print_help()
             return Outcome(EXIT_USAGE)
-        cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "tokenize": cmd_tokenize, "recommend": cmd_recommend,
-               "bench": cmd_bench}
+        cmd = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "tokenize": cmd_tokenize,
+               "recommend": cmd_recommend, "bench": cmd_bench}
         return cmd[args.command](args)
     except (*errors, WriteError) as e:
         if os.environ.get("MOTOREC_DEBUG"):

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES", "DEFAULT_MODELS"]
+__all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES", "DEFAULT_MODELS",
+           "SELECT_RULES"]
 
 MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content", "knn", "aldi")
 # what `motorec train` trains without --model (the cold-start baselines knn/aldi are asked for by name)
@@ -27,6 +28,11 @@ DEFAULT_MODELS = ("motorec", "lightgcn", "content", "lightgcn_content")
 # train settings that change how long or where a run goes, not what its checkpoint means: resuming with
 # other values is allowed (Config.fingerprint / Config.differences leave them out)
 RUN_ONLY_TRAIN_KEYS = ("epochs", "patience", "device", "backend", "eval_batch_size")
+# train.select: the checkpoint-selection rules (TrainConfig.select; the first is the default)
+SELECT_RULES = ("warm_cold_mean", "warm", "cold", "hybrid")
+# keys that older versions wrote and that were replaced: {section: {key: what replaced it}}
+REPLACED_KEYS = {"train": {"select_group": "train.select (default 'warm_cold_mean': the mean of validation warm "
+                                           "and cold Recall@20, the same rule for every model)"}}
 
 
 class ConfigError(ValueError):
@@ -82,6 +88,11 @@ class ModelConfig:
     tau: float = 0.2
     lambda_rq: float = 1.0
     lambda_reg: float = 1e-4
+    # joint training: the tokenizer's losses (reconstruction, codebook, commitment, sparsity) and its fresh
+    # encoder/quantizer pass run on a uniform sample of this many items per step (an unbiased estimate of the
+    # catalog mean); every other item keeps its tokens from the last refresh (each epoch start, plus the
+    # sampled rows after each step). 0: the whole catalog every step (slow on large catalogs). docs/MODEL.md
+    tokenizer_sample: int = 256
     # drop an item's ID embedding with this probability in training, so the content path alone must rank
     # (how a cold item is scored at test time); 0 disables it.
     id_dropout: float = 0.0
@@ -90,8 +101,11 @@ class ModelConfig:
     # weight of an extra BPR term that scores the batch's positive and negative by their content-only (cold)
     # embeddings, so the content path is trained to rank on its own without taking terms from warm ranking
     lambda_cold: float = 0.2
-    # at scoring, move cold-item scores toward the mean/spread of warm-item scores (0: off, 1: full)
-    cold_calibration: float = 1.0
+    # at scoring, move cold-item scores toward the mean/spread of warm-item scores (0: off, 1: full), for every
+    # model that scores cold items from features (motorec, lightgcn_content, content, knn, aldi: ColdScorer).
+    # null: the model's own default, 1.0 for motorec (tuned with it, docs/MODEL.md) and 0.0 (off) for the
+    # baselines (as published); a number applies to every model, e.g. in one `motorec compare --config`
+    cold_calibration: Optional[float] = None
     # where the means/spreads come from: "global" (all users x items: one affine map for every cold score) or
     # "user" (each user's own scores)
     cold_calibration_scope: str = "global"
@@ -122,7 +136,7 @@ class ModelConfig:
         for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden",
                   "knn_cold_k"):
             _positive_int(self, k)
-        for k in ("num_layers", "rarity_warmup_epochs"):
+        for k in ("num_layers", "rarity_warmup_epochs", "tokenizer_sample"):
             _nonneg_int(self, k)
         for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold",
                   "cold_score_shift", "aldi_alpha", "aldi_beta", "aldi_gamma", "aldi_supervised"):
@@ -133,8 +147,11 @@ class ModelConfig:
         for k in ("id_dropout", "cold_dropout"):
             if not 0.0 <= _float(self, k) < 1.0:
                 raise ConfigError(f"model.{k} must lie in [0, 1), got {getattr(self, k)}")
-        if not 0.0 <= _float(self, "cold_calibration") <= 1.0:
-            raise ConfigError(f"model.cold_calibration must lie in [0, 1], got {self.cold_calibration}")
+        if self.cold_calibration is not None:
+            if not 0.0 <= _float(self, "cold_calibration") <= 1.0:
+                raise ConfigError(f"model.cold_calibration must lie in [0, 1] or be null (the model's default), "
+                                  f"got {self.cold_calibration}")
+            self.cold_calibration = float(self.cold_calibration)
         if not 0 < _float(self, "rarity_min") <= 1.0 <= _float(self, "rarity_max"):
             raise ConfigError(f"model.rarity_min/rarity_max must satisfy 0 < min <= 1 <= max, got "
                               f"{self.rarity_min}/{self.rarity_max}")
@@ -169,12 +186,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 20
-    # which item group's validation Recall@20 selects the epoch (early stopping and the restored weights):
-    # "warm" (items seen in training), "overall" or "cold"; a group without validation users falls back to
-    # "overall". Warm by default: the cold group's validation recall rests on a few hundred held-out items and
-    # spikes from epoch to epoch, and selecting on it (or on overall, which it dominates) locked onto spikes
-    # (docs/MODEL.md)
-    select_group: str = "warm"
+    # the checkpoint-selection rule (early stopping and the restored weights), fixed in advance and the same for
+    # every model: "warm_cold_mean" = the mean of validation Recall@20 in the warm setting (cold items masked)
+    # and the cold setting (warm items masked), so a content model is selected for its cold path as well as its
+    # warm one; "warm", "cold" or "hybrid" = that setting's validation Recall@20 alone. A setting without
+    # validation users (cold on a warm split) is left out of the mean.
+    select: str = "warm_cold_mean"
     eval_every: int = 1
     eval_batch_size: int = 1024
     seed: int = 0
@@ -189,8 +206,8 @@ class TrainConfig:
         if _float(self, "lr") <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _nonneg_float(self, "weight_decay")
-        if self.select_group not in ("overall", "warm", "cold"):
-            raise ConfigError(f"train.select_group must be 'overall', 'warm' or 'cold', got {self.select_group!r}")
+        if self.select not in SELECT_RULES:
+            raise ConfigError(f"train.select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
         if self.backend not in ("auto", "torch", "cpu", "cuda", "triton"):
             raise ConfigError(f"train.backend must be one of auto, torch, cpu, cuda, triton; got {self.backend!r}")
         if not isinstance(self.device, str) or not self.device:
@@ -231,11 +248,20 @@ class Config:
         return d
 
     @classmethod
-    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "Config":
-        """Build and validate a config from nested dicts; missing keys keep their defaults."""
+    def from_dict(cls, d: Optional[Dict[str, Any]], *, saved: bool = False) -> "Config":
+        """Build and validate a config from nested dicts; missing keys keep their defaults. A key that was
+        replaced (:data:`REPLACED_KEYS`, e.g. ``train.select_group``) is refused naming its replacement, unless
+        ``saved``: the stored config of a trained checkpoint, loaded to evaluate it, where it is dropped."""
         d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a mapping with sections model/train/data, got {type(d).__name__}")
+        for sec, replaced in REPLACED_KEYS.items():
+            values = d.get(sec)
+            old = sorted(set(values) & set(replaced)) if isinstance(values, dict) else []
+            if old and not saved:
+                raise ConfigError(f"{sec}.{old[0]} is no longer a setting: it was replaced by {replaced[old[0]]}")
+            if old:
+                d = {**d, sec: {k: v for k, v in values.items() if k not in replaced}}
         unknown = set(d) - {"model", "train", "data"}
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected model, train, data")

@@ -40,13 +40,13 @@ _LEGACY = {"cold": "cold_only", "warm": "warm_only", "hybrid": "overall"}
 
 def setting_metrics(split_metrics: Dict[str, Any], setting: str) -> Dict[str, float]:
     """One setting's metrics from a model's ``metrics.json`` entry for a split (``m[model]["test"]``): its
-    ``"settings"`` block, or for run directories written before the three settings were the primary report,
-    the keys that measured the same thing (``cold_only``, ``warm_only``, and the shared ranking ``overall``)."""
+    ``cold`` / ``warm`` / ``hybrid`` key where the entry has a ``hybrid`` key (:func:`motorec.eval.evaluate`'s
+    result), or for run directories written before the three settings were the primary report, the keys that
+    measured the same thing (``cold_only``, ``warm_only``, and the shared ranking ``overall``; their ``warm`` and
+    ``cold`` were the shared ranking's groups, not the settings)."""
     if setting not in SETTING_NAMES:
         raise ValueError(f"setting must be one of {SETTING_NAMES}, got {setting!r}")
-    if "settings" in split_metrics:
-        return split_metrics["settings"][setting]
-    key = _LEGACY[setting]
+    key = setting if "hybrid" in split_metrics else _LEGACY[setting]
     if key not in split_metrics:
         raise KeyError(f"no {setting!r} setting ({key!r}) in these metrics; keys: {sorted(split_metrics)}")
     return split_metrics[key]
@@ -154,7 +154,7 @@ def _scale_rows(data: Optional[str], split: str, draw: int, seed: int) -> Dict[s
 
     out = {}
     for name, fn in (("random", random_scores), ("popularity_oracle", oracle_scores)):
-        out[name] = evaluate(fn, ds, split="test", settings=True, device="cpu")
+        out[name] = evaluate(fn, ds, split="test", device="cpu")
     return out
 
 

@@ -9,13 +9,12 @@ Definitions (the MMRec / LightGCN conventions, binary relevance):
     - ``NDCG@K(u) = DCG / IDCG`` with ``DCG = Σ_{p=1..K} [L_u[p] ∈ R_u] / log2(p + 1)`` and
       ``IDCG = Σ_{p=1..min(K, |R_u|)} 1 / log2(p + 1)``.
 * A group's score is the mean over the users with ``|R_u| >= 1`` in that group.
-* Groups: ``"overall"`` (all held-out pairs), ``"warm"`` (pairs whose item has a training interaction) and
-  ``"cold"`` (item without training interactions). All groups share the same full ranking: a warm item
-  ranked above a cold one costs the cold group a slot, as it would a user.
-* Candidate-set settings (``settings=True``; ColdRec's "warm setting" and "cold setting"): ``"warm_only"``
-  scores the warm pairs on a ranking of warm items alone (every cold item masked) and ``"cold_only"`` the
-  cold pairs on a ranking of cold items alone. They measure each part of a model on its own, as the
-  MICRO / ColdRec line of work reports them; the shared ranking above measures the mix a user would see.
+* Settings (ColdRec's protocol, also CLCRec's, GAR's and ALDI's; the primary report): ``"cold"`` scores the
+  cold pairs (items without training interactions) on a ranking of the cold items alone (every warm item
+  masked), ``"warm"`` the warm pairs on a ranking of the warm items alone (every cold item masked) and
+  ``"hybrid"`` all pairs on the ranking of every item (nothing masked: what a user sees). Secondary:
+  ``"hybrid_warm"`` and ``"hybrid_cold"``, the hybrid ranking scored on its warm pairs and on its cold pairs
+  (a warm item ranked above a cold one costs the cold pairs a slot, as it would a user).
 * A held-out pair that is also masked (the same pair in train) can never be ranked, so it is not counted.
 """
 from __future__ import annotations
@@ -27,11 +26,13 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "eval_batch_size", "GROUPS", "SETTINGS",
-           "EVAL_MEMORY_MB"]
+__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "eval_batch_size", "SETTINGS", "HYBRID_GROUPS",
+           "RESULT_KEYS", "EVAL_MEMORY_MB"]
 
-GROUPS = ("overall", "warm", "cold")
-SETTINGS = ("warm_only", "cold_only")
+# the three settings (primary report), then the hybrid ranking's warm and cold pairs (secondary)
+SETTINGS = ("cold", "warm", "hybrid")
+HYBRID_GROUPS = ("hybrid_warm", "hybrid_cold")
+RESULT_KEYS = SETTINGS + HYBRID_GROUPS
 
 # Default budget of evaluate's per-batch score blocks, in MiB (env MOTOREC_EVAL_MEMORY_MB): with 1M items a
 # user's float32 score row is 4 MB, so 1024 users per batch would need 4 GB; the budget caps the batch.
@@ -39,13 +40,14 @@ EVAL_MEMORY_MB = float(os.environ.get("MOTOREC_EVAL_MEMORY_MB", "1024"))
 
 
 def eval_batch_size(batch_size: int, num_items: int, *, memory_mb: Optional[float] = None,
-                    settings: bool = False, score_bytes: int = 4) -> int:
+                    settings: bool = True, score_bytes: int = 4) -> int:
     """Users per :func:`evaluate` batch: ``batch_size`` capped so that the batch's ``[B, num_items]`` score
     blocks fit in ``memory_mb`` MiB (default :data:`EVAL_MEMORY_MB`), at least 1.
 
     Counted per user: the score row ``score_fn`` returns (``score_bytes`` per item, float32 by default) and,
     with ``settings``, the copy of its cold columns (at most another row). What ``score_fn`` allocates
-    internally beyond its output is not known here.
+    internally beyond its output is not known here. :func:`evaluate` always counts the copy (it ranks the cold
+    items alone for the ``"cold"`` setting).
     """
     budget = EVAL_MEMORY_MB if memory_mb is None else memory_mb
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 or math.isinf(budget):
@@ -161,9 +163,10 @@ def mask_pairs_(scores: Tensor, users: Tensor, rowptr: Tensor, items: Tensor) ->
 
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
-             batch_size: int = 1024, device=None, item_groups: bool = True, settings: bool = False,
-             progress: bool = False, memory_mb: Optional[float] = None) -> dict:
-    """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs.
+             batch_size: int = 1024, device=None, progress: bool = False, memory_mb: Optional[float] = None) -> dict:
+    """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs in the three
+    settings ``cold``, ``warm``, ``hybrid`` (and the hybrid ranking's ``hybrid_warm`` / ``hybrid_cold`` pairs;
+    see the module docstring), all from one ``score_fn`` call per user batch.
 
     Args:
         score_fn: ``score_fn(user_ids) -> scores``, higher is better, one score per item. It must return a
@@ -171,22 +174,19 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             ``[B, num_items]`` buffer (a view is copied first).
         dataset: a :class:`motorec.data.Dataset`.
         split: ``"test"`` masks each user's train and valid items; ``"valid"`` masks train items only.
-        ks: cut-offs K. batch_size: users per call of ``score_fn`` at most; fewer when the ``[batch_size,
-            num_items]`` float32 score block would exceed ``memory_mb`` (:func:`eval_batch_size`).
+        ks: cut-offs K. batch_size: users per call of ``score_fn`` at most; fewer when the batch's score
+            blocks (``[B, num_items]`` and the ``[B, num_cold]`` copy) would exceed ``memory_mb``
+            (:func:`eval_batch_size`).
         device: where masking and top-k run and where ``user_ids`` are created (default: the dataset's).
-        item_groups: also report the ``"warm"`` and ``"cold"`` groups (see the module docstring).
-        settings: also report ``"warm_only"`` and ``"cold_only"`` (rankings over warm items alone and over cold
-            items alone; needs ``item_groups``). Costs one more top-K pass and a ``[B, num_cold]`` copy per batch.
         progress: show a tqdm bar over user batches.
         memory_mb: budget in MiB of a batch's score blocks (default :data:`EVAL_MEMORY_MB` = 1024, env
-            ``MOTOREC_EVAL_MEMORY_MB``): 1M items give batches of 268 users.
+            ``MOTOREC_EVAL_MEMORY_MB``): 1M items (all cold in the worst case) give batches of 134 users.
 
-    Returns ``{group: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}``
-    for group in ``("overall", "warm", "cold")`` (only ``"overall"`` without ``item_groups``), then
-    ``("warm_only", "cold_only")`` with ``settings``. A group with no
-    held-out pair reports 0.0 for every metric with ``num_users == 0``. Raises ``ValueError`` when
-    ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores (NaN at a masked position is
-    ignored; torch ranks NaN above every number, so any other NaN reaches the top K).
+    Returns ``{key: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}`` for
+    key in :data:`RESULT_KEYS` = ``("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")``. A key with no
+    held-out pair (``cold`` on a warm split) reports 0.0 for every metric with ``num_users == 0``. Raises
+    ``ValueError`` when ``score_fn`` returns a wrong shape, a non-float tensor or NaN scores (NaN at a masked
+    position is ignored; torch ranks NaN above every number, so any other NaN reaches a top K).
 
     Shapes:
         score_fn: user_ids [B] int64 -> scores [B, num_items] float
@@ -198,12 +198,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = torch.device(device) if device is not None else dataset.device
     n_items, n_users = dataset.num_items, dataset.num_users
-    if settings and not item_groups:
-        raise ValueError("settings=True needs item_groups=True (the settings are per item group)")
-    batch_size = eval_batch_size(batch_size, n_items, memory_mb=memory_mb, settings=settings)
-    groups = list(GROUPS) if item_groups else ["overall"]
-    if settings:
-        groups += list(SETTINGS)
+    batch_size = eval_batch_size(batch_size, n_items, memory_mb=memory_mb, settings=True)
     kmax = ks[-1]
 
     masked = [dataset.train] + ([dataset.valid] if split == "test" else [])
@@ -219,23 +214,25 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     t_rowptr[1:] = torch.cumsum(t_counts, 0)
     warm_item = dataset.warm_items().to(device)
     t_warm = warm_item[t_item]
-    t_in_group = {"overall": torch.ones_like(t_warm), "warm": t_warm, "cold": ~t_warm,
-                  "warm_only": t_warm, "cold_only": ~t_warm}
+    # per result key: which held-out pairs it scores, and on which ranking
+    t_in = {"cold": ~t_warm, "warm": t_warm, "hybrid": torch.ones_like(t_warm), "hybrid_warm": t_warm,
+            "hybrid_cold": ~t_warm}
+    ranking_of = {"cold": "cold", "warm": "warm", "hybrid": "hybrid", "hybrid_warm": "hybrid",
+                  "hybrid_cold": "hybrid"}
     cold_idx = torch.nonzero(~warm_item).flatten()
 
     sums = {g: {name: torch.zeros((), dtype=torch.float64, device=device) for k in ks
-                for name in (f"recall@{k}", f"ndcg@{k}")} for g in groups}
-    n_users_in = {g: torch.zeros((), dtype=torch.int64, device=device) for g in groups}
+                for name in (f"recall@{k}", f"ndcg@{k}")} for g in RESULT_KEYS}
+    n_users_in = {g: torch.zeros((), dtype=torch.int64, device=device) for g in RESULT_KEYS}
     saw_nan = torch.zeros((), dtype=torch.bool, device=device)
 
     n_eval = eval_users.numel()
-    starts = range(0, n_eval, batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_eval, desc=f"evaluate {split}", unit="user", leave=False)
-    for s in starts:
+    for s in range(0, n_eval, batch_size):
         e = min(s + batch_size, n_eval)
         users = eval_users[s:e]
         b = users.numel()
@@ -254,18 +251,17 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.
         saw_nan |= torch.isnan(top_scores).any()
 
-        rankings = {"shared": top}
-        if settings:
-            if cold_idx.numel():
-                cold_scores = scores[:, cold_idx]  # [b, num_cold]
-                _, ct = torch.topk(cold_scores, min(kmax, cold_idx.numel()), dim=1, sorted=True)
-                rankings["cold_only"] = cold_idx[ct]
-                del cold_scores
-                scores[:, cold_idx] = float("-inf")
-                _, rankings["warm_only"] = torch.topk(scores, k_eff, dim=1, sorted=True)
-            else:
-                rankings["warm_only"] = top
-                rankings["cold_only"] = top[:, :0]
+        rankings = {"hybrid": top}
+        if cold_idx.numel():
+            cold_scores = scores[:, cold_idx]  # [b, num_cold]
+            _, ct = torch.topk(cold_scores, min(kmax, cold_idx.numel()), dim=1, sorted=True)
+            rankings["cold"] = cold_idx[ct]
+            del cold_scores
+            scores[:, cold_idx] = float("-inf")
+            _, rankings["warm"] = torch.topk(scores, k_eff, dim=1, sorted=True)
+        else:
+            rankings["warm"] = top
+            rankings["cold"] = top[:, :0]
         del scores
 
         t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
@@ -276,9 +272,9 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             match = ranked[t_local] == items[:, None]
             found_rank[name] = (match.any(1), match.to(torch.uint8).argmax(1) if match.shape[1] else
                                 torch.zeros_like(items))
-        for g in groups:
-            found, rank = found_rank[g if g in SETTINGS else "shared"]
-            in_g = t_in_group[g][lo:hi]
+        for g in RESULT_KEYS:
+            found, rank = found_rank[ranking_of[g]]
+            in_g = t_in[g][lo:hi]
             hits = torch.zeros(b, kmax, dtype=torch.bool, device=device)
             sel = in_g & found
             hits[t_local[sel], rank[sel]] = True
@@ -295,11 +291,11 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         raise ValueError("score_fn returned NaN scores")
 
     out = {}
-    for g in groups:
+    for g in RESULT_KEYS:
         nu = int(n_users_in[g])
         res = {name: (float(v) / nu if nu else 0.0) for name, v in sums[g].items()}
         res = {name: (0.0 if math.isnan(v) else v) for name, v in res.items()}
         res["num_users"] = nu
-        res["num_interactions"] = int(t_in_group[g].sum())
+        res["num_interactions"] = int(t_in[g].sum())
         out[g] = res
     return out

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from motorec.config import ModelConfig
 from motorec.graph import Graph
+from motorec.models.cold import ColdScorer
 
 __all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees", "as_float"]
 
@@ -79,6 +80,12 @@ class Recommender(nn.Module):
 
     Args:
         num_users, num_items: catalog sizes.
+    Every model that scores cold items from features (``uses_features``) has ``self.cold``, a
+    :class:`~motorec.models.cold.ColdScorer` that :meth:`score` applies: the same ``model.cold_calibration`` /
+    ``cold_calibration_scope`` / ``cold_score_shift`` keys for every model; with ``cold_calibration: null`` each
+    class's ``default_cold_calibration`` (0: off for the baselines). A subclass that overrides :meth:`score`
+    applies ``self.cold`` itself (the base then returns raw scores to it, so nothing is calibrated twice).
+
         train: [E, 2] LongTensor of training (user, item) pairs (on the model's device).
         features: {modality: [num_items, d_m] float} item features (ignored by ID-only models).
         config: the :class:`~motorec.config.ModelConfig`.
@@ -89,6 +96,8 @@ class Recommender(nn.Module):
     has_tokenizer = False
 
     def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
+    # cold-score calibration strength while model.cold_calibration is null (ColdScorer)
+    default_cold_calibration = 0.0
                  config: ModelConfig, backend: str = "auto") -> None:
         super().__init__()
         if train.dim() != 2 or train.shape[1] != 2:
@@ -108,6 +117,9 @@ class Recommender(nn.Module):
                                              device=train.device)
         self.epoch = 0.0
         self._cache: Optional[Tuple[Tensor, Tensor]] = None
+        # no parameters and no persistent state: checkpoints do not change
+        self.cold: Optional[ColdScorer] = (ColdScorer(config, self.warm_mask, type(self).default_cold_calibration)
+                                           if self.uses_features else None)
         # cached eval embeddings belong to the weights they came from
         self.register_load_state_dict_post_hook(_drop_cache)
 
@@ -167,13 +179,17 @@ class Recommender(nn.Module):
         return self._eval_embeddings()[1]
 
     def score(self, users: Tensor) -> Tensor:
-        """Scores of every item for some users.
+        """Scores of every item for some users, cold items' scores calibrated by ``self.cold`` (where the model
+        has one and its strength or shift is non-zero).
 
         Shapes:
             users: [B] int -> [B, num_items] float.
         """
         u, i = self._eval_embeddings()
-        return u[users.to(u.device).long()] @ i.t()
+        s = u[users.to(u.device).long()] @ i.t()
+        if self.cold is None or type(self).score is not Recommender.score:
+            return s  # an overriding score() calibrates itself
+        return self.cold(s, self._eval_embeddings)
 
     def reg_loss(self, *tensors: Tensor) -> Tensor:
         """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""

@@ -17,8 +17,8 @@ Moments = Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]
 class ColdScorer(nn.Module):
     """Calibrates cold items' scores onto the warm items' scale.
 
-    With ``a = cold_calibration`` (in [0, 1]), ``d = cold_score_shift`` and mean/std taken over
-    ``cold_calibration_scope``:
+    With ``a = cold_calibration`` (in [0, 1]; ``None`` in the config: ``default_calibration``, the model's
+    default), ``d = cold_score_shift`` and mean/std taken over ``cold_calibration_scope``:
 
     * ``"global"`` (default): over every (user, item) pair of the catalog, warm items and cold items
       separately, so one affine map is applied to all cold scores and each user's cold scores keep their level
@@ -33,14 +33,19 @@ class ColdScorer(nn.Module):
     cold items as a random warm item is scored in distribution; ``d > 0`` lowers them (a content-only score
     is a noisier guess). Only which items have training interactions is used, never validation or test data.
     The config is read at each call, so changing its calibration fields takes effect at once.
+    :class:`~motorec.models.base.Recommender` gives every feature model one (``default_calibration`` = its
+    class's ``default_cold_calibration``: 0 for the baselines), applied in :meth:`Recommender.score`.
 
     Shapes:
         forward: scores [B, num_items], embeddings() -> (users [U, d], items [num_items, d]) -> [B, num_items]
     """
 
-    def __init__(self, config: ModelConfig, warm_mask: Tensor) -> None:
+    def __init__(self, config: ModelConfig, warm_mask: Tensor, default_calibration: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 <= float(default_calibration) <= 1.0:
+            raise ValueError(f"default_calibration must lie in [0, 1], got {default_calibration}")
         self.config = config
+        self.default_calibration = float(default_calibration)
         self.register_buffer("warm_mask", warm_mask, persistent=False)
         # fixed by the training data; counted once here, not per call (a device sync on GPU)
         self.num_cold = int((~warm_mask).sum())
@@ -51,7 +56,8 @@ class ColdScorer(nn.Module):
         """Calibrate ``s`` in place and return it; ``embeddings`` gives the model's (eval) user and item
         embeddings, called only for the global scope."""
         c = self.config
-        a, shift = c.cold_calibration, c.cold_score_shift
+        a = self.default_calibration if c.cold_calibration is None else c.cold_calibration
+        shift = c.cold_score_shift
         if (a <= 0 and shift == 0) or self.num_cold < 2 or self.num_items - self.num_cold < 2:
             return s
         cold = ~self.warm_mask

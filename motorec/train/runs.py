@@ -125,7 +125,7 @@ class RunDir:
         if state.get("dataset_fingerprint") != dataset.fingerprint():
             raise CheckpointError(f"the {name} checkpoint of {str(self.path)!r} was trained on other data or another "
                                   "split")
-        cfg = Config.from_dict(state["config"])
+        cfg = Config.from_dict(state["config"], saved=True)  # a replaced key (old selection rule) is dropped
         model = build_model(dataset.to(dev), cfg.model, backend=cfg.train.backend, device=str(dev))
         model.load_state_dict((state["best_state"] or state)["model"])
         model.eval()

@@ -27,9 +27,20 @@ from motorec.train.checkpoint import (CheckpointError, load_checkpoint, rng_stat
 from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
-__all__ = ["Trainer", "seed_everything", "resolve_device"]
+__all__ = ["Trainer", "seed_everything", "resolve_device", "select_score"]
 
 SELECT_METRIC = "recall@20"
+
+
+def select_score(valid: Dict[str, Dict[str, float]], rule: str) -> float:
+    """The number checkpoint selection maximizes (``train.select``) from :func:`motorec.eval.evaluate`'s
+    validation result: ``"warm_cold_mean"`` = the mean of the ``warm`` and ``cold`` settings' Recall@20, or one
+    setting's Recall@20. A setting without validation users is left out of the mean (a warm split has no cold
+    items); a single setting without any falls back to ``hybrid``."""
+    if rule == "warm_cold_mean":
+        parts = [valid[st][SELECT_METRIC] for st in ("warm", "cold") if valid[st].get("num_users")]
+        return sum(parts) / len(parts) if parts else valid["hybrid"][SELECT_METRIC]
+    return valid[rule if valid[rule].get("num_users") else "hybrid"][SELECT_METRIC]
 
 
 def seed_everything(seed: int) -> None:
@@ -78,10 +89,10 @@ class Trainer:
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "early_stopped",
     "hit_epoch_cap", "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training;
     ``hit_epoch_cap``: it did so with ``patience`` > 0, and a warning says the model may be undertrained), with
-    ``metrics[group][metric]`` for ``group`` in overall / warm / cold. Each evaluated
-    ``history`` row also holds ``valid_recall@20`` (overall), ``valid_warm_recall@20``,
-    ``valid_cold_recall@20`` and ``select_score``: the validation Recall@20 of ``train.select_group`` that
-    early stopping compares (overall when that group has no validation user).
+    ``metrics[key][metric]`` for ``key`` in cold / warm / hybrid / hybrid_warm / hybrid_cold
+    (:func:`motorec.eval.evaluate`). Each evaluated ``history`` row also holds ``valid_cold_recall@20``,
+    ``valid_warm_recall@20``, ``valid_hybrid_recall@20`` and ``select_score``: what ``train.select`` makes of
+    them (:func:`select_score`), which early stopping compares; all from one evaluation pass.
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -104,15 +115,13 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "last.pt"
 
     # ------------------------------------------------------------------ helpers
-    def evaluate(self, split: str, settings: bool = False) -> Dict[str, Dict[str, float]]:
-        """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``); ``settings`` adds
-        the warm-only and cold-only rankings (``evaluate_fn`` must then accept ``settings=True``)."""
+    def evaluate(self, split: str) -> Dict[str, Dict[str, float]]:
+        """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``) in every setting."""
         assert self.model is not None
         self.model.eval()
-        extra = {"settings": True} if settings else {}
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
             self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
-            device=self.device, **extra))
+            device=self.device))
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
@@ -180,12 +189,10 @@ class Trainer:
                 row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
                 if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
                     valid = self.evaluate("valid")
-                    group = tc.select_group if valid.get(tc.select_group, {}).get("num_users") else "overall"
-                    score = valid[group][SELECT_METRIC]
-                    row["valid_" + SELECT_METRIC] = valid["overall"][SELECT_METRIC]
+                    score = select_score(valid, tc.select)
+                    for st in ("cold", "warm", "hybrid"):
+                        row[f"valid_{st}_{SELECT_METRIC}"] = valid[st][SELECT_METRIC]
                     row["select_score"] = score
-                    row["valid_warm_" + SELECT_METRIC] = valid.get("warm", {}).get(SELECT_METRIC, float("nan"))
-                    row["valid_cold_" + SELECT_METRIC] = valid.get("cold", {}).get(SELECT_METRIC, float("nan"))
                     if score > best:
                         best, best_epoch, bad = score, epoch, 0
                         best_snap = self._snapshot()
@@ -212,7 +219,7 @@ class Trainer:
                 _dist.on_main(self.dist, save)
             if stopped:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
-                              cfg.model.name, epoch - 1, tc.select_group, SELECT_METRIC, best, best_epoch)
+                              cfg.model.name, epoch - 1, tc.select, SELECT_METRIC, best, best_epoch)
 
         # the cap ended training while early stopping was on, so validation improved within the last `patience`
         # evaluations (the loop only ends unstopped at the cap)
@@ -220,13 +227,13 @@ class Trainer:
         if hit_cap:
             self.log.warning("%s: reached the epoch cap (%d joint epochs) without early stopping; validation %s "
                              "%s last improved at epoch %d, so the model may be undertrained: raise --epochs "
-                             "(train.epochs)", cfg.model.name, tc.epochs, tc.select_group, SELECT_METRIC,
+                             "(train.epochs)", cfg.model.name, tc.epochs, tc.select, SELECT_METRIC,
                              best_epoch)
         if best_snap is not None:
             self._restore(best_snap)
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
-        valid, test = self.evaluate("valid", settings=True), self.evaluate("test", settings=True)
+        valid, test = self.evaluate("valid"), self.evaluate("test")
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
                 "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),

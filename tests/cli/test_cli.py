@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from _mmrec import small_config, subprocess_env, write_mmrec  # noqa: E402
 
-GROUPS = ("overall", "warm", "cold")
+KEYS = ("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
@@ -43,7 +43,8 @@ def test_train_subprocess_writes_run_directory(run):
     assert set(m) == {"lightgcn", "motorec"}
     for model in m:
         for split in ("valid", "test"):
-            for g in GROUPS:
+            assert list(m[model][split]) == list(KEYS)
+            for g in KEYS:
                 for k in METRICS:
                     v = m[model][split][g][k]
                     assert isinstance(v, float) and 0.0 <= v <= 1.0
@@ -133,7 +134,7 @@ def test_evaluate_and_tokenize_a_run(run, capsys):
     assert main(["evaluate", str(out), "--model", "motorec"]) == 0
     text = capsys.readouterr().out
     row = [line for line in text.splitlines() if line.startswith("motorec")][0]
-    assert f"{m['motorec']['test']['overall']['recall@20']:.4f}" in row  # the best checkpoint, re-evaluated
+    assert f"{m['motorec']['test']['hybrid']['recall@20']:.4f}" in row  # the best checkpoint, re-evaluated
 
     assert main(["tokenize", str(out)]) == 0
     codes = np.load(out / "tokens.npy")
@@ -166,11 +167,13 @@ def test_resume_cli_continues_and_refuses_other_config(run, tmp_path, capsys):
 def test_results_table_shows_dash_without_timing():
     from motorec.cli import results_table
 
-    m = {"overall": {"recall@20": 0.25, "ndcg@20": 0.5}, "warm": {"recall@20": 0.3, "ndcg@20": 0.4},
-         "cold": {"recall@20": 0.1, "ndcg@20": 0.05}}
+    m = {"hybrid": {"recall@20": 0.25, "ndcg@20": 0.5}, "warm": {"recall@20": 0.3, "ndcg@20": 0.4},
+         "cold": {"recall@20": 0.1, "ndcg@20": 0.05}, "hybrid_cold": {"recall@20": 0.7, "ndcg@20": 0.7}}
     lines = results_table({"trained": {"test": m, "seconds_per_epoch": 1.25}, "evaluated": {"test": m}}).splitlines()
+    assert lines[1].split() == ["model", "cold", "R@20", "cold", "N@20", "warm", "R@20", "warm", "N@20", "hybrid",
+                                "R@20", "hybrid", "N@20", "s/epoch"]
     assert lines[3].split()[-1] == "1.25" and lines[4].split()[-1] == "-"
-    assert lines[3].split()[1:7] == ["0.2500", "0.5000", "0.3000", "0.4000", "0.1000", "0.0500"]
+    assert lines[3].split()[1:7] == ["0.1000", "0.0500", "0.3000", "0.4000", "0.2500", "0.5000"]
 
 
 def test_split_seed_flag_sets_the_cold_split_draw(tmp_path, capsys):
@@ -314,7 +317,7 @@ def test_load_run_gives_back_the_trained_model(run, tmp_path):
     from motorec.eval import evaluate
 
     res = evaluate(model.score, ds, split="test")
-    assert res["overall"]["recall@20"] == pytest.approx(m["motorec"]["test"]["overall"]["recall@20"], abs=1e-9)
+    assert res["hybrid"]["recall@20"] == pytest.approx(m["motorec"]["test"]["hybrid"]["recall@20"], abs=1e-9)
     lg, _ = load_run(out, "lightgcn")
     assert type(lg).__name__ != type(model).__name__
     # the data folder moved: say where it is now

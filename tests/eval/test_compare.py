@@ -12,7 +12,9 @@ from motorec.eval.stats import wilcoxon_signed_rank
 def _metrics(cold, warm, hybrid):
     def block(r20):
         return {"recall@10": r20 / 2, "ndcg@10": r20 / 3, "recall@20": r20, "ndcg@20": r20 / 4}
-    return {"test": {"settings": {"cold": block(cold), "warm": block(warm), "hybrid": block(hybrid)}}}
+    # evaluate()'s keys; hybrid_warm / hybrid_cold hold numbers that must not be read as the settings
+    return {"test": {"cold": block(cold), "warm": block(warm), "hybrid": block(hybrid),
+                     "hybrid_warm": block(-1.0), "hybrid_cold": block(-2.0)}}
 
 
 def _write_runs(out, values):
@@ -55,6 +57,11 @@ def test_summary_means_spread_per_draw_and_tests(tmp_path):
 
 
 def test_legacy_metrics_keys_map_to_settings():
+    new = {"cold": {"recall@20": 0.3}, "warm": {"recall@20": 0.2}, "hybrid": {"recall@20": 0.1},
+           "hybrid_warm": {"recall@20": 0.9}, "hybrid_cold": {"recall@20": 0.8}}
+    for st, v in (("cold", 0.3), ("warm", 0.2), ("hybrid", 0.1)):
+        assert compare.setting_metrics(new, st)["recall@20"] == v
+    # before the settings were the primary report: warm / cold were the shared ranking's groups
     legacy = {"overall": {"recall@20": 0.1}, "warm": {"recall@20": 0.9}, "cold": {"recall@20": 0.8},
               "warm_only": {"recall@20": 0.2}, "cold_only": {"recall@20": 0.3}}
     assert compare.setting_metrics(legacy, "cold")["recall@20"] == 0.3
@@ -62,6 +69,8 @@ def test_legacy_metrics_keys_map_to_settings():
     assert compare.setting_metrics(legacy, "hybrid")["recall@20"] == 0.1
     with pytest.raises(ValueError, match="setting"):
         compare.setting_metrics(legacy, "overall")
+    with pytest.raises(KeyError, match="cold_only"):
+        compare.setting_metrics({"overall": {}}, "cold")
 
 
 def test_missing_run_is_named(tmp_path):

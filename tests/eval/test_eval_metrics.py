@@ -81,49 +81,43 @@ def test_evaluate_hand_example(device):
     r = evaluate(score_fn, d, split="test", ks=(1, 2), device=device)
     assert torch.equal(scores.cpu(), SCORES) and seen == [device.type]
     exp = {
-        # per user (recall@1, ndcg@1, recall@2, ndcg@2): u0 (1/2, 1, 1/2, D1/(D1+D2)), u1 (1, 1, 1, 1), u2 (0, 0, 1, D2)
-        "overall": {"recall@1": (0.5 + 1 + 0) / 3, "ndcg@1": (1 + 1 + 0) / 3, "recall@2": (0.5 + 1 + 1) / 3,
-                    "ndcg@2": (1 / (D1 + D2) + 1 + D2) / 3, "num_users": 3, "num_interactions": 4},
-        # warm: u0 relevant {3} never in top 2; u1 relevant {0} at rank 1
-        "warm": {"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 0.5, "ndcg@2": 0.5, "num_users": 2,
-                 "num_interactions": 2},
-        # cold: u0 relevant {5} at rank 1; u2 relevant {4} at rank 2
+        # cold setting, cold items 4-5 ranked alone: u0 ranks 5, 4 (relevant 5 at rank 1); u2 ranks 5, 4
+        # (relevant 4 at rank 2)
         "cold": {"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 1.0, "ndcg@2": (1 + D2) / 2, "num_users": 2,
                  "num_interactions": 2},
+        # warm setting, warm items 0-3 ranked alone: u0's unmasked warm items are {3} -> item 3 at rank 1 (in
+        # the hybrid ranking cold items 5 and 4 push it out of the top 2); u1's ranking 0, 3, 1 -> item 0 first
+        "warm": {"recall@1": 1.0, "ndcg@1": 1.0, "recall@2": 1.0, "ndcg@2": 1.0, "num_users": 2,
+                 "num_interactions": 2},
+        # per user (recall@1, ndcg@1, recall@2, ndcg@2): u0 (1/2, 1, 1/2, D1/(D1+D2)), u1 (1, 1, 1, 1), u2 (0, 0, 1, D2)
+        "hybrid": {"recall@1": (0.5 + 1 + 0) / 3, "ndcg@1": (1 + 1 + 0) / 3, "recall@2": (0.5 + 1 + 1) / 3,
+                   "ndcg@2": (1 / (D1 + D2) + 1 + D2) / 3, "num_users": 3, "num_interactions": 4},
+        # hybrid ranking, warm pairs: u0 relevant {3} never in top 2; u1 relevant {0} at rank 1
+        "hybrid_warm": {"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 0.5, "ndcg@2": 0.5, "num_users": 2,
+                        "num_interactions": 2},
+        # hybrid ranking, cold pairs: u0 relevant {5} at rank 1; u2 relevant {4} at rank 2
+        "hybrid_cold": {"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 1.0, "ndcg@2": (1 + D2) / 2, "num_users": 2,
+                        "num_interactions": 2},
     }
-    assert list(r) == ["overall", "warm", "cold"]
+    assert list(r) == ["cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold"]
     for g in exp:
         assert list(r[g]) == ["recall@1", "ndcg@1", "recall@2", "ndcg@2", "num_users", "num_interactions"]
         assert r[g] == pytest.approx(exp[g], abs=1e-12), g
-    assert r["overall"]["ndcg@2"] == pytest.approx(0.7480256487789719, abs=1e-12)
-
-    # ColdRec's settings on the same scores: warm items 0-3 ranked alone, cold items 4-5 ranked alone.
-    rs = evaluate(score_fn, d, split="test", ks=(1, 2), device=device, settings=True)
-    assert list(rs) == ["overall", "warm", "cold", "warm_only", "cold_only"]
-    for g in exp:
-        assert rs[g] == pytest.approx(exp[g], abs=1e-12), g
-    # warm_only: u0's unmasked warm items are {3} -> item 3 at rank 1 (in the shared ranking cold items 5 and 4
-    # pushed it out of the top 2); u1's ranking 0, 3, 1 -> item 0 at rank 1.
-    assert rs["warm_only"] == pytest.approx({"recall@1": 1.0, "ndcg@1": 1.0, "recall@2": 1.0, "ndcg@2": 1.0,
-                                             "num_users": 2, "num_interactions": 2}, abs=1e-12)
-    # cold_only: u0 ranks 5, 4 (relevant 5 at rank 1); u2 ranks 5, 4 (relevant 4 at rank 2).
-    assert rs["cold_only"] == pytest.approx({"recall@1": 0.5, "ndcg@1": 0.5, "recall@2": 1.0, "ndcg@2": (1 + D2) / 2,
-                                             "num_users": 2, "num_interactions": 2}, abs=1e-12)
-    with pytest.raises(ValueError, match="settings=True needs item_groups=True"):
-        evaluate(score_fn, d, split="test", ks=(1, 2), device=device, settings=True, item_groups=False)
+    assert r["hybrid"]["ndcg@2"] == pytest.approx(0.7480256487789719, abs=1e-12)
 
 
 def test_evaluate_valid_split_masks_train_only():
     # user 0: unmasked 2:7, 5:3, 4:2, 3:1 -> top 2 = [2, 5], relevant {2}; user 1: top 2 = [4, 0], relevant {4}
-    r = evaluate(lambda u: SCORES[u], _toy(), split="valid", ks=(1,), item_groups=False)
-    assert r == {"overall": {"recall@1": 1.0, "ndcg@1": 1.0, "num_users": 2, "num_interactions": 2}}
+    r = evaluate(lambda u: SCORES[u], _toy(), split="valid", ks=(1,))
+    assert r["hybrid"] == {"recall@1": 1.0, "ndcg@1": 1.0, "num_users": 2, "num_interactions": 2}
 
 
 def test_empty_group_reports_zero_with_counts():
     d = _toy(test=torch.tensor([[0, 3], [1, 0]]))
     r = evaluate(lambda u: SCORES[u], d, ks=(1,))
-    assert r["cold"] == {"recall@1": 0.0, "ndcg@1": 0.0, "num_users": 0, "num_interactions": 0}
-    assert r["warm"]["num_users"] == 2
+    for key in ("cold", "hybrid_cold"):
+        assert r[key] == {"recall@1": 0.0, "ndcg@1": 0.0, "num_users": 0, "num_interactions": 0}
+    assert r["warm"]["num_users"] == r["hybrid_warm"]["num_users"] == 2
 
 
 def test_k_larger_than_catalog_and_pair_also_in_train():
@@ -131,9 +125,9 @@ def test_k_larger_than_catalog_and_pair_also_in_train():
     # Rankings: user 0 -> 5, 4, 3 (item 5 at rank 1); user 1 -> 0, 3, 5, 1 (item 3 at rank 2). K=10 > 6 items.
     d = _toy(test=torch.tensor([[0, 0], [0, 5], [1, 3]]))
     r = evaluate(lambda u: SCORES[u], d, ks=(10,))
-    assert r["overall"]["num_interactions"] == 2
-    assert r["overall"]["recall@10"] == 1.0
-    assert r["overall"]["ndcg@10"] == pytest.approx((1 + D2) / 2, abs=1e-12)
+    assert r["hybrid"]["num_interactions"] == 2
+    assert r["hybrid"]["recall@10"] == 1.0
+    assert r["hybrid"]["ndcg@10"] == pytest.approx((1 + D2) / 2, abs=1e-12)
 
 
 def _brute_force(scores, d, split, ks):
@@ -149,15 +143,20 @@ def _brute_force(scores, d, split, ks):
             targets.setdefault(u, set()).add(i)
     warm = set(d.train[:, 1].tolist())
     out = {}
-    for g in ("overall", "warm", "cold"):
+    # key: (which pairs count, which items are ranked)
+    keys = {"cold": ("cold", "cold"), "warm": ("warm", "warm"), "hybrid": ("all", "all"),
+            "hybrid_warm": ("warm", "all"), "hybrid_cold": ("cold", "all")}
+    for g, (pairs, ranked_items) in keys.items():
         sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
         users = 0
         for u, rel in targets.items():
-            rel = {i for i in rel if g == "overall" or (g == "warm") == (i in warm)}
+            rel = {i for i in rel if pairs == "all" or (pairs == "warm") == (i in warm)}
             if not rel:
                 continue
             users += 1
-            ranked = sorted((i for i in range(n) if i not in masked.get(u, set())), key=lambda i: -scores[u, i])
+            ranked = sorted((i for i in range(n) if i not in masked.get(u, set())
+                             and (ranked_items == "all" or (ranked_items == "warm") == (i in warm))),
+                            key=lambda i: -scores[u, i])
             for k in ks:
                 top = ranked[:k]
                 hits = [p for p, i in enumerate(top) if i in rel]
@@ -177,7 +176,8 @@ def test_evaluate_matches_brute_force(split):
     ks = (1, 5, 13, 50)
     r = evaluate(lambda u: scores[u].clone(), d, split=split, ks=ks, batch_size=7)
     ref = _brute_force(scores, d, split, ks)
-    for grp in ("overall", "warm", "cold"):
+    assert list(r) == list(ref)
+    for grp in ref:
         assert ref[grp]["num_users"] > 0
         for key, v in ref[grp].items():
             assert r[grp][key] == pytest.approx(v, abs=1e-12), (grp, key)
@@ -211,23 +211,32 @@ def test_evaluate_input_errors():
 
 
 def test_settings_equal_rankings_with_the_other_group_masked():
-    """warm_only / cold_only are, by definition, the shared ranking's warm / cold groups once every item of the
-    other group scores -inf; checked on random scores of a synthetic cold-start dataset, several batch sizes."""
+    """cold / warm are, by definition, the hybrid ranking's cold / warm pairs once every item of the other group
+    scores -inf; checked on random scores of a synthetic cold-start dataset, several batch sizes."""
     ds = synthetic(60, 90, num_interactions=900, seed=3, modalities={"a": 3})
     scores = torch.randn(ds.num_users, ds.num_items, generator=torch.Generator().manual_seed(0))
     warm = ds.warm_items()
     assert warm.any() and (~warm).any()
     for bs in (1, 7, 1024):
-        r = evaluate(lambda u: scores[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs, settings=True)
+        r = evaluate(lambda u: scores[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs)
         w = scores.clone()
         w[:, ~warm] = float("-inf")
         c = scores.clone()
         c[:, warm] = float("-inf")
         rw = evaluate(lambda u: w[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs)
         rc = evaluate(lambda u: c[u].clone(), ds, split="test", ks=(5, 20), batch_size=bs)
-        assert r["warm_only"] == pytest.approx(rw["warm"], abs=1e-12)
-        assert r["cold_only"] == pytest.approx(rc["cold"], abs=1e-12)
-        assert r["cold_only"]["recall@20"] >= r["cold"]["recall@20"]  # fewer competitors, never fewer hits
+        assert r["warm"] == pytest.approx(rw["hybrid_warm"], abs=1e-12)
+        assert r["cold"] == pytest.approx(rc["hybrid_cold"], abs=1e-12)
+        assert r["cold"]["recall@20"] >= r["hybrid_cold"]["recall@20"]  # fewer competitors, never fewer hits
+
+
+def test_warm_split_has_no_cold_setting():
+    """Without cold items (data split 'warm'), the cold setting is empty and warm equals hybrid."""
+    d2 = _toy(train=torch.tensor([[0, 0], [0, 1], [1, 2], [2, 3], [2, 0], [1, 4], [1, 5]]))
+    assert d2.warm_items().all()
+    r = evaluate(lambda u: SCORES[u], d2, ks=(1, 2))
+    assert r["cold"]["num_users"] == 0 and r["hybrid_cold"]["num_users"] == 0
+    assert r["warm"] == r["hybrid"] == r["hybrid_warm"]
 
 
 def test_pairs_csr_and_mask_pairs_match_a_dense_mask():

@@ -231,7 +231,7 @@ def test_cold_baselines_train_through_trainer(ds, name):
                             "train": {"epochs": 1, "batch_size": 512, "pretrain_epochs": 0}})
     r = Trainer(cfg, ds, quiet=True).fit()
     assert r["epochs_run"] == 1
-    for group in ("overall", "warm", "cold"):
+    for group in ("cold", "warm", "hybrid"):
         assert 0.0 <= r["test"][group]["recall@20"] <= 1.0
 
 

@@ -126,7 +126,7 @@ def test_resume_equals_uninterrupted(ds, tmp_path, name):
     rb = resumed.fit(resume=True)
     assert rb["epochs_run"] == ra["epochs_run"] and rb["best_epoch"] == ra["best_epoch"]
     for split in ("valid", "test"):
-        for g in ("overall", "warm", "cold"):
+        for g in ("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold"):
             for k, v in ra[split][g].items():
                 assert abs(rb[split][g][k] - v) <= 1e-6, (split, g, k)
     _assert_close(full.model.state_dict(), resumed.model.state_dict(), "best")
@@ -170,13 +170,15 @@ def test_early_stopping_restores_best(ds):
     valid_scores = [h["select_score"] for h in r["history"] if "select_score" in h]
     assert r["epochs_run"] <= 30
     best = max(valid_scores)
-    assert r["valid"][cfg.train.select_group]["recall@20"] == pytest.approx(best, abs=1e-9)
+    # the default rule: the mean of validation warm and cold Recall@20
+    assert cfg.train.select == "warm_cold_mean"
+    assert (r["valid"]["warm"]["recall@20"] + r["valid"]["cold"]["recall@20"]) / 2 == pytest.approx(best, abs=1e-9)
     assert r["early_stopped"] == (r["epochs_run"] < 30) and r["hit_epoch_cap"] == (not r["early_stopped"])
     if r["epochs_run"] < 30:  # stopped early: the last `patience` evaluations did not improve
         assert max(valid_scores[-2:]) <= best
-    # the history also records each item group's validation Recall@20; the selected epoch's row matches
+    # the history also records each setting's validation Recall@20; the selected epoch's row matches
     row = next(h for h in r["history"] if h.get("epoch") == r["best_epoch"])
-    for g in ("warm", "cold"):
+    for g in ("warm", "cold", "hybrid"):
         assert row[f"valid_{g}_recall@20"] == pytest.approx(r["valid"][g]["recall@20"], abs=1e-9)
 
 
@@ -196,18 +198,50 @@ def test_epoch_cap_before_early_stopping_warns(ds, caplog):
     assert not [x for x in caplog.records if x.levelno == logging.WARNING]
 
 
-@pytest.mark.parametrize("group", ["overall", "warm", "cold"])
-def test_select_group_picks_the_best_epoch_of_that_group(ds, group):
-    cfg = _cfg("lightgcn_content", epochs=8).replace(train={"patience": 0, "select_group": group})
-    r = Trainer(cfg, ds, quiet=True).fit()
+@pytest.mark.parametrize("rule", ["warm_cold_mean", "warm", "cold", "hybrid"])
+def test_select_rule_picks_the_best_epoch_by_that_rule(ds, rule):
+    cfg = _cfg("lightgcn_content", epochs=8).replace(train={"patience": 0, "select": rule})
+    calls = []
+
+    def counting_evaluate(*a, **k):  # one evaluation pass per validated epoch gives every setting
+        from motorec.eval import evaluate
+
+        calls.append(k["split"])
+        return evaluate(*a, **k)
+
+    r = Trainer(cfg, ds, quiet=True, evaluate_fn=counting_evaluate).fit()
     rows = [h for h in r["history"] if "select_score" in h]
-    key = "valid_recall@20" if group == "overall" else f"valid_{group}_recall@20"
-    assert all(h["select_score"] == h[key] for h in rows)
-    best = max(h[key] for h in rows)
+    assert calls.count("valid") == len(rows) + 1  # + the final report of the restored weights
+    if rule == "warm_cold_mean":
+        expect = [(h["valid_warm_recall@20"] + h["valid_cold_recall@20"]) / 2 for h in rows]
+    else:
+        expect = [h[f"valid_{rule}_recall@20"] for h in rows]
+    assert [h["select_score"] for h in rows] == pytest.approx(expect, abs=1e-12)
+    best = max(expect)
     chosen = next(h for h in rows if h["epoch"] == r["best_epoch"])
-    assert chosen[key] == best and r["valid"][group]["recall@20"] == pytest.approx(best, abs=1e-9)
-    with pytest.raises(ConfigError, match="select_group"):
-        _cfg("lightgcn").replace(train={"select_group": "popular"})
+    assert chosen["select_score"] == best
+    assert min(i for i, h in enumerate(rows) if h["select_score"] == best) == rows.index(chosen)  # first best
+
+
+def test_select_rule_validation_and_replaced_select_group():
+    from motorec.train.trainer import select_score
+
+    with pytest.raises(ConfigError, match="train.select must be one of warm_cold_mean, warm, cold, hybrid"):
+        _cfg("lightgcn").replace(train={"select": "popular"})
+    # an old config naming select_group is refused in one line that names what replaced it
+    with pytest.raises(ConfigError, match=r"train.select_group is no longer a setting: it was replaced by "
+                                          r"train.select \(default 'warm_cold_mean'"):
+        Config.from_dict({"train": {"select_group": "warm"}})
+    # a trained checkpoint's stored config is still loadable (the key is dropped)
+    old = Config().to_dict()
+    old["train"]["select_group"] = "warm"
+    assert Config.from_dict(old, saved=True) == Config()
+    # a setting without validation users leaves the mean, a single setting falls back to hybrid
+    v = {"warm": {"recall@20": 0.4, "num_users": 3}, "cold": {"recall@20": 0.0, "num_users": 0},
+         "hybrid": {"recall@20": 0.3, "num_users": 3}}
+    assert select_score(v, "warm_cold_mean") == 0.4 and select_score(v, "cold") == 0.3
+    v["cold"] = {"recall@20": 0.2, "num_users": 2}
+    assert select_score(v, "warm_cold_mean") == pytest.approx(0.3) and select_score(v, "cold") == 0.2
 
 
 # ---------------------------------------------------------------------------------------------- end to end

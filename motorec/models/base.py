@@ -78,14 +78,14 @@ class Recommender(nn.Module):
     Subclasses implement :meth:`embeddings` (``(users [U, d], items [I, d])``) and :meth:`loss`.
     In eval mode :meth:`score` caches the embeddings until the next :meth:`train` call.
 
-    Args:
-        num_users, num_items: catalog sizes.
     Every model that scores cold items from features (``uses_features``) has ``self.cold``, a
     :class:`~motorec.models.cold.ColdScorer` that :meth:`score` applies: the same ``model.cold_calibration`` /
     ``cold_calibration_scope`` / ``cold_score_shift`` keys for every model; with ``cold_calibration: null`` each
     class's ``default_cold_calibration`` (0: off for the baselines). A subclass that overrides :meth:`score`
     applies ``self.cold`` itself (the base then returns raw scores to it, so nothing is calibrated twice).
 
+    Args:
+        num_users, num_items: catalog sizes.
         train: [E, 2] LongTensor of training (user, item) pairs (on the model's device).
         features: {modality: [num_items, d_m] float} item features (ignored by ID-only models).
         config: the :class:`~motorec.config.ModelConfig`.
@@ -94,10 +94,10 @@ class Recommender(nn.Module):
 
     uses_features = False
     has_tokenizer = False
-
-    def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
     # cold-score calibration strength while model.cold_calibration is null (ColdScorer)
     default_cold_calibration = 0.0
+
+    def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
                  config: ModelConfig, backend: str = "auto") -> None:
         super().__init__()
         if train.dim() != 2 or train.shape[1] != 2:
@@ -115,11 +115,11 @@ class Recommender(nn.Module):
         self.register_buffer("warm_mask", deg > 0, persistent=False)
         self.graph = Graph.from_interactions(train[:, 0], train[:, 1], self.num_users, self.num_items,
                                              device=train.device)
-        self.epoch = 0.0
-        self._cache: Optional[Tuple[Tensor, Tensor]] = None
         # no parameters and no persistent state: checkpoints do not change
         self.cold: Optional[ColdScorer] = (ColdScorer(config, self.warm_mask, type(self).default_cold_calibration)
                                            if self.uses_features else None)
+        self.epoch = 0.0
+        self._cache: Optional[Tuple[Tensor, Tensor]] = None
         # cached eval embeddings belong to the weights they came from
         self.register_load_state_dict_post_hook(_drop_cache)
 

@@ -4,7 +4,7 @@ Both are chunked, so their memory must stay bounded by the chunk, not grow with 
 
 * :func:`motorec.eval.evaluate` scores ``batch_size`` users against every item at a time: one
   ``[batch_size, num_items]`` float32 score block plus its top-K; the batch is capped so that the block fits
-  ``memory_mb`` (default 1024 MiB: 268 users at 1M items, see :func:`motorec.eval.metrics.eval_batch_size`).
+  ``memory_mb`` (default 1024 MiB: 134 users at 1M items, see :func:`motorec.eval.metrics.eval_batch_size`).
 * :func:`motorec.nn.knn_graph` computes ``[block, N]`` similarity tiles (about 16M floats = 64 MiB each),
   reduces each to its top-k at once, then assembles the ``2 N k``-edge graph.
 
@@ -209,7 +209,7 @@ def main(argv: List[str] | None = None) -> int:
 
     if "evaluate" not in skip:
         for b in (int(x) for x in args.eval_batch.split(",") if x.strip()):
-            eff = eval_batch_size(b, args.items, memory_mb=args.eval_memory_mb)
+            eff = eval_batch_size(b, args.items, memory_mb=args.eval_memory_mb, settings=True)
             block = eff * args.items * 4 / 2**20
             row = measure(meter, "evaluate", lambda: evaluate(score_fn, ds, split="test", batch_size=b,
                                                               memory_mb=args.eval_memory_mb),
@@ -217,7 +217,7 @@ def main(argv: List[str] | None = None) -> int:
                           f"{args.items:,} items ranked; score block {block:.0f} MiB")
             res = row.pop("result")
             row.update(batch_size=b, effective_batch=eff, score_block_mib=round(block, 1), users=n_eval,
-                       users_per_s=round(n_eval / row["seconds"], 1), recall20=res["overall"]["recall@20"])
+                       users_per_s=round(n_eval / row["seconds"], 1), recall20=res["hybrid"]["recall@20"])
             rows.append(row)
 
     feats = ds.features["image"]

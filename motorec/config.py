@@ -86,13 +86,16 @@ class ModelConfig:
     # objectives (section 4)
     lambda_cl: float = 0.05
     tau: float = 0.2
+    # the contrastive term uses at most this many of the batch's distinct positive items (a uniform random
+    # subset when there are more; exact below): bounds its [n x n] logits
+    cl_items: int = 512
     lambda_rq: float = 1.0
     lambda_reg: float = 1e-4
     # joint training: the tokenizer's losses (reconstruction, codebook, commitment, sparsity) and its fresh
     # encoder/quantizer pass run on a uniform sample of this many items per step (an unbiased estimate of the
     # catalog mean); every other item keeps its tokens from the last refresh (each epoch start, plus the
     # sampled rows after each step). 0: the whole catalog every step (slow on large catalogs). docs/MODEL.md
-    tokenizer_sample: int = 256
+    tokenizer_sample: int = 128
     # drop an item's ID embedding with this probability in training, so the content path alone must rank
     # (how a cold item is scored at test time); 0 disables it.
     id_dropout: float = 0.0
@@ -134,7 +137,7 @@ class ModelConfig:
         if self.name not in MODEL_NAMES:
             raise ConfigError(f"model.name must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden",
-                  "knn_cold_k"):
+                  "knn_cold_k", "cl_items"):
             _positive_int(self, k)
         for k in ("num_layers", "rarity_warmup_epochs", "tokenizer_sample"):
             _nonneg_int(self, k)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from motorec.models.base import as_float, bpr_loss
+from motorec.models.base import loss_part, bpr_loss
 from motorec.models.baselines import LightGCNRec
 from motorec.models.features import FeatureEncoder, ItemFeatures
 
@@ -118,10 +118,9 @@ class ALDIRec(LightGCNRec):
                                                                self.config.aldi_tws_m), persistent=False)
 
     def student_embeddings(self, items: Tensor) -> Tensor:
-        """The student's embedding ``s(x_i)`` of some items (each distinct item encoded once)."""
-        uniq, inv = torch.unique(items, return_inverse=True)
-        out = self.student({m: f[uniq] for m, f in self.item_features.as_dict().items()})
-        return out[inv]
+        """The student's embedding ``s(x_i)`` of some items (a repeated item is encoded again: fixed shapes, no
+        ``unique`` and so no host read per step)."""
+        return self.student({m: f[items] for m, f in self.item_features.as_dict().items()})
 
     def teacher_embeddings(self) -> Tuple[Tensor, Tensor]:
         """The teacher's (LightGCN's) final user and item embeddings."""
@@ -133,7 +132,7 @@ class ALDIRec(LightGCNRec):
             items = items.index_copy(0, self.cold_items, self.student_embeddings(self.cold_items))
         return users, items
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, items = self.teacher_embeddings()
@@ -146,5 +145,5 @@ class ALDIRec(LightGCNRec):
         student = (c.aldi_supervised * parts["supervised"] + c.aldi_gamma * parts["rating"]
                    + c.aldi_alpha * parts["ranking"] + c.aldi_beta * parts["identification"])
         total = teacher + reg + student
-        return total, {"bpr": as_float(teacher), "reg": as_float(reg),
-                       **{f"student_{k}": as_float(v) for k, v in parts.items()}}
+        return total, {"bpr": loss_part(teacher), "reg": loss_part(reg),
+                       **{f"student_{k}": loss_part(v) for k, v in parts.items()}}

@@ -20,7 +20,7 @@ from motorec.config import ModelConfig
 from motorec.graph import Graph
 from motorec.models.cold import ColdScorer
 
-__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees", "as_float"]
+__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees", "loss_part"]
 
 
 def item_degrees(train: Tensor, num_items: int) -> Tensor:
@@ -35,9 +35,11 @@ def item_degrees(train: Tensor, num_items: int) -> Tensor:
     return torch.bincount(key % num_items, minlength=num_items).float()
 
 
-def as_float(x) -> float:
-    """A loss part as a Python float, for logging."""
-    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+def loss_part(x) -> Tensor:
+    """A loss part for logging: detached and left where it is (a 0-dim tensor on the model's device). The
+    trainer sums the parts on the device and reads them once per epoch, so logging costs no host sync per step.
+    """
+    return x.detach() if isinstance(x, Tensor) else torch.tensor(float(x))
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -138,10 +140,10 @@ class Recommender(nn.Module):
     def embeddings(self) -> Tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:  # pragma: no cover - abstract
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} has no tokenizer to pre-train")
 
     def on_epoch_start(self, epoch: int) -> None:

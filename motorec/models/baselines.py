@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from motorec.models.base import Recommender, as_float, bpr_loss
+from motorec.models.base import Recommender, loss_part, bpr_loss
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.nn.lightgcn import LightGCN
 
@@ -48,14 +48,14 @@ class LightGCNRec(Recommender):
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         return self.lightgcn(self.graph, self.item_layer0())
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, items = self.embeddings()
         ue = users[u]
         rank = bpr_loss((ue * items[p]).sum(1), (ue * items[n]).sum(1))
         reg = self.reg_loss(self.user_emb[u], self.item_emb[p], self.item_emb[n])
         total = rank + reg
-        return total, {"bpr": as_float(rank), "reg": as_float(reg)}
+        return total, {"bpr": loss_part(rank), "reg": loss_part(reg)}
 
 
 class LightGCNContentRec(LightGCNRec):
@@ -97,14 +97,13 @@ class ContentRec(Recommender):
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         return self.user_emb, self.encoder(self.item_features.as_dict())
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         u, p, n = batch["users"], batch["pos"], batch["neg"]
-        idx = torch.cat([p, n])
-        uniq, inv = torch.unique(idx, return_inverse=True)
-        items = self.encoder({m: f[uniq] for m, f in self.item_features.as_dict().items()})
-        ip, ineg = items[inv[: p.numel()]], items[inv[p.numel():]]
+        # a repeated item is encoded again: fixed shapes, no ``unique`` and so no host read per step
+        items = self.encoder({m: f[torch.cat([p, n])] for m, f in self.item_features.as_dict().items()})
+        ip, ineg = items[: p.numel()], items[p.numel():]
         ue = self.user_emb[u]
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1))
         reg = self.reg_loss(ue, ip, ineg)
         total = rank + reg
-        return total, {"bpr": as_float(rank), "reg": as_float(reg)}
+        return total, {"bpr": loss_part(rank), "reg": loss_part(reg)}

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from motorec import ops
 from motorec.config import ModelConfig
 from motorec.graph import Graph
-from motorec.nn.rqvae import RQVAEOutput
 
 __all__ = ["TokenEncoder", "ItemItemEncoder", "SourceAttention"]
 
@@ -26,7 +25,8 @@ class TokenEncoder(nn.Module):
     ``token_embeddings`` is off or the model is continuous (no codes).
 
     Shapes:
-        outs: {m: RQVAEOutput over N items} -> {m: [N, dim]}.
+        latents: {m: [N, latent_dim]} (``z_q``, or ``z_e`` when continuous), codes: {m: [N, L] int or None}
+        -> {m: [N, dim]}.
     """
 
     def __init__(self, modalities: Sequence[str], config: ModelConfig, device=None) -> None:
@@ -41,14 +41,14 @@ class TokenEncoder(nn.Module):
             for e in self.token_emb.values():
                 nn.init.normal_(e.weight, std=0.01)
 
-    def forward(self, outs: Dict[str, RQVAEOutput]) -> Dict[str, Tensor]:
+    def forward(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> Dict[str, Tensor]:
         h = {}
         for m, proj in self.token_proj.items():
-            z = outs[m].z_e if self.continuous else outs[m].z_q
+            z = latents[m]
             hm = proj(z)
             if self.use_tokens:
                 offset = torch.arange(self.num_levels, device=z.device) * self.codebook_size
-                hm = hm + self.token_emb[m](outs[m].codes.long() + offset).sum(1)
+                hm = hm + self.token_emb[m](codes[m].long() + offset).sum(1)
             h[m] = hm
         return h
 

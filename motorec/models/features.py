@@ -20,20 +20,26 @@ class ItemFeatures(nn.Module):
     Args:
         features: ``{modality: [num_items, d_m]}``; modalities are kept in sorted order.
         num_items: catalog size every matrix must have as rows.
+        normalize: store each row L2-normalized (once, at construction): ``self[m]`` is then the normalized
+            matrix and :meth:`normalized` only indexes it.
 
     Shapes:
         self[m] -> [num_items, d_m] float32; normalized(m, items [B]) -> [B, d_m]; as_dict() -> {m: [num_items, d_m]}
     """
 
-    def __init__(self, features: Dict[str, Tensor], num_items: int) -> None:
+    def __init__(self, features: Dict[str, Tensor], num_items: int, *, normalize: bool = False) -> None:
         super().__init__()
         self.modalities = sorted(features)
         self.num_items = int(num_items)
+        self.is_normalized = bool(normalize)
         for m in self.modalities:
             f = features[m]
             if f.dim() != 2 or f.shape[0] != self.num_items:
                 raise ValueError(f"features[{m!r}] must be [num_items={self.num_items}, d], got {tuple(f.shape)}")
-            self.register_buffer(f"feat_{m}", f.float(), persistent=False)
+            f = f.float()
+            if normalize:  # once here instead of on every read (a pass over the catalog's features per step)
+                f = nn.functional.normalize(f, dim=1)
+            self.register_buffer(f"feat_{m}", f, persistent=False)
 
     def __getitem__(self, m: str) -> Tensor:
         return getattr(self, f"feat_{m}")
@@ -49,7 +55,7 @@ class ItemFeatures(nn.Module):
         f = self[m]
         if items is not None:
             f = f[items]
-        return nn.functional.normalize(f, dim=1)
+        return f if self.is_normalized else nn.functional.normalize(f, dim=1)
 
     @torch.no_grad()
     def extended(self, new: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], int]:
@@ -78,7 +84,8 @@ class ItemFeatures(nn.Module):
                 f = f.float()
             if not bool(torch.isfinite(f).all()):
                 raise ValueError(f"features[{m!r}] holds NaN or Inf values")
-            out[m] = torch.cat([old, f.to(device=old.device, dtype=old.dtype)])
+            f = f.to(device=old.device, dtype=old.dtype)
+            out[m] = torch.cat([old, nn.functional.normalize(f, dim=1) if self.is_normalized else f])
         if not n:
             raise ValueError("features hold no new items (0 rows)")
         return out, n

@@ -40,7 +40,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from motorec.models.base import Recommender, as_float, bpr_loss, info_nce
+from motorec.models.base import Recommender, bpr_loss, loss_part
 from motorec.models.cold import ColdScorer
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
@@ -81,10 +81,12 @@ class MoToRec(Recommender):
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
-        feats = ItemFeatures(features, self.num_items)
+        feats = ItemFeatures(features, self.num_items, normalize=True)
         if not feats.modalities:
             raise ValueError("MoToRec needs at least one feature modality; the dataset has none")
         c, dev, mods = self.config, self.device, feats.modalities
+        # the tokens of the items outside a step's tokenizer sample (see _tokens); None until training starts
+        self._token_cache: Optional[Dict[str, Tensor]] = None
         # The parts are built in this order because it fixes which random draws initialize which weights.
         self.tokenizer = MultimodalTokenizer(feats, c, self.backend).to(dev)
         self.token_level = TokenEncoder(mods, c, device=dev)
@@ -109,10 +111,10 @@ class MoToRec(Recommender):
         return self.lightgcn.item_embedding.weight
 
     # ------------------------------------------------------------------ tokenizer
-    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+    def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Tokenizer-only loss on a batch of items (the pre-training stage)."""
         total, parts = self.tokenizer.losses(self.tokenizer(items))
-        return total, {k: as_float(v) for k, v in parts.items()}
+        return total, {k: loss_part(v) for k, v in parts.items()}
 
     @torch.no_grad()
     def tokenize(self) -> Dict[str, Tensor]:
@@ -125,20 +127,23 @@ class MoToRec(Recommender):
             return self.tokenizer.tokenize()
 
     @torch.no_grad()
-    def rebuild_item_graphs(self) -> None:
+    def rebuild_item_graphs(self, latents: Optional[Dict[str, Tensor]] = None) -> None:
         """Rebuild each modality's cosine kNN item-item graph on the current quantized codes (all items,
-        cold ones included: they attach to the catalog by similarity)."""
-        with self.eval_mode():
-            self.item_item.rebuild(self.tokenizer.latents(self.tokenizer()))
+        cold ones included: they attach to the catalog by similarity); ``latents`` ({m: [num_items, latent]})
+        when the caller has just computed them."""
+        if latents is None:
+            latents = self.tokenizer.encode_catalog()[0]
+        self.item_item.rebuild(latents)
 
     # ------------------------------------------------------------------ embeddings
-    def content_view(self, outs, ids: Optional[Tensor] = None) -> Tensor:
+    def content_view(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]],
+                     ids: Optional[Tensor] = None) -> Tensor:
         """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, fused by attention.
 
         With ``ids`` ([num_items, dim], zero rows for cold items) the item-item layer also passes the
         neighbours' ID embeddings: ``(h_i + sum_j A_ij (h_j + e_j)) / 2``; an item's own ID is left out, so a
         warm item's view is built exactly as a cold item's (whose neighbours are found by its features)."""
-        h = self.token_level(outs)
+        h = self.token_level(latents, codes)
         if self.feature_residual is not None:
             extra = self.feature_residual.per_modality(self.tokenizer.features.as_dict())
             h = {m: h[m] + extra[m] for m in h}
@@ -151,12 +156,30 @@ class MoToRec(Recommender):
         fused, _ = self.fusion(torch.stack(hs))
         return fused
 
+    def _sampling(self) -> bool:
+        m = self.config.tokenizer_sample
+        return self.training and 0 < m < self.num_items
+
+    def _tokens(self):
+        """``(latents, codes, tokenizer outputs that carry the tokenizer losses)`` for the whole catalog.
+
+        In training with ``tokenizer_sample = M`` (0 < M < num_items) the tokenizer runs on M items drawn
+        uniformly without repeats and every other item keeps its tokens from the cache
+        (:meth:`MultimodalTokenizer.sampled`); otherwise it runs on the whole catalog."""
+        if self._sampling():
+            if self._token_cache is None:
+                self._token_cache = self.tokenizer.refresh_cache()
+            items = torch.randperm(self.num_items, device=self.device)[: self.config.tokenizer_sample]
+            return self.tokenizer.sampled(items, self._token_cache)
+        outs = self.tokenizer()
+        return self.tokenizer.latents(outs), {m: o.codes for m, o in outs.items()}, outs
+
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
-        outs = self.tokenizer()
+        latents, codes, outs = self._tokens()
         id_part = self.item_emb * self.warm_mask.unsqueeze(1)
-        content = self.content_view(outs, id_part if c.item_item_ids else None)
+        content = self.content_view(latents, codes, id_part if c.item_item_ids else None)
         if c.rarity_gate:
             id_part = id_part * self.id_gate.unsqueeze(1)
         if self.training and c.id_dropout > 0:
@@ -233,7 +256,7 @@ class MoToRec(Recommender):
             return 0.0
         return 1.0 if c.rarity_warmup_epochs == 0 else min(1.0, self.epoch / c.rarity_warmup_epochs)
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, collab, content, outs = self._forward()
@@ -253,50 +276,79 @@ class MoToRec(Recommender):
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
         total = rank
-        parts = {"bpr": as_float(rank)}
+        parts = {"bpr": loss_part(rank)}
         if c.lambda_cold > 0:
             aux = bpr_loss((ue * cold_p).sum(1), (ue * cold_n).sum(1), w)
             total = total + c.lambda_cold * aux
-            parts["bpr_cold"] = as_float(aux)
+            parts["bpr_cold"] = loss_part(aux)
         if c.lambda_cl > 0:
-            cl = contrastive_loss(collab, content, p, w if c.rarity_contrastive else None, c.tau)
+            cl = contrastive_loss(collab, content, p, w if c.rarity_contrastive else None, c.tau, c.cl_items)
             total = total + c.lambda_cl * cl
-            parts["cl"] = as_float(cl)
+            parts["cl"] = loss_part(cl)
         rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
-        parts.update(rq=as_float(rq), sparse=as_float(rq_parts["sparse"]))
+        parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
         warm = self.warm_mask
         reg = self.reg_loss(self.lightgcn.user_embedding.weight[u], self.item_emb[p] * warm[p].unsqueeze(1),
                             self.item_emb[n] * warm[n].unsqueeze(1))
         total = total + reg
-        parts["reg"] = as_float(reg)
+        parts["reg"] = loss_part(reg)
         return total, parts
 
     def on_epoch_start(self, epoch: int) -> None:
+        """Schedules; the token cache of the sampled tokenizer pass is refreshed from the whole catalog (one
+        pass without gradients), and the item-item graphs are rebuilt from the same pass when due."""
         super().on_epoch_start(epoch)
-        if self.config.item_item and (not self.item_item.graphs or epoch % self.config.knn_rebuild_every == 0):
-            self.rebuild_item_graphs()
+        c = self.config
+        rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
+        if not (rebuild or self._sampling()):
+            return
+        latents, codes = self.tokenizer.encode_catalog()
+        if self._sampling():
+            self._token_cache = {m: latents[m] if codes[m] is None else codes[m] for m in latents}
+        if rebuild:
+            self.rebuild_item_graphs(latents)
+
+    def train(self, mode: bool = True):
+        self._token_cache = None  # refreshed from the current weights when training (re)starts
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._token_cache = None  # on the old device
+        return super()._apply(fn, *args, **kwargs)
 
 
-def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float) -> Tensor:
-    """InfoNCE between the collaborative and content views of the batch's distinct positive items; ``weights``
-    (the positives' rarity weights) are taken at each item's first occurrence and renormalized to mean 1.
+def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float,
+                     max_items: int) -> Tensor:
+    """Symmetric InfoNCE between the collaborative and content views of the batch's distinct positive items,
+    in-batch negatives; ``weights`` (the positives' rarity weights, a function of the item) renormalized to
+    mean 1 over the items used.
+
+    Fixed shapes, no ``unique`` (a host read): ``max_items`` rows are taken by ``topk`` of a random key that
+    ranks every positive item above every other item, so with at most ``max_items`` distinct positives this is
+    exactly InfoNCE over all of them (the padding rows and columns are switched off by a weight of 0 and a
+    -1e4 logit, whose exponential is exactly 0), and with more it is over a uniform random subset of them.
 
     Shapes:
         collab, content: [num_items, d], pos: [B], weights: optional [B] -> scalar.
     """
-    uniq, first = _unique_first(pos)
-    cw = None
+    n = collab.shape[0]
+    if pos.numel() == 0:
+        return collab.sum() * 0.0
+    present = torch.zeros(n, dtype=collab.dtype, device=pos.device).index_fill_(0, pos, 1.0)
+    key = torch.rand(n, device=pos.device, dtype=collab.dtype) + 2.0 * present
+    top, items = torch.topk(key, min(max_items, n))
+    valid = (top >= 2.0).to(collab.dtype)  # [C]: a positive item, not padding
+    a = torch.nn.functional.normalize(collab[items], dim=1)
+    c = torch.nn.functional.normalize(content[items], dim=1)
+    logits = a @ c.t() / tau
+    pad = ((valid - 1.0) * 1e4).unsqueeze(0)  # added to every row: a padding column is never a negative
+    target = torch.arange(items.numel(), device=pos.device)
+    la = torch.nn.functional.cross_entropy(logits + pad, target, reduction="none")
+    lb = torch.nn.functional.cross_entropy(logits.t() + pad, target, reduction="none")
+    w = valid
     if weights is not None:
-        cw = weights[first]
-        cw = cw / cw.mean()
-    return info_nce(collab[uniq], content[uniq], tau, cw)
-
-
-def _unique_first(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Unique values of ``x`` and, for each, the index of one occurrence (the first)."""
-    uniq, inv = torch.unique(x, return_inverse=True)
-    idx = torch.arange(x.numel(), device=x.device)
-    first = torch.full((uniq.numel(),), x.numel(), dtype=torch.long, device=x.device).scatter_reduce(
-        0, inv, idx, reduce="amin")
-    return uniq, first
+        per_item = torch.zeros(n, dtype=weights.dtype, device=pos.device).index_copy_(0, pos, weights)
+        w = valid * per_item[items].to(valid.dtype)
+        w = w * (valid.sum() / w.sum())  # mean 1 over the items used
+    return (0.5 * (la + lb) * w).sum() / valid.sum()

@@ -44,7 +44,80 @@ class MultimodalTokenizer(nn.Module):
         })
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, RQVAEOutput]:
-        return {m: self.rqvae[m](self.features.normalized(m, items)) for m in self.modalities}
+        normalized = self.features.is_normalized
+        return {m: self.rqvae[m](self.features.normalized(m, items), normalized=normalized) for m in self.modalities}
+
+    @torch.no_grad()
+    def encode_catalog(self, chunk: int = 65536) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
+        """Every item's latent and tokens from the current weights, without gradients, decoder or quantizer
+        statistics updates, ``chunk`` items at a time.
+
+        Shapes:
+            -> ({m: [num_items, latent_dim]}, {m: [num_items, num_levels] int64, or None when continuous}).
+        """
+        lat: Dict[str, Tensor] = {}
+        codes: Dict[str, Optional[Tensor]] = {}
+        n = self.features.num_items
+        was = self.training
+        self.eval()  # no dropout in the encoder
+        try:
+            for m in self.modalities:
+                self._encode_modality(m, n, chunk, lat, codes)
+        finally:
+            self.train(was)
+        return lat, codes
+
+    def _encode_modality(self, m: str, n: int, chunk: int, lat: Dict[str, Tensor],
+                         codes: Dict[str, Optional[Tensor]]) -> None:
+        rq, norm = self.rqvae[m], self.features.is_normalized
+        parts_z, parts_c = [], []
+        for s in range(0, n, chunk):
+            x = self.features.normalized(m, torch.arange(s, min(s + chunk, n), device=self.features[m].device))
+            if self.config.continuous:
+                parts_z.append(rq.latent(x, normalized=norm))
+            else:
+                z_q, c = rq.quantize(x, normalized=norm)
+                parts_z.append(z_q)
+                parts_c.append(c.long())
+        lat[m] = torch.cat(parts_z)
+        codes[m] = torch.cat(parts_c) if parts_c else None
+
+    def refresh_cache(self) -> Dict[str, Tensor]:
+        """The per-item state :meth:`sampled` reads for items outside its sample: each modality's tokens
+        ([num_items, num_levels] int64), or its latent ``z_e`` ([num_items, latent_dim]) when continuous."""
+        lat, codes = self.encode_catalog()
+        return {m: lat[m] if codes[m] is None else codes[m] for m in self.modalities}
+
+    def sampled(self, items: Tensor, cache: Dict[str, Tensor]
+                ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]], Dict[str, RQVAEOutput]]:
+        """The catalog's latents and tokens with fresh rows for ``items`` (a sample without repeats).
+
+        The tokenizer runs on those items only: its outputs carry the tokenizer losses and, through the
+        straight-through latent, the encoder's share of the ranking gradient. Every other item's latent is a
+        constant: the current codebooks' codewords of its cached tokens (``z_e`` from the cache when
+        continuous). ``cache`` (from :meth:`refresh_cache`) is updated in place with the fresh rows.
+
+        Shapes:
+            items: [M] int64 distinct; cache: {m: [N, L] int64 or [N, latent]}
+            -> ({m: [N, latent]}, {m: [N, L] int64 or None}, {m: RQVAEOutput over the M items}).
+        """
+        outs = self(items)
+        fresh = self.latents(outs)
+        lat: Dict[str, Tensor] = {}
+        codes: Dict[str, Optional[Tensor]] = {}
+        for m in self.modalities:
+            if self.config.continuous:
+                lat[m] = cache[m].index_copy(0, items, fresh[m])
+                cache[m].index_copy_(0, items, fresh[m].detach())
+                codes[m] = None
+            else:
+                cache[m].index_copy_(0, items, outs[m].codes.long())
+                cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
+                # sum of each level's codeword (a gather per level: no [N, K] work, no code range read-back)
+                const = sum(cb[k].index_select(0, cache[m][:, k]) for k in range(cb.shape[0]))
+                lat[m] = const.index_copy(0, items, fresh[m])
+                codes[m] = cache[m]
+        return lat, codes, outs
 
     def latents(self, outs: Dict[str, RQVAEOutput]) -> Dict[str, Tensor]:
         """Each modality's item representation: the quantized latent ``z_q`` (``z_e`` when continuous)."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from motorec.nn.quantizer import ResidualQuantizer
+from motorec.ops import code_usage
 from motorec.ops._common import check_float_matrix
 
 __all__ = ["RQVAE", "RQVAEOutput", "RQVAELosses", "bernoulli_kl"]
@@ -22,8 +23,8 @@ class RQVAELosses(NamedTuple):
 
     ``total = reconstruction + codebook + commitment + sparse_weight * sparsity``. ``codebook`` and
     ``commitment`` are the quantizer's (:class:`motorec.nn.QuantizerLosses`): their sum carries the right
-    gradients, each alone may not. ``sparsity`` is reported even when ``sparse_weight == 0`` (then without
-    gradient).
+    gradients, each alone may not. ``sparsity`` is 0 when ``sparse_weight == 0`` (the term is then
+    skipped, not computed).
     """
 
     total: Tensor
@@ -179,18 +180,23 @@ class RQVAE(nn.Module):
         if x.shape[1] != self.input_dim:
             raise ValueError(f"x must have input_dim={self.input_dim} columns, got shape {tuple(x.shape)}")
 
-    def _encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def _encode(self, x: Tensor, normalized: bool = False) -> Tuple[Tensor, Tensor]:
         self._check_x(x)
-        xn = F.normalize(x, dim=-1)
+        xn = x if normalized else F.normalize(x, dim=-1)
         return xn, self.encoder(xn)
 
-    def forward(self, x: Tensor) -> RQVAEOutput:
+    def forward(self, x: Tensor, *, normalized: bool = False) -> RQVAEOutput:
         """Encode, quantize, decode; see the class docstring for the losses.
+
+        Args:
+            x: item features.
+            normalized: ``x``'s rows are already L2-normalized (a caller that keeps normalized features skips
+                the second normalization).
 
         Shapes:
             x: [N, input_dim] -> RQVAEOutput(z_e [N, latent], z_q [N, latent], codes [N, L], recon [N, input_dim])
         """
-        xn, z_e = self._encode(x)
+        xn, z_e = self._encode(x, normalized)
         zero = z_e.new_zeros(())
         if self.continuous:
             z_q, codes = z_e, None
@@ -198,11 +204,8 @@ class RQVAE(nn.Module):
         else:
             z_q, codes, ql = self.quantizer(z_e)
             codebook, commitment = ql.codebook, ql.commitment
-            if self.sparse_weight > 0:
-                sparsity = self.sparsity_loss(z_e, codes)
-            else:
-                with torch.no_grad():
-                    sparsity = self.sparsity_loss(z_e, codes)
+            # With weight 0 the term is not computed at all (it would cost a pass over [N, K] per level).
+            sparsity = self.sparsity_loss(z_e, codes) if self.sparse_weight > 0 else zero
         recon = self.decoder(z_q)
         err = (recon - xn).pow(2)
         if x.shape[0] == 0:
@@ -235,24 +238,36 @@ class RQVAE(nn.Module):
         return torch.stack(out)
 
     def sparsity_loss(self, z_e: Tensor, codes: Tensor) -> Tensor:
-        """``sum_levels sum_j KL(rho || rho_hat_j)``, ``rho_hat = soft_assignments(...).mean(rows)``; 0 for an
-        empty batch. Shapes: z_e [N, latent_dim], codes [N, L] -> scalar."""
+        """``sum_levels sum_j KL(rho || rho_hat_j)``, ``rho_hat = soft_assignments(...).mean(rows)`` computed by
+        the fused :func:`motorec.ops.code_usage` (no [N, K] table in forward or backward); 0 for an empty batch.
+
+        Shapes:
+            z_e [N, latent_dim], codes [N, L] -> scalar."""
         if z_e.shape[0] == 0:
             return z_e.new_zeros(())
-        rho_hat = self.soft_assignments(z_e, codes).mean(1)
+        rho_hat = code_usage(z_e, codes, self.quantizer.codebooks.to(z_e.dtype), self.temperature, self.sparse_mode,
+                             backend=self.quantizer.backend)
         return bernoulli_kl(self.sparse_rho, rho_hat).sum()
 
+    def latent(self, x: Tensor, *, normalized: bool = False) -> Tensor:
+        """The encoder output ``z_e`` (``normalized``: ``x``'s rows are already L2-normalized).
+
+        Shapes:
+            x: [N, input_dim] -> [N, latent_dim]
+        """
+        return self._encode(x, normalized)[1]
+
     @torch.no_grad()
-    def quantize(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(z_q, codes)`` without gradients or quantizer statistics updates.
+    def quantize(self, x: Tensor, *, normalized: bool = False) -> Tuple[Tensor, Tensor]:
+        """``(z_q, codes)`` without gradients or quantizer statistics updates (``normalized``: ``x``'s rows are
+        already L2-normalized).
 
         Shapes:
             x: [N, input_dim] -> (z_q [N, latent_dim], codes [N, L] int64)
         """
         if self.continuous:
             raise RuntimeError("quantize() needs the quantizer; this RQVAE was built with continuous=True")
-        _, z_e = self._encode(x)
-        return self.quantizer.quantize(z_e)
+        return self.quantizer.quantize(self.latent(x, normalized=normalized))
 
     def encode(self, x: Tensor) -> Tensor:
         """Tokens of ``x``. Shapes: x [N, input_dim] -> codes [N, L] int64."""

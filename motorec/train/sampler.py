@@ -1,8 +1,8 @@
 """Vectorized BPR sampling: every training pair once per epoch, with one negative per positive.
 
 Negatives are drawn on the device with ``torch.randint`` from the items that have training interactions (a
-cold item has no training signal and must not be pushed down by sampling either), and redrawn, all at once,
-where they hit one of the user's positives. Membership is a binary search (``torch.searchsorted``) in the
+cold item has no training signal and must not be pushed down by sampling either): a fixed number of
+candidates per positive at once, keeping the first that is not one of the user's positives. Membership is a binary search (``torch.searchsorted``) in the
 sorted ``user * num_items + item`` keys: no per-sample Python loop.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ class BPRSampler:
         train: [E, 2] int64 (user, item) training pairs (their device is the sampling device).
         num_items: catalog size.
         batch_size: pairs per batch (the last batch may be smaller).
-        max_rounds: redraw rounds for negatives that hit a positive; a negative still colliding after them
-            is kept (only possible for a user who interacted with nearly every warm item).
+        max_rounds: candidates drawn per negative; the first that is not one of the user's positives is kept
+            (a negative that still collides is only possible for a user who interacted with nearly every warm
+            item).
 
     Shapes:
         each batch: {"users": [B], "pos": [B], "neg": [B]} int64.
@@ -34,6 +35,8 @@ class BPRSampler:
             raise ValueError(f"train must be a non-empty [E, 2] tensor of (user, item) pairs, got {tuple(train.shape)}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         self.num_items = int(num_items)
         train = train.long()
         keys = torch.unique(train[:, 0] * self.num_items + train[:, 1])
@@ -59,18 +62,20 @@ class BPRSampler:
     def sample_negatives(self, users: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """One negative item per user, uniform over the warm items, avoiding the user's positives.
 
+        ``max_rounds`` candidates per user are drawn at once and the first that is not a positive is kept (the
+        first non-positive of i.i.d. uniform draws is uniform over the non-positives); a user whose every
+        candidate collides keeps the first. Fixed shapes throughout: no host read, no data-dependent size, so
+        a GPU step never waits on the sampler.
+
         Shapes:
             users: [B] int64 -> [B] int64.
         """
         n = self.candidates.numel()
-        neg = self.candidates[torch.randint(n, users.shape, device=self.device, generator=generator)]
-        for _ in range(self.max_rounds):
-            hit = self.is_positive(users, neg)
-            if not bool(hit.any()):
-                break
-            idx = hit.nonzero().flatten()
-            neg[idx] = self.candidates[torch.randint(n, idx.shape, device=self.device, generator=generator)]
-        return neg
+        draws = self.candidates[torch.randint(n, (users.numel(), self.max_rounds), device=self.device,
+                                              generator=generator)]
+        hit = self.is_positive(users.unsqueeze(1).expand_as(draws), draws)
+        first = (~hit).to(torch.uint8).argmax(1, keepdim=True)  # 0 when every draw hit: keep the first
+        return draws.gather(1, first).squeeze(1)
 
     def epoch(self, generator: Optional[torch.Generator] = None) -> Iterator[Dict[str, Tensor]]:
         """Yield the batches of one epoch (a fresh permutation of all training pairs)."""

@@ -243,7 +243,7 @@ class Trainer:
         n = model.num_items
         perm = torch.randperm(n, device=self.device, generator=gen)
         bs = self.config.train.batch_size
-        sums: Dict[str, float] = {}
+        sums: Dict[str, torch.Tensor] = {}
         steps = 0
         for start in _progress(range(0, n, bs), total=(n + bs - 1) // bs, desc=f"pretrain {epoch}", quiet=self.quiet):
             loss, parts = self._step("pretrain_loss", perm[start:start + bs])
@@ -251,12 +251,11 @@ class Trainer:
             loss.backward()
             opt.step()
             steps += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+            _accumulate(sums, parts)
+        return _epoch_means(sums, steps)
 
     def _joint_epoch(self, model, opt, sampler, gen, joint) -> Dict[str, float]:
-        sums: Dict[str, float] = {}
+        sums: Dict[str, torch.Tensor] = {}
         steps = 0
         for batch in _progress(sampler.epoch(gen), total=len(sampler), desc=f"{self.config.model.name} {joint}",
                                quiet=self.quiet):
@@ -265,7 +264,23 @@ class Trainer:
             loss.backward()
             opt.step()
             steps += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+            _accumulate(sums, {"loss": loss.detach(), **parts})
+        return _epoch_means(sums, steps)
+
+
+def _accumulate(sums: Dict[str, torch.Tensor], parts: Dict[str, Any]) -> None:
+    """Add a step's loss parts (0-dim tensors, or numbers) into ``sums`` on their device, in float64: no host
+    read per step (each would stall a GPU's queue); :func:`_epoch_means` reads them once."""
+    for k, v in parts.items():
+        v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+        sums[k] = sums[k] + v.to(sums[k].device) if k in sums else v
+
+
+def _epoch_means(sums: Dict[str, torch.Tensor], steps: int) -> Dict[str, float]:
+    """Per-step means of the accumulated parts as Python floats (one host read for all of them)."""
+    if not sums:
+        return {}
+    keys = list(sums)
+    dev = sums[keys[0]].device
+    values = torch.stack([sums[k].to(dev) for k in keys]).tolist()
+    return {k: v / max(steps, 1) for k, v in zip(keys, values)}

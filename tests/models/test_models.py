@@ -214,10 +214,10 @@ def test_rarity_terms_choose_which_bpr_terms_are_weighted(ds, terms):
     main_w = w if terms == "all" else None
     main = bpr_loss((ue * items[b["pos"]]).sum(1), (ue * items[b["neg"]]).sum(1), main_w)
     aux = bpr_loss((ue * cold[b["pos"]]).sum(1), (ue * cold[b["neg"]]).sum(1), w)
-    assert math.isclose(parts["bpr"], float(main.detach()), rel_tol=1e-5)
-    assert math.isclose(parts["bpr_cold"], float(aux.detach()), rel_tol=1e-5)
+    assert math.isclose(float(parts["bpr"]), float(main.detach()), rel_tol=1e-5)
+    assert math.isclose(float(parts["bpr_cold"]), float(aux.detach()), rel_tol=1e-5)
     other = bpr_loss((ue * items[b["pos"]]).sum(1), (ue * items[b["neg"]]).sum(1), None if terms == "all" else w)
-    assert not math.isclose(parts["bpr"], float(other.detach()), rel_tol=1e-5)
+    assert not math.isclose(float(parts["bpr"]), float(other.detach()), rel_tol=1e-5)
 
 
 def test_rarity_with_no_term_to_weight_warns(ds):
@@ -457,7 +457,8 @@ def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
             expected = expected + m.feature_residual.mlps[k](f)
         hs.append(expected)
     fused, _ = m.fusion(torch.stack(hs))
-    assert torch.allclose(m.content_view(outs), fused, atol=1e-6)
+    assert torch.allclose(m.content_view(m.tokenizer.latents(outs), {k: o.codes for k, o in outs.items()}), fused,
+                          atol=1e-6)
     m.config.item_item = True
     total, _ = m.loss(_batch(ds))
     total.backward()

@@ -252,9 +252,14 @@ def test_end_to_end_motorec_beats_random_and_lightgcn_on_cold_items(ds):
         results[name] = Trainer(cfg, ds, quiet=True).fit()["test"]
     g = torch.Generator().manual_seed(0)
     rand = evaluate(lambda u: torch.rand(u.numel(), ds.num_items, generator=g), ds, split="test")
-    cold = {k: v["cold"]["recall@20"] for k, v in results.items()}
-    assert results["motorec"]["cold"]["num_users"] > 20
-    assert cold["motorec"] > 2.0 * rand["cold"]["recall@20"], (cold, rand["cold"])
+    # cold items in the hybrid ranking (every item ranked, as a user sees them)
+    cold = {k: v["hybrid_cold"]["recall@20"] for k, v in results.items()}
+    assert results["motorec"]["hybrid_cold"]["num_users"] > 20
+    assert cold["motorec"] > 2.0 * rand["hybrid_cold"]["recall@20"], (cold, rand["hybrid_cold"])
     assert cold["motorec"] > 2.0 * cold["lightgcn"] + 0.02, cold
+    # ranked alone (the cold setting; ~40 cold items, so chance is high): still well above chance and ID-only
+    alone = {k: v["cold"]["recall@20"] for k, v in results.items()}
+    assert alone["motorec"] > rand["cold"]["recall@20"] + 0.15 and alone["motorec"] > alone["lightgcn"] + 0.15, \
+        (alone, rand["cold"])
     # and it still ranks warm items at least as well as chance by a wide margin
-    assert results["motorec"]["warm"]["recall@20"] > 2.0 * rand["warm"]["recall@20"]
+    assert results["motorec"]["hybrid_warm"]["recall@20"] > 2.0 * rand["hybrid_warm"]["recall@20"]

@@ -49,10 +49,9 @@ import os
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
-
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from motorec.reference.residual_quantize import _lowest_duplicate
 
@@ -431,7 +430,8 @@ def compile_specs():
                      "N": "i32"},
                     {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "PRECISION": prec,
                      "BOUND_REL": _bound_rel(prec, d) + 2.0 ** (_idx_bits(bk) - 22), "IDX_BITS": _idx_bits(bk)},
-                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, max_regs=128, min_tensor_share=0.02),
+                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, max_regs=176, target_regs=128,
+                    min_tensor_share=0.02),
         CompileSpec("fwd_exact f32 D64 K256 L3", _rq_exact_kernel,
                     {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32,
                      "queue_ptr": "*i64", "count_ptr": "*i32"},

@@ -205,13 +205,13 @@ def main(argv: List[str] | None = None) -> int:
     print(f"#   {ds.summary().splitlines()[0]}; {n_eval:,} test users", flush=True)
 
     def score_fn(users: torch.Tensor) -> torch.Tensor:
-        return user_emb[users] @ item_emb.t()
+        return user_emb[users] @ item_emb.t()  # noqa: F821 (freed by the del below, after the last call)
 
     if "evaluate" not in skip:
         for b in (int(x) for x in args.eval_batch.split(",") if x.strip()):
             eff = eval_batch_size(b, args.items, memory_mb=args.eval_memory_mb, settings=True)
             block = eff * args.items * 4 / 2**20
-            row = measure(meter, "evaluate", lambda: evaluate(score_fn, ds, split="test", batch_size=b,
+            row = measure(meter, "evaluate", lambda: evaluate(score_fn, ds, split="test", batch_size=b,  # noqa: F821
                                                               memory_mb=args.eval_memory_mb),
                           f"batch_size={b} -> {eff} under the memory budget: {n_eval:,} users x "
                           f"{args.items:,} items ranked; score block {block:.0f} MiB")

@@ -21,7 +21,7 @@ Run alone: ``python -m benchmarks.bench_propagate --quick``.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 

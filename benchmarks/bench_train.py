@@ -23,7 +23,7 @@ Run alone: ``python -m benchmarks.bench_train --quick``.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -157,7 +157,7 @@ class TrainBench(OpBench):
                     del ref
                 err = check_close(scores, state["ref"]["eval"], SCORE_TOL, "scores vs backend=torch")
                 res = run(0)
-                case.amount = float(res["overall"]["num_users"])
+                case.amount = float(res["hybrid"]["num_users"])
                 return err, f"{int(case.amount)} test users"
 
             case.run, case.check = run, check

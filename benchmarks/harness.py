@@ -31,7 +31,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -39,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from motorec import BackendUnavailable
+
 # Checks shared with the tests: CheckFailed (an AssertionError) and the float64 relative-error check.
 from motorec.testing import CheckFailed  # noqa: F401  (re-exported: the benches raise it)
 from motorec.testing import assert_close_rel as check_close  # noqa: F401  (re-exported for the benches)
@@ -551,7 +551,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def runner_from_args(args: argparse.Namespace) -> Runner:
-    split = (lambda s: [t.strip() for t in s.split(",") if t.strip()] if s else None)
+    def split(s):
+        return [t.strip() for t in s.split(",") if t.strip()] if s else None
+
     modes = split(args.modes)
     for m in modes or []:
         if m not in MODES and m not in ("train", "eval"):

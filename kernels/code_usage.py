@@ -31,10 +31,9 @@ import os
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
-
 import triton
 import triton.language as tl
+from torch import Tensor
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _PRECISIONS = ("tf32x3", "tf32", "ieee")

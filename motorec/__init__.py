@@ -6,8 +6,10 @@ Layers: :mod:`motorec.ops` (custom ops with reference paths and honest dispatch)
 """
 __version__ = "0.1.0"
 
-from motorec import _ext  # noqa: F401  (capability flags; loads motorec._C when built)
-from motorec import ops  # noqa: F401
+from motorec import (
+    _ext,  # noqa: F401  (capability flags; loads motorec._C when built)
+    ops,  # noqa: F401
+)
 from motorec._dispatch import BackendUnavailable
 from motorec.graph import Graph
 

@@ -4,9 +4,21 @@ import torch
 
 from motorec.reference.residual_quantize import residual_quantize_forward
 from motorec.reference.spmm import spmm as torch_csr_spmm
-from motorec.testing import (CheckFailed, WORK_U, assert_close_rel, check_codes, power_law_graph, propagate_oracle,
-                             random_directed_graph, random_interactions, rel_error, rq_decode_oracle, rq_oracle,
-                             spmm_oracle, tol_vs_torch)
+from motorec.testing import (
+    WORK_U,
+    CheckFailed,
+    assert_close_rel,
+    check_codes,
+    power_law_graph,
+    propagate_oracle,
+    random_directed_graph,
+    random_interactions,
+    rel_error,
+    rq_decode_oracle,
+    rq_oracle,
+    spmm_oracle,
+    tol_vs_torch,
+)
 
 
 def _brute_oracle(x, cb):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 from motorec.config import MODEL_NAMES, ModelConfig
-from motorec.models.base import Recommender, bpr_loss, info_nce, item_degrees
 from motorec.models.aldi import ALDIRec
+from motorec.models.base import Recommender, bpr_loss, info_nce, item_degrees
 from motorec.models.baselines import ContentRec, LightGCNContentRec, LightGCNRec
 from motorec.models.cold import ColdScorer
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from motorec.models.base import loss_part, bpr_loss
+from motorec.models.base import bpr_loss, loss_part
 from motorec.models.baselines import LightGCNRec
 from motorec.models.features import FeatureEncoder, ItemFeatures
 

@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from motorec.models.base import Recommender, loss_part, bpr_loss
+from motorec.models.base import Recommender, bpr_loss, loss_part
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.nn.lightgcn import LightGCN
 

@@ -6,7 +6,6 @@ losses)``, ``decode(codes)``; ``num_quantizers`` and ``commitment_weight`` are a
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch

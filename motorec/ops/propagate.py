@@ -14,8 +14,15 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.graph import Graph
-from motorec.ops._graph import (c_cpu_auto_check, c_cpu_check, check_graph_input, cuda_check, graph_operands,
-                                register_transpose_autograd, select_inputs)
+from motorec.ops._graph import (
+    c_cpu_auto_check,
+    c_cpu_check,
+    check_graph_input,
+    cuda_check,
+    graph_operands,
+    register_transpose_autograd,
+    select_inputs,
+)
 from motorec.reference import propagate as reference
 
 _D = dispatcher("propagate")

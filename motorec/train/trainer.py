@@ -22,8 +22,7 @@ import torch
 from motorec.config import Config, ConfigError
 from motorec.models import Recommender, build_model
 from motorec.train import distributed as _dist
-from motorec.train.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state)
+from motorec.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 

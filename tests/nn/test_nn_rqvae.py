@@ -28,13 +28,13 @@ def test_losses_finite_and_total_composition(mode):
     out = m(x)
     assert out.z_e.shape == (61, 8) and out.z_q.shape == (61, 8)
     assert out.codes.shape == (61, 2) and out.recon.shape == (61, 48)
-    l = out.losses
-    for v in l:
+    lo = out.losses
+    for v in lo:
         assert v.dim() == 0 and bool(torch.isfinite(v))
-    torch.testing.assert_close(l.total, l.reconstruction + l.codebook + l.commitment + 0.5 * l.sparsity)
+    torch.testing.assert_close(lo.total, lo.reconstruction + lo.codebook + lo.commitment + 0.5 * lo.sparsity)
     xn = F.normalize(x, dim=1)
-    torch.testing.assert_close(l.reconstruction, ((out.recon - xn) ** 2).sum(1).mean())
-    l.total.backward()
+    torch.testing.assert_close(lo.reconstruction, ((out.recon - xn) ** 2).sum(1).mean())
+    lo.total.backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
     assert float(m.quantizer.codebooks.grad.abs().sum()) > 0
@@ -84,7 +84,9 @@ def test_sparsity_kl_by_hand_sigmoid_two_levels():
         m.quantizer.codebooks.copy_(torch.tensor([[[0.0], [2.0]], [[0.5], [-0.5]]]))
     z = torch.tensor([[1.5], [-1.0]])
     codes = torch.tensor([[1, 0], [0, 1]])
-    sig = lambda t: 1 / (1 + math.exp(-t))
+    def sig(t):
+        return 1 / (1 + math.exp(-t))
+
     # level 0: r = z. item 0: d = (2.25, 0.25), mean 1.25; item 1: d = (1, 9), mean 5.
     l0 = [[sig((1.25 - 2.25) / 2), sig((1.25 - 0.25) / 2)], [sig((5 - 1) / 2), sig((5 - 9) / 2)]]
     # level 1: r = z - C0[code]: item 0: -0.5 -> d = (1, 0), mean 0.5; item 1: -1 -> d = (2.25, 0.25), mean 1.25.

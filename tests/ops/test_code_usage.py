@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import motorec
-from motorec.nn.rqvae import RQVAE
 from motorec import _ext
+from motorec.nn.rqvae import RQVAE
 from motorec.ops.code_usage import code_usage, code_usage_backward_op, code_usage_op
 from motorec.reference import code_usage as ref
 from motorec.testing import WORK_U, backend_params, backends_here, rel_error, tol_vs_torch

@@ -10,8 +10,15 @@ import motorec
 from motorec import BackendUnavailable, Graph, _ext
 from motorec.ops.propagate import propagate_op
 from motorec.reference.propagate import propagate as torch_csr_propagate
-from motorec.testing import (assert_close_rel, backend_params, power_law_graph, propagate_oracle,
-                             random_directed_graph, rel_error, tol_vs_torch)
+from motorec.testing import (
+    assert_close_rel,
+    backend_params,
+    power_law_graph,
+    propagate_oracle,
+    random_directed_graph,
+    rel_error,
+    tol_vs_torch,
+)
 
 needs_c = pytest.mark.skipif(not _ext.c_has_op("propagate"), reason=f"motorec._C has no propagate ({_ext.C_REASON})")
 

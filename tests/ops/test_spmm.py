@@ -15,8 +15,16 @@ import motorec
 from motorec import BackendUnavailable, Graph, _ext
 from motorec.ops.spmm import spmm_op
 from motorec.reference.spmm import spmm as torch_csr_spmm
-from motorec.testing import (assert_close_rel, backend_params, power_law_graph, propagate_oracle,
-                             random_directed_graph, rel_error, spmm_oracle, tol_vs_torch)
+from motorec.testing import (
+    assert_close_rel,
+    backend_params,
+    power_law_graph,
+    propagate_oracle,
+    random_directed_graph,
+    rel_error,
+    spmm_oracle,
+    tol_vs_torch,
+)
 
 needs_c = pytest.mark.skipif(not _ext.c_has_op("spmm"), reason=f"motorec._C has no spmm ({_ext.C_REASON})")
 

@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mmrec import small_config, subprocess_env, write_mmrec  # noqa: E402
 
-from motorec.train.checkpoint import (FORMAT_VERSION, CheckpointError, WriteError, load_checkpoint,  # noqa: E402
-                                      save_checkpoint)
+from motorec.train.checkpoint import FORMAT_VERSION, CheckpointError, WriteError, load_checkpoint, save_checkpoint  # noqa: E402
 
 RESULT_KEYS = ("valid", "test", "best_epoch", "epochs_run")
 

@@ -4,7 +4,6 @@ ID-only LightGCN."""
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch

@@ -83,8 +83,7 @@ class Recommender(nn.Module):
     Every model that scores cold items from features (``uses_features``) has ``self.cold``, a
     :class:`~motorec.models.cold.ColdScorer` that :meth:`score` applies: the same ``model.cold_calibration`` /
     ``cold_calibration_scope`` / ``cold_score_shift`` keys for every model; with ``cold_calibration: null`` each
-    class's ``default_cold_calibration`` (0: off for the baselines). A subclass that overrides :meth:`score`
-    applies ``self.cold`` itself (the base then returns raw scores to it, so nothing is calibrated twice).
+    class's ``default_cold_calibration`` (0: off for the baselines, 1 for MoToRec).
 
     Args:
         num_users, num_items: catalog sizes.
@@ -189,9 +188,7 @@ class Recommender(nn.Module):
         """
         u, i = self._eval_embeddings()
         s = u[users.to(u.device).long()] @ i.t()
-        if self.cold is None or type(self).score is not Recommender.score:
-            return s  # an overriding score() calibrates itself
-        return self.cold(s, self._eval_embeddings)
+        return s if self.cold is None else self.cold(s, self._eval_embeddings)
 
     def reg_loss(self, *tensors: Tensor) -> Tensor:
         """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""

@@ -41,7 +41,6 @@ import torch
 from torch import Tensor
 
 from motorec.models.base import Recommender, bpr_loss, loss_part
-from motorec.models.cold import ColdScorer
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.tokenizer import MultimodalTokenizer
@@ -78,6 +77,7 @@ class MoToRec(Recommender):
 
     uses_features = True
     has_tokenizer = True
+    default_cold_calibration = 1.0  # the base class's self.cold calibrates cold scores in score()
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
@@ -96,7 +96,6 @@ class MoToRec(Recommender):
                                  if c.feature_residual else None)
         self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
                                  init_std=0.1, backend=self.backend, device=dev)
-        self.cold = ColdScorer(c, self.warm_mask)
         if c.rarity and c.rarity_terms == "content" and c.lambda_cold == 0 and not c.rarity_contrastive:
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
@@ -202,14 +201,6 @@ class MoToRec(Recommender):
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, collab, content, _ = self._forward()
         return users, self._final_items(collab, content)
-
-    def score(self, users: Tensor) -> Tensor:
-        """Scores of every item, cold items' scores calibrated onto the warm items' scale (:class:`ColdScorer`).
-
-        Shapes:
-            users: [B] int -> [B, num_items] float.
-        """
-        return self.cold(super().score(users), self._eval_embeddings)
 
     def cold_embedding(self, content: Tensor) -> Tensor:
         """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.

@@ -141,5 +141,11 @@ HAS_TRITON, TRITON_REASON = _load_triton()
 
 
 def c_has_op(name: str) -> bool:
-    """Whether ``motorec._C`` registered a CPU kernel for ``motorec_C::<name>``."""
-    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"motorec_C::{name}", "CPU")
+    """Whether ``motorec._C`` registered a CPU kernel for ``motorec_C::<name>`` (False, not an error, for a
+    ``_C`` built before that op existed)."""
+    if not HAS_C:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"motorec_C::{name}", "CPU")
+    except RuntimeError:  # no schema of that name in this _C
+        return False

@@ -34,3 +34,37 @@ def cuda_only(**inputs):
     if d is not None and d != "cuda":
         return f"inputs are on {d}; this backend serves CUDA tensors"
     return None
+
+
+def triton_codebook_check(max_dim=None, **inputs):
+    """Why the Triton codebook kernels (residual_quantize, code_usage) cannot serve these inputs, or None:
+    CUDA tensors (CPU ones only under ``TRITON_INTERPRET=1``), float32/16/bf16, and ``dim <= max_dim`` where the
+    kernel keeps a row block's residual in registers."""
+    from motorec import _ext
+
+    d = inputs.get("device")
+    if d == "cpu" and not _ext.TRITON_INTERPRET:
+        return "inputs are on cpu; Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
+    if d not in (None, "cpu", "cuda"):
+        return f"inputs are on {d}; Triton runs CUDA tensors"
+    if inputs.get("dtype") not in (None, torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {inputs['dtype']} not supported by the Triton kernel (float32, float16, bfloat16)"
+    dim = inputs.get("dim")
+    if max_dim is not None and dim is not None and dim > max_dim:
+        return f"D={dim} > {max_dim}: the Triton kernel keeps a row block's residual in registers"
+    return None
+
+
+def triton_interpreter_auto(**inputs):
+    """``backend='auto'`` never picks the Triton interpreter: it is for tests (slow)."""
+    if inputs.get("device") == "cpu":
+        return "the Triton interpreter is for tests (slow); ask for backend='triton' explicitly"
+    return None
+
+
+def c_cpu_float_check(**inputs):
+    """Why the C++ CPU codebook kernels cannot serve these inputs (CPU tensors, float32/float64), or None."""
+    r = cpu_only(**inputs)
+    if r is None and inputs.get("dtype") not in (None, torch.float32, torch.float64):
+        r = f"dtype {inputs['dtype']} not supported by the C++ CPU kernel (float32, float64)"
+    return r

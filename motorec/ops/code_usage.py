@@ -6,6 +6,7 @@ Triton backends recompute the distance tiles in the backward and never hold an [
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Tuple
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
-from motorec.ops._common import check_float_matrix, cpu_only
+from motorec.ops._common import c_cpu_float_check, check_float_matrix, triton_codebook_check, triton_interpreter_auto
 from motorec.reference import code_usage as _ref
 
 _D = dispatcher("code_usage")
@@ -41,49 +42,14 @@ def _c_bwd(grad_rho, z_e, codes, codebooks, aux, temperature, mode):
                                                     mode == "softmax"))
 
 
-def _triton_check(**inputs):
-    d = inputs.get("device")
-    if d == "cpu" and not _ext.TRITON_INTERPRET:
-        return "inputs are on cpu; Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
-    if d not in (None, "cpu", "cuda"):
-        return f"inputs are on {d}; Triton runs CUDA tensors"
-    if inputs.get("dtype") not in (None, torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {inputs['dtype']} not supported by the Triton kernel (float32, float16, bfloat16)"
-    dim = inputs.get("dim")
-    if dim is not None and dim > 256:
-        return f"D={dim} > 256: the Triton kernel keeps a row block's residual in registers"
-    return None
-
-
-def _triton_auto(**inputs):
-    if inputs.get("device") == "cpu":
-        return "the Triton interpreter is for tests (slow); ask for backend='triton' explicitly"
-    return None
-
-
-def _cpu_check(**inputs):
-    r = cpu_only(**inputs)
-    if r is None and inputs.get("dtype") not in (None, torch.float32, torch.float64):
-        r = f"dtype {inputs['dtype']} not supported by the C++ CPU kernel (float32, float64)"
-    return r
-
-
-def _c_has_code_usage() -> bool:
-    # A motorec._C built before this op existed has no schema for it: c_has_op raises there, not False.
-    try:
-        return _ext.c_has_op("code_usage_fwd")
-    except RuntimeError:
-        return False
-
-
 _D.register(Backend("triton", forward=_triton_fwd, backward=_triton_bwd, static_reason=_ext.TRITON_REASON or None,
-                    input_check=_triton_check, auto_check=_triton_auto,
+                    input_check=partial(triton_codebook_check, max_dim=256), auto_check=triton_interpreter_auto,
                     note="fused Triton kernels: online softmax over K tiles, atomics into [L, K]"))
 _D.register(Backend("cuda", static_reason="no CUDA C++ kernel for code_usage: the Triton kernel serves CUDA tensors"))
 _D.register(Backend("cpu", forward=_c_fwd, backward=_c_bwd,
-                    static_reason=None if _c_has_code_usage()
+                    static_reason=None if _ext.c_has_op("code_usage_fwd")
                     else (_ext.C_REASON or "motorec._C has no code_usage (built before it was added: rebuild)"),
-                    input_check=_cpu_check, note="blocked OpenMP C++ kernel (motorec._C), per-thread [L, K] sums"))
+                    input_check=c_cpu_float_check, note="blocked OpenMP C++ kernel (motorec._C), per-thread [L, K] sums"))
 _D.register(Backend("torch", forward=_ref.code_usage_forward, backward=_ref.code_usage_backward,
                     note="per-level matmul + softmax/sigmoid reference (materializes N x K)"))
 

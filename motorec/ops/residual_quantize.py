@@ -5,6 +5,7 @@ and its gradients are defined in :mod:`motorec.reference.residual_quantize`; eve
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple, Tuple
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
-from motorec.ops._common import check_float_matrix, cpu_only
+from motorec.ops._common import c_cpu_float_check, check_float_matrix, triton_codebook_check, triton_interpreter_auto
 from motorec.reference import residual_quantize as _ref
 
 _D = dispatcher("residual_quantize")
@@ -53,30 +54,6 @@ def _c_bwd(gq, gr, x, codebooks, codes):
     return tuple(torch.ops.motorec_C.residual_quantize_bwd(gq, gr, x, codebooks, codes))
 
 
-def _triton_check(**inputs):
-    d = inputs.get("device")
-    if d == "cpu" and not _ext.TRITON_INTERPRET:
-        return "inputs are on cpu; Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
-    if d not in (None, "cpu", "cuda"):
-        return f"inputs are on {d}; Triton runs CUDA tensors"
-    if inputs.get("dtype") not in (None, torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {inputs['dtype']} not supported by the Triton kernel (float32, float16, bfloat16)"
-    return None
-
-
-def _triton_auto(**inputs):
-    if inputs.get("device") == "cpu":
-        return "the Triton interpreter is for tests (slow); ask for backend='triton' explicitly"
-    return None
-
-
-def _cpu_check(**inputs):
-    r = cpu_only(**inputs)
-    if r is None and inputs.get("dtype") not in (None, torch.float32, torch.float64):
-        r = f"dtype {inputs['dtype']} not supported by the C++ CPU kernel (float32, float64)"
-    return r
-
-
 def _cpu_auto(**inputs):
     # Measured (single-thread CPU time, N = 20k..50k): the reference's few vectorized passes beat the blocked
     # kernel's per-row work only for tiny float32 codebooks; the kernel wins from K*D = 32 up.
@@ -87,14 +64,14 @@ def _cpu_auto(**inputs):
 
 
 _D.register(Backend("triton", forward=_triton_fwd, backward=_triton_bwd, static_reason=_ext.TRITON_REASON or None,
-                    input_check=_triton_check, auto_check=_triton_auto,
+                    input_check=partial(triton_codebook_check, max_dim=None), auto_check=triton_interpreter_auto,
                     note="fused Triton kernels, all levels in one launch"))
 _D.register(Backend("cuda", static_reason="no CUDA C++ kernel for residual_quantize: the Triton kernel serves CUDA "
                     "tensors"))
 _D.register(Backend("cpu", forward=_c_fwd, backward=_c_bwd,
                     static_reason=None if _ext.c_has_op("residual_quantize_fwd")
                     else (_ext.C_REASON or "motorec._C has no residual_quantize"),
-                    input_check=_cpu_check, auto_check=_cpu_auto, note="blocked OpenMP C++ kernel (motorec._C)"))
+                    input_check=c_cpu_float_check, auto_check=_cpu_auto, note="blocked OpenMP C++ kernel (motorec._C)"))
 _D.register(Backend("torch", forward=_ref.residual_quantize_forward, backward=_ref.residual_quantize_backward,
                     note="per-level matmul + argmin + gather reference (materializes N x K)"))
 

@@ -85,8 +85,6 @@ class MoToRec(Recommender):
         if not feats.modalities:
             raise ValueError("MoToRec needs at least one feature modality; the dataset has none")
         c, dev, mods = self.config, self.device, feats.modalities
-        # the tokens of the items outside a step's tokenizer sample (see _tokens); None until training starts
-        self._token_cache: Optional[Dict[str, Tensor]] = None
         # The parts are built in this order because it fixes which random draws initialize which weights.
         self.tokenizer = MultimodalTokenizer(feats, c, self.backend).to(dev)
         self.token_level = TokenEncoder(mods, c, device=dev)
@@ -155,28 +153,10 @@ class MoToRec(Recommender):
         fused, _ = self.fusion(torch.stack(hs))
         return fused
 
-    def _sampling(self) -> bool:
-        m = self.config.tokenizer_sample
-        return self.training and 0 < m < self.num_items
-
-    def _tokens(self):
-        """``(latents, codes, tokenizer outputs that carry the tokenizer losses)`` for the whole catalog.
-
-        In training with ``tokenizer_sample = M`` (0 < M < num_items) the tokenizer runs on M items drawn
-        uniformly without repeats and every other item keeps its tokens from the cache
-        (:meth:`MultimodalTokenizer.sampled`); otherwise it runs on the whole catalog."""
-        if self._sampling():
-            if self._token_cache is None:
-                self._token_cache = self.tokenizer.refresh_cache()
-            items = torch.randperm(self.num_items, device=self.device)[: self.config.tokenizer_sample]
-            return self.tokenizer.sampled(items, self._token_cache)
-        outs = self.tokenizer()
-        return self.tokenizer.latents(outs), {m: o.codes for m, o in outs.items()}, outs
-
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
-        latents, codes, outs = self._tokens()
+        latents, codes, outs = self.tokenizer.catalog_tokens()
         id_part = self.item_emb * self.warm_mask.unsqueeze(1)
         content = self.content_view(latents, codes, id_part if c.item_item_ids else None)
         if c.rarity_gate:
@@ -287,27 +267,19 @@ class MoToRec(Recommender):
         return total, parts
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Schedules; the token cache of the sampled tokenizer pass is refreshed from the whole catalog (one
-        pass without gradients), and the item-item graphs are rebuilt from the same pass when due."""
+        """Schedules; the tokenizer's token cache (for its sampled steps) is refreshed from the whole catalog, one
+        pass without gradients, and the item-item graphs are rebuilt from the same pass when due."""
         super().on_epoch_start(epoch)
         c = self.config
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
-        if not (rebuild or self._sampling()):
+        sampling = self.tokenizer.sampling()
+        if not (rebuild or sampling):
             return
         latents, codes = self.tokenizer.encode_catalog()
-        if self._sampling():
-            self._token_cache = {m: latents[m] if codes[m] is None else codes[m] for m in latents}
+        if sampling:
+            self.tokenizer.set_cache(latents, codes)
         if rebuild:
             self.rebuild_item_graphs(latents)
-
-    def train(self, mode: bool = True):
-        self._token_cache = None  # refreshed from the current weights when training (re)starts
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._token_cache = None  # on the old device
-        return super()._apply(fn, *args, **kwargs)
-
 
 def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float,
                      max_items: int) -> Tensor:

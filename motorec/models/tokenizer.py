@@ -42,6 +42,9 @@ class MultimodalTokenizer(nn.Module):
                      ema=c.ema, kmeans_init=c.kmeans_init, backend=backend)
             for m, d in features.dims().items()
         })
+        self.sample_size = int(c.tokenizer_sample)
+        # tokens (or continuous latents) of the items outside a sampled step's sample; None until training needs it
+        self._cache: Optional[Dict[str, Tensor]] = None
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, RQVAEOutput]:
         normalized = self.features.is_normalized
@@ -81,6 +84,41 @@ class MultimodalTokenizer(nn.Module):
                 parts_c.append(c.long())
         lat[m] = torch.cat(parts_z)
         codes[m] = torch.cat(parts_c) if parts_c else None
+
+    def sampling(self) -> bool:
+        """Whether a training step runs the tokenizer on a sample (``0 < tokenizer_sample < num_items``)."""
+        return self.training and 0 < self.sample_size < self.features.num_items
+
+    def catalog_tokens(self) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]], Dict[str, RQVAEOutput]]:
+        """``(latents, codes, tokenizer outputs that carry the tokenizer losses)`` for the whole catalog.
+
+        When :meth:`sampling`, the tokenizer runs on ``tokenizer_sample`` items drawn uniformly without repeats
+        and every other item keeps its cached tokens (:meth:`sampled`); otherwise on the whole catalog.
+
+        Shapes:
+            -> ({m: [num_items, latent]}, {m: [num_items, L] int64 or None}, {m: RQVAEOutput}).
+        """
+        if self.sampling():
+            if self._cache is None:
+                cache = self.refresh_cache()  # (encode_catalog's train/eval switch clears self._cache)
+                self._cache = cache
+            dev = self.features[self.modalities[0]].device
+            items = torch.randperm(self.features.num_items, device=dev)[: self.sample_size]
+            return self.sampled(items, self._cache)
+        outs = self()
+        return self.latents(outs), {m: o.codes for m, o in outs.items()}, outs
+
+    def set_cache(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> None:
+        """Use an :meth:`encode_catalog` result the caller already has as the token cache."""
+        self._cache = {m: latents[m] if codes[m] is None else codes[m] for m in self.modalities}
+
+    def train(self, mode: bool = True):
+        self._cache = None  # refreshed from the current weights when training (re)starts
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # it would stay on the old device
+        return super()._apply(fn, *args, **kwargs)
 
     def refresh_cache(self) -> Dict[str, Tensor]:
         """The per-item state :meth:`sampled` reads for items outside its sample: each modality's tokens

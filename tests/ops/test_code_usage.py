@@ -10,10 +10,12 @@ GPU, :func:`test_triton_interpreter` re-runs this file's ``triton`` cases in a s
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -70,7 +72,12 @@ def _check_all(z, codes, cb, temperature, mode, backend, *, floor=None):
     got = _run(z, codes, cb, temperature, mode, backend, g)
     same = _run(z, codes, cb, temperature, mode, "torch", g) if z.device.type == "cpu" else None
     u = WORK_U[z.dtype]
-    floor = 256 * u if floor is None else floor
+    if floor is None:
+        floor = 256 * u
+        if z.dtype == torch.float64:
+            # here the torch path is the float64 oracle itself (error 0), so the floor alone must cover another
+            # summation order over the N rows that rho and the codebook gradient reduce: ~sqrt(N) u typical
+            floor *= max(1.0, math.sqrt(z.shape[0]))
     for name, a, w, t in zip(("rho", "grad_z_e", "grad_codebooks"), got, want, same or (None,) * 3):
         assert a.shape == w.shape and a.dtype == (z.dtype if name != "rho" else ref._acc_dtype(z.dtype))
         assert torch.isfinite(a).all(), f"{name}: non-finite values"
@@ -89,7 +96,7 @@ def test_matches_float64(device, backend, dtype, shape, mode):
         pytest.skip(f"{backend} does not serve {dtype}")
     big = {"odd": (1823, 123, 37, 3), "levels1": (700, 64, 256, 1), "k1": (300, 17, 1, 2)}[shape]
     small = {"odd": (45, 23, 37, 3), "levels1": (33, 16, 40, 1), "k1": (20, 17, 1, 2)}[shape]
-    g = torch.Generator().manual_seed(hash((shape, mode)) % 1000)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{shape}-{mode}".encode()) % 1000)  # hash() is salted per run
     z, codes, cb = _inputs(*_size(device, backend, big, small), dtype=dtype, device=device, generator=g)
     _check_all(z, codes, cb, 0.7, mode, backend)
 

@@ -7,7 +7,8 @@ without ``--data`` it uses the bundled MovieLens-100k. An output directory holds
 hybrid_cold, see :mod:`motorec.eval.metrics`; metric: recall@10, ndcg@10, recall@20, ndcg@20) with
 ``m[model]["seconds_per_epoch"]``. ``motorec compare`` trains every model on several cold-item draws and seeds
 (one ``motorec train`` subprocess per run, resumable) and writes ``summary.json`` / ``summary.md``
-(:mod:`motorec.eval.compare`).
+(:mod:`motorec.eval.compare`); with ``--tune`` every baseline first picks its learning rate and regularization
+from the same small grid on draw 0's validation split.
 
 A user error (bad data, bad flag or config, missing backend, foreign checkpoint) prints one line
 ``motorec: error: ...`` and exits with code 2; a file of the run that cannot be written (a full disk) prints
@@ -23,6 +24,7 @@ import argparse
 import datetime
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,6 +78,19 @@ def _user_errors():
 
 
 # ---------------------------------------------------------------------------------------------- parser
+def _grid_arg(key: str):
+    """argparse ``type`` of ``compare --grid-lr`` / ``--grid-reg``: comma-separated numbers, checked."""
+    def parse(text: str):
+        from motorec.eval.compare import parse_grid
+
+        try:
+            return parse_grid(text, key)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from motorec import __version__
     from motorec.config import DEFAULT_MODELS, MODEL_NAMES
@@ -129,7 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     c.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
     c.add_argument("--device", help="cpu, cuda or cuda:N")
+    c.add_argument("--tune", action="store_true", help="equal tuning first: every model but motorec picks "
+                   "train.lr x model.lambda_reg from a small grid by its validation score on draw 0 / seed 0 "
+                   "(OUT/tune/), then one run per draw, seed and model with its choice (docs/BASELINES.md)")
+    c.add_argument("--tune-reference", action="store_true", help="with --tune: tune motorec as well")
+    c.add_argument("--grid-lr", metavar="LRS", type=_grid_arg("lr"),
+                   help="with --tune: comma-separated train.lr values, each > 0 (default 1e-3,5e-3)")
+    c.add_argument("--grid-reg", metavar="REGS", type=_grid_arg("lambda_reg"),
+                   help="with --tune: comma-separated model.lambda_reg values, each >= 0 (default 1e-4,1e-3)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    # "--grid-lr -1e-3" reaches the grid check (a clear error) instead of reading as an option: every argument
+    # starting "-<digit>" or "-.<digit>" is a value here, as in Python >= 3.13 (compare has no such option)
+    c._negative_number_matcher = re.compile(r"-\.?\d")
 
     k = sub.add_parser("tokenize", help="write each item's semantic IDs (codes) from a trained MoToRec")
     k.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train' with a motorec model")
@@ -341,7 +367,7 @@ def cmd_evaluate(args) -> Outcome:
 
 
 def cmd_compare(args) -> Outcome:
-    from motorec.eval.compare import run_compare
+    from motorec.eval.compare import GRID_LR, GRID_REG, CompareError, run_compare
 
     for flag in ("draws", "seeds", "threads", "jobs"):
         if getattr(args, flag) < 1:
@@ -352,14 +378,23 @@ def cmd_compare(args) -> Outcome:
         raise UserError(f"--data {args.data!r} is not a directory (expected an MMRec folder)")
     if args.config is not None:
         _load_config(args.config)  # a bad config is refused here, not once per run
+    if not args.tune:
+        extra = [f for f, v in (("--tune-reference", args.tune_reference), ("--grid-lr", args.grid_lr),
+                                ("--grid-reg", args.grid_reg)) if v]
+        if extra:
+            raise UserError(f"{', '.join(extra)} only apply with --tune")
     models = list(dict.fromkeys(args.model)) if args.model else list(COMPARE_MODELS)
     out = Path(args.out)
+    tuning = dict(tune=True, grid_lr=args.grid_lr or GRID_LR, grid_reg=args.grid_reg or GRID_REG,
+                  tune_reference=args.tune_reference) if args.tune else {}
     try:
         run_compare(out, models=models, draws=args.draws, seeds=args.seeds,
                     data=None if args.data is None else str(Path(args.data).resolve()),
                     config=None if args.config is None else str(Path(args.config).resolve()), epochs=args.epochs,
                     threads=args.threads, jobs=args.jobs, backend=args.backend, device=args.device,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **tuning)
+    except CompareError as e:  # an output directory this command cannot continue (other layout, grid)
+        raise UserError(str(e)) from None
     except RuntimeError as e:  # some runs failed: the finished ones stay, a re-run resumes the others
         print(f"motorec: error: {e}", file=sys.stderr)
         return Outcome(EXIT_WRITE)

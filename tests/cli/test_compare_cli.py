@@ -17,7 +17,9 @@ from _mmrec import subprocess_env  # noqa: E402
 
 def _fake_train(calls, fail=()):
     """A stand-in for the per-run ``motorec train`` subprocess: records the command and writes a metrics.json
-    with every setting (recall@20 = the draw's number + a per-model offset)."""
+    with every setting (test recall@20 = the draw's number + a per-model offset; validation recall@20 also
+    grows with train.lr, read from ``--config``) and the run's config.yaml."""
+    import yaml
 
     class Done:
         def __init__(self, rc):
@@ -29,12 +31,16 @@ def _fake_train(calls, fail=()):
         draw = int(cmd[cmd.index("--split-seed") + 1])
         if draw in fail:
             return Done(4)
+        cfg = yaml.safe_load(Path(cmd[cmd.index("--config") + 1]).read_text()) if "--config" in cmd else {}
+        lr = (cfg.get("train") or {}).get("lr", 1e-3)
+        (out / "config.yaml").write_text(yaml.safe_dump({"train": {"lr": lr}, "model": cfg.get("model") or {}}))
         models = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--model"]
         m = {}
         for j, name in enumerate(models):
             v = 0.1 + 0.01 * draw + 0.05 * j
-            block = {"recall@10": v / 2, "ndcg@10": v / 3, "recall@20": v, "ndcg@20": v / 4}
-            m[name] = {"test": {k: dict(block) for k in ("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")}}
+            block = {"recall@10": v / 2, "ndcg@10": v / 3, "recall@20": v, "ndcg@20": v / 4, "num_users": 5}
+            m[name] = {"test": {k: dict(block) for k in ("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")},
+                       "valid": {k: {**block, "recall@20": v + lr} for k in ("cold", "warm", "hybrid")}}
         (out / "metrics.json").write_text(json.dumps(m))
         return Done(0)
 
@@ -92,12 +98,72 @@ def test_compare_models_flag_and_failed_run(tmp_path, monkeypatch, capsys):
     assert (out / "runs" / "draw0_seed0" / "metrics.json").is_file()  # the finished run stays
 
 
+def test_compare_tune_grid_then_one_run_per_model(tmp_path, monkeypatch, capsys):
+    from motorec.cli import COMPARE_MODELS, main
+
+    calls = []
+    monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
+    out = tmp_path / "cmp"
+    args = ["compare", "--out", str(out), "--draws", "2", "--tune", "--jobs", "2", "--epochs", "1", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    # 5 baselines x 4 grid points on draw 0, then 6 models x 2 draws: one subprocess each, one model each
+    assert len(calls) == 5 * 4 + 6 * 2
+    assert all(len([a for a in c if a == "--model"]) == 1 for c in calls)
+    grid = [c for c in calls if "tune" in Path(c[c.index("--out") + 1]).parts]
+    assert len(grid) == 20 and "motorec" not in {c[c.index("--model") + 1] for c in grid}
+    s = json.loads((out / "summary.json").read_text())
+    assert s["tuning"]["grid"] == {"lr": [1e-3, 5e-3], "lambda_reg": [1e-4, 1e-3]}
+    # the fake's validation recall grows with lr; lambda_reg ties, so the default 1e-4 stays
+    for name in COMPARE_MODELS[1:]:
+        assert s["tuning"]["models"][name] == {**s["tuning"]["models"][name], "tuned": True, "lr": 5e-3,
+                                               "lambda_reg": 1e-4}
+    assert s["tuning"]["models"]["motorec"] == {"tuned": False, "lr": 1e-3, "lambda_reg": 1e-4}
+    md = (out / "summary.md").read_text()
+    assert md in printed and "Equal tuning" in md and "| aldi | 0.005 | 0.0001 |" in md
+
+    calls.clear()  # resumable: nothing left to run
+    assert main(args) == 0 and calls == []
+    capsys.readouterr()
+    # another grid on the same output is refused in one line naming both grids
+    assert main(args + ["--grid-lr", "1e-3,1e-2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr 0.001,0.005 x lambda_reg 0.0001,0.001" in err[0] and "lr 0.001,0.01" in err[0]
+    assert calls == []
+
+
+def test_compare_tune_reference_and_custom_grid(tmp_path, monkeypatch, capsys):
+    from motorec.cli import main
+
+    calls = []
+    monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--draws", "1", "--model", "motorec", "--model", "knn", "--tune",
+                 "--tune-reference", "--grid-lr", "1e-3", "--grid-reg", "0,1e-4", "--quiet"]) == 0
+    assert len(calls) == 2 * 2 + 2
+    chosen = json.loads((out / "tune" / "chosen.json").read_text())
+    assert set(chosen) == {"motorec", "knn"} and chosen["knn"]["grid"] == {"lr": [1e-3], "lambda_reg": [0.0, 1e-4]}
+    assert chosen["motorec"]["lambda_reg"] == 0.0  # a tie: the first point
+    assert (out / "tune" / "motorec" / "lr0.001_reg0.0").is_dir()
+    # the plain layout and the tuned one do not mix
+    capsys.readouterr()
+    assert main(["compare", "--out", str(out), "--draws", "1", "--model", "knn", "--quiet"]) == 2
+    assert "made with --tune" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, match", [
     (["--draws", "0"], "--draws must be >= 1"),
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--model", "nope"], "invalid choice"),
     (["--data", "/no/such/dir"], "is not a directory"),
-], ids=["draws", "jobs", "model", "data"])
+    (["--tune", "--grid-lr", "abc"], "argument --grid-lr: expected comma-separated numbers, got 'abc'"),
+    (["--tune", "--grid-lr", "-1e-3"], "argument --grid-lr: train.lr grid values must be > 0, got -0.001"),
+    (["--tune", "--grid-lr=1e-3,-5e-3"], "argument --grid-lr: train.lr grid values must be > 0"),
+    (["--tune", "--grid-reg", "-0.001"], "argument --grid-reg: model.lambda_reg grid values must be >= 0"),
+    (["--tune", "--grid-reg", "1e-4,0.0001"], "argument --grid-reg: the model.lambda_reg grid repeats a value"),
+    (["--grid-lr", "1e-3", "--tune-reference"], "--tune-reference, --grid-lr only apply with --tune"),
+], ids=["draws", "jobs", "model", "data", "grid-lr-text", "grid-lr-negative", "grid-lr-negative-in-list",
+        "grid-reg-negative", "grid-reg-repeat", "grid-without-tune"])
 def test_compare_bad_flags_one_line(tmp_path, monkeypatch, capsys, args, match):
     from motorec.cli import main
 
@@ -116,6 +182,31 @@ def test_compare_refuses_a_bad_config_before_any_run(tmp_path, monkeypatch, caps
     assert main(["compare", "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "select_group" in err[0] and "train.select" in err[0]
+
+
+@pytest.mark.slow
+def test_compare_tune_real_tiny_run_on_bundled_data(tmp_path):
+    """The tuned path for real (three runs of seconds): lightgcn, one epoch, a two-point grid, one draw."""
+    from motorec.config import Config
+    from motorec.train.trainer import select_score
+
+    out = tmp_path / "cmp"
+    p = subprocess.run([sys.executable, "-m", "motorec", "compare", "--model", "lightgcn", "--epochs", "1",
+                        "--draws", "1", "--tune", "--grid-lr", "1e-3,5e-3", "--grid-reg", "1e-4", "--out", str(out),
+                        "--quiet"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    chosen = json.loads((out / "tune" / "chosen.json").read_text())["lightgcn"]
+    for pt in chosen["points"]:
+        m = json.loads((out / "tune" / "lightgcn" / f"lr{pt['lr']!r}_reg{pt['lambda_reg']!r}" / "metrics.json")
+                       .read_text())
+        assert pt["score"] == select_score(m["lightgcn"]["valid"], "warm_cold_mean")
+    assert chosen["score"] == max(pt["score"] for pt in chosen["points"])
+    run = out / "runs" / "draw0_seed0" / "lightgcn"
+    # the final run trained the chosen config (the epoch cap is set on the command line)
+    assert Config.load(run / "config.yaml").differences(Config.load(out / "tune" / "lightgcn.yaml")) == []
+    assert Config.load(run / "config.yaml").train.lr == chosen["lr"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["tuning"]["models"]["lightgcn"]["lr"] == chosen["lr"] and "Equal tuning" in p.stdout
 
 
 @pytest.mark.slow

@@ -111,7 +111,9 @@ class TrainBench(OpBench):
 
         if mode == "train":
             model, loss0, grads0 = self._first_step(state, provider)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            from motorec.train import make_optimizer
+
+            opt = make_optimizer(model, lr=1e-3)
 
             def check():
                 if "train" not in state["ref"]:

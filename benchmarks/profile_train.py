@@ -113,13 +113,13 @@ def _charge(events) -> Dict[str, float]:
 def profile_backend(ds, backend: str, steps: int, device) -> Tuple[Dict[str, float], float]:
     from motorec.config import ModelConfig
     from motorec.models import build_model
-    from motorec.train import BPRSampler, seed_everything
+    from motorec.train import BPRSampler, make_optimizer, seed_everything
 
     seed_everything(0)
     model = build_model(ds, ModelConfig(), backend=backend, device=str(device))
     model.train()
     model.on_epoch_start(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, lr=1e-3)
     sampler = BPRSampler(ds.train, ds.num_items, batch_size=2048)
     gen = torch.Generator(device=device).manual_seed(0)
     batches = []

@@ -99,71 +99,70 @@ void for_blocks(const Blocks& b, F fn) {
   }
 }
 
+// [L, K] tensor of ||c_j||^2 / T (norms accumulated in double, rounded to T, then scaled in T).
 template <typename T>
-std::vector<T> codeword_norms(const T* cb, int64_t LK, int64_t D) {
-  std::vector<T> cn(LK);
-  for (int64_t j = 0; j < LK; ++j) {
+at::Tensor codeword_norms_over_t(const T* cb, int64_t L, int64_t K, int64_t D, double temperature,
+                                 const at::TensorOptions& opts) {
+  at::Tensor cn = at::empty({L, K}, opts);
+  T* out = cn.data_ptr<T>();
+  const T it = static_cast<T>(1.0 / temperature);
+  for (int64_t j = 0; j < L * K; ++j) {
     double s = 0.0;
     for (int64_t t = 0; t < D; ++t) s += static_cast<double>(cb[j * D + t]) * cb[j * D + t];
-    cn[j] = static_cast<T>(s);
+    out[j] = it * static_cast<T>(s);
   }
   return cn;
 }
 
-// s_ij = (2 g_ij - cn_j) / T in place over one row; returns (max_j s_ij, sum_j s_ij).
-template <typename T>
-std::pair<T, double> row_logits(T* g, const T* cn, int64_t K, double inv_t) {
-  const T two_inv_t = static_cast<T>(2.0 * inv_t), it = static_cast<T>(inv_t);
-  T m = -std::numeric_limits<T>::infinity();
-  double sum = 0.0;
-  for (int64_t j = 0; j < K; ++j) {
-    g[j] = two_inv_t * g[j] - it * cn[j];
-    m = std::max(m, g[j]);
-    sum += g[j];
-  }
-  return {m, sum};
+// The tile work runs as whole-tile ATen ops (vectorized: ATen's CPU kernels use SIMD exp/sigmoid, where a
+// scalar std::exp per entry was most of the op's time at small N), one exponential per entry.
+//
+// s_ij = (2 g_ij - cn_j) / T over an [rows, K] tile of dot products g, in place (cn_over_t: [K] = cn / T).
+void tile_logits(at::Tensor& s, const at::Tensor& cn_over_t, double inv_t) {
+  s.mul_(2.0 * inv_t).sub_(cn_over_t);
 }
 
-// One exponential per entry (in the working precision T): the row's p_ij overwrite its logits in the tile, and
-// the row statistic (logsumexp or mean of the logits) is returned.
-template <typename T>
-double row_probs(T* g, const T* cn, int64_t K, double inv_t, bool softmax) {
-  const auto ms = row_logits(g, cn, K, inv_t);
+// p_ij in place over a tile of logits; returns the row statistic [rows] in double (logsumexp of the row for
+// softmax, the mean logit for sigmoid), which the backward takes as aux.
+at::Tensor tile_probs(at::Tensor& s, bool softmax) {
   if (softmax) {
-    const T m = ms.first;
-    double z = 0.0;
-    for (int64_t j = 0; j < K; ++j) {
-      g[j] = std::exp(g[j] - m);
-      z += g[j];
-    }
-    const T inv_z = static_cast<T>(1.0 / z);
-    for (int64_t j = 0; j < K; ++j) g[j] *= inv_z;
-    return static_cast<double>(m) + std::log(z);
+    const at::Tensor m = at::amax(s, {1}, /*keepdim=*/true);
+    s.sub_(m).exp_();
+    const at::Tensor z = s.sum({1}, /*keepdim=*/true, at::kDouble);
+    s.mul_(z.reciprocal().to(s.scalar_type()));
+    return (m.to(at::kDouble) + z.log()).squeeze(1);
   }
-  const double a = ms.second / static_cast<double>(K);
-  const T ta = static_cast<T>(a);
-  for (int64_t j = 0; j < K; ++j) g[j] = T(1) / (T(1) + std::exp(ta - g[j]));
-  return a;
+  const at::Tensor a = s.mean({1}, /*keepdim=*/true, at::kDouble);
+  s.sub_(a.to(s.scalar_type())).sigmoid_();
+  return a.squeeze(1);
 }
 
-// p_ij of one row of logits, from the saved row statistic a (the backward's recomputation).
-template <typename T>
-void probs_from_stat(T* g, const T* cn, int64_t K, double inv_t, double a, bool softmax) {
-  row_logits(g, cn, K, inv_t);
-  const T ta = static_cast<T>(a);
+// e_ij = d loss / d s_ij (times 1/N) in place over a tile of logits, from the saved row statistic a ([rows, 1]
+// in the working precision) and grad_rho's row G ([K]); adds sum_i e_ij into col (double, [K]).
+void tile_grad(at::Tensor& s, const at::Tensor& a, const at::Tensor& G, double inv_n, bool softmax, double* col) {
+  const at::Tensor gd = G.to(at::kDouble);
+  at::Tensor e;
   if (softmax) {
-    for (int64_t j = 0; j < K; ++j) g[j] = std::exp(g[j] - ta);
+    const at::Tensor p = s.sub_(a).exp_().to(at::kDouble);          // p_ij
+    const at::Tensor beta = (p * gd).sum({1}, /*keepdim=*/true);      // sum_j p_ij G_j
+    e = p.mul_(gd - beta).mul_(inv_n);
   } else {
-    for (int64_t j = 0; j < K; ++j) g[j] = T(1) / (T(1) + std::exp(ta - g[j]));
+    const at::Tensor p = s.sub_(a).sigmoid_().to(at::kDouble);
+    at::Tensor h = gd * p * (1.0 - p);                                // G p (1 - p)
+    e = h.sub_(h.mean({1}, /*keepdim=*/true)).mul_(inv_n);
   }
+  const at::Tensor cs = e.sum({0});
+  const double* c = cs.data_ptr<double>();
+  for (int64_t j = 0; j < cs.numel(); ++j) col[j] += c[j];
+  s.copy_(e);
 }
 
 template <typename T>
 void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_t D, int64_t K, int64_t L,
                 double temperature, bool softmax, T* rho, T* aux) {
-  const std::vector<T> cn = codeword_norms(cb, L * K, D);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor cb_t = at::from_blob(const_cast<T*>(cb), {L, K, D}, opts);
+  const at::Tensor cn_over_t = codeword_norms_over_t(cb, L, K, D, temperature, opts);  // [L, K]
   const Blocks b = plan(N, K);
   std::vector<double> acc(static_cast<size_t>(b.threads * L * K), 0.0);
   const double inv_t = 1.0 / temperature;
@@ -171,7 +170,6 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
     at::Tensor r_buf = at::empty({b.rows, D}, opts);
     at::Tensor s_buf = at::empty({b.rows, K}, opts);
     T* r = r_buf.data_ptr<T>();
-    T* s = s_buf.data_ptr<T>();
     double* my = acc.data() + tid * L * K;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * b.rows, rows = std::min(b.rows, N - i0);
@@ -179,11 +177,15 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
       at::Tensor r_view = r_buf.narrow(0, 0, rows), s_view = s_buf.narrow(0, 0, rows);
       for (int64_t l = 0; l < L; ++l) {
         at::mm_out(s_view, r_view, cb_t[l].t());
+        tile_logits(s_view, cn_over_t[l], inv_t);
+        const at::Tensor stat = tile_probs(s_view, softmax);
+        const double* st = stat.data_ptr<double>();
+        const at::Tensor cs = s_view.sum({0}, /*keepdim=*/false, at::kDouble);
+        const double* csp = cs.data_ptr<double>();
         double* accl = my + l * K;
+        for (int64_t j = 0; j < K; ++j) accl[j] += csp[j];
         for (int64_t i = 0; i < rows; ++i) {
-          T* g = s + i * K;
-          aux[(i0 + i) * L + l] = static_cast<T>(row_probs(g, cn.data() + l * K, K, inv_t, softmax));
-          for (int64_t j = 0; j < K; ++j) accl[j] += g[j];
+          aux[(i0 + i) * L + l] = static_cast<T>(st[i]);
           const T* c = cb + (l * K + codes[(i0 + i) * L + l]) * D;
           T* ri = r + i * D;
           for (int64_t t = 0; t < D; ++t) ri[t] = ri[t] - c[t];
@@ -202,9 +204,11 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
 template <typename T>
 void cu_backward(const T* grad_rho, const T* z, const int64_t* codes, const T* cb, const T* aux, int64_t N,
                  int64_t D, int64_t K, int64_t L, double temperature, bool softmax, T* gz, T* gcb) {
-  const std::vector<T> cn = codeword_norms(cb, L * K, D);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor cb_t = at::from_blob(const_cast<T*>(cb), {L, K, D}, opts);
+  const at::Tensor cn_over_t = codeword_norms_over_t(cb, L, K, D, temperature, opts);  // [L, K]
+  const at::Tensor aux_t = at::from_blob(const_cast<T*>(aux), {N, L}, opts);
+  const at::Tensor grad_rho_t = at::from_blob(const_cast<T*>(grad_rho), {L, K}, opts);
   const Blocks b = plan(N, K);
   const int64_t LKD = L * K * D;
   // Per thread: sum_i e_ij r_i and the residual chain ([L, K, D]), and sum_i e_ij ([L, K], double).
@@ -218,7 +222,6 @@ void cu_backward(const T* grad_rho, const T* z, const int64_t* codes, const T* c
     at::Tensor my_g = gacc[tid];
     T* r = r_buf.data_ptr<T>();
     T* grr = gr_buf.data_ptr<T>();
-    T* s = s_buf.data_ptr<T>();
     T* myg = my_g.data_ptr<T>();
     double* mycol = colsum.data() + tid * L * K;
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -236,34 +239,9 @@ void cu_backward(const T* grad_rho, const T* z, const int64_t* codes, const T* c
         }
         at::Tensor r_view = r_buf[l].narrow(0, 0, rows);
         at::mm_out(s_view, r_view, cb_t[l].t());
-        const T* G = grad_rho + l * K;
-        double* coll = mycol + l * K;
-        for (int64_t i = 0; i < rows; ++i) {
-          T* g = s + i * K;
-          probs_from_stat(g, cn.data() + l * K, K, inv_t, static_cast<double>(aux[(i0 + i) * L + l]), softmax);
-          if (softmax) {
-            double beta = 0.0;  // sum_j p_ij G_j
-            for (int64_t j = 0; j < K; ++j) beta += static_cast<double>(g[j]) * G[j];
-            for (int64_t j = 0; j < K; ++j) {
-              const double e = static_cast<double>(g[j]) * (G[j] - beta) * inv_n;
-              g[j] = static_cast<T>(e);
-              coll[j] += e;
-            }
-          } else {
-            double beta = 0.0;  // mean_j h_ij, h = G p (1 - p)
-            for (int64_t j = 0; j < K; ++j) {
-              const double p = g[j];
-              g[j] = static_cast<T>(G[j] * p * (1.0 - p));
-              beta += g[j];
-            }
-            beta /= static_cast<double>(K);
-            for (int64_t j = 0; j < K; ++j) {
-              const double e = (static_cast<double>(g[j]) - beta) * inv_n;
-              g[j] = static_cast<T>(e);
-              coll[j] += e;
-            }
-          }
-        }
+        tile_logits(s_view, cn_over_t[l], inv_t);
+        const at::Tensor a = aux_t.narrow(0, i0, rows).select(1, l).unsqueeze(1);  // [rows, 1]
+        tile_grad(s_view, a, grad_rho_t[l], inv_n, softmax, mycol + l * K);
         at::Tensor gr_view = gr_buf[l].narrow(0, 0, rows);
         at::mm_out(gr_view, s_view, cb_t[l]);
         my_g[l].addmm_(s_view.t(), r_view);

@@ -4,7 +4,7 @@ trained model back from a run directory."""
 from motorec.train.checkpoint import CheckpointError, WriteError, atomic_write, load_checkpoint, save_checkpoint
 from motorec.train.runs import RunDir, load_run, load_trained, read_run_info
 from motorec.train.sampler import BPRSampler
-from motorec.train.trainer import Trainer, resolve_device, seed_everything
+from motorec.train.trainer import Trainer, make_optimizer, resolve_device, seed_everything
 
-__all__ = ["BPRSampler", "Trainer", "CheckpointError", "load_checkpoint", "save_checkpoint", "seed_everything",
+__all__ = ["BPRSampler", "Trainer", "CheckpointError", "load_checkpoint", "save_checkpoint", "seed_everything", "make_optimizer",
            "resolve_device", "load_run", "load_trained", "read_run_info", "RunDir", "WriteError", "atomic_write"]

@@ -26,7 +26,7 @@ from motorec.train.checkpoint import CheckpointError, load_checkpoint, rng_state
 from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
-__all__ = ["Trainer", "seed_everything", "resolve_device", "select_score"]
+__all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "make_optimizer"]
 
 SELECT_METRIC = "recall@20"
 
@@ -40,6 +40,16 @@ def select_score(valid: Dict[str, Dict[str, float]], rule: str) -> float:
         parts = [valid[st][SELECT_METRIC] for st in ("warm", "cold") if valid[st].get("num_users")]
         return sum(parts) / len(parts) if parts else valid["hybrid"][SELECT_METRIC]
     return valid[rule if valid[rule].get("num_users") else "hybrid"][SELECT_METRIC]
+
+
+def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters, as one fused kernel (``fused=True``) where torch has it for every
+    parameter's device and dtype (CPU and CUDA floating point): the same update rule as the per-parameter loop,
+    about a fifth of its time on a CPU for MoToRec's ~30 small parameter tensors (the loop is ~260 ops a step,
+    the fused form a few). Elsewhere (or for non-float parameters) the default implementation."""
+    params = [p for p in model.parameters()]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def seed_everything(seed: int) -> None:
@@ -146,7 +156,7 @@ class Trainer:
         fingerprint = ds.fingerprint()
         model = build_model(ds, cfg.model, backend=tc.backend, device=str(self.device))
         self.model = model
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = make_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
         self._step = _dist.make_step(model, self.dist)  # model.<loss>(batch), or this rank's shard under DDP
         gen = torch.Generator(device=self.device).manual_seed(tc.seed)
         sampler = BPRSampler(ds.train, ds.num_items, batch_size=tc.batch_size)

@@ -47,4 +47,12 @@ TORCH_LIBRARY(motorec_C, m) {
   m.def(
       "code_usage_bwd(Tensor grad_rho, Tensor z_e, Tensor codes, Tensor codebooks, Tensor aux, float temperature, "
       "bool softmax) -> (Tensor, Tensor)");
+  // Per user, the top k items of s_ui = (u . i) * item_scale_i + item_shift_i over all items, the warm items
+  // (cold false) and the cold items, excluded items never listed, ties to the lower index (definition in
+  // motorec/reference/rank_topk.py): users [B, d], items [I, d], item_scale / item_shift [I] or none,
+  // exclude_rowptr [B+1] int64, exclude_col [nnz] int64, cold [I] bool -> hybrid, warm, cold [B, k] int64
+  // (-1 past a row's eligible items), nan [B] bool (a non-excluded score was NaN; NaN is never ranked).
+  m.def(
+      "rank_topk(Tensor users, Tensor items, int k, Tensor? item_scale, Tensor? item_shift, Tensor exclude_rowptr, "
+      "Tensor exclude_col, Tensor cold) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -4,15 +4,18 @@
 * :func:`spmm` — CSR sparse x dense product.
 * :func:`propagate` — multi-layer LightGCN readout (mean over layers).
 * :func:`code_usage` — per-codeword mean soft assignment of residual quantization (the sparsity term), fused.
+* :func:`rank_topk` — per-user top-k items (all, warm, cold) with exclusions, without the [B, I] scores.
 * :func:`explain` — a table of every backend of an op and why it can or cannot serve here.
 """
 from motorec._dispatch import BackendUnavailable, dispatcher, registered_ops
 from motorec.ops.code_usage import code_usage
 from motorec.ops.propagate import propagate
+from motorec.ops.rank_topk import RankTopK, rank_topk
 from motorec.ops.residual_quantize import RQOutput, residual_quantize
 from motorec.ops.spmm import spmm
 
-__all__ = ["residual_quantize", "RQOutput", "code_usage", "spmm", "propagate", "explain", "select_backend", "BackendUnavailable"]
+__all__ = ["residual_quantize", "RQOutput", "code_usage", "spmm", "propagate", "rank_topk", "RankTopK", "explain",
+           "select_backend", "BackendUnavailable"]
 
 
 def explain(op_name: str | None = None, **inputs) -> str:

@@ -266,6 +266,12 @@ class MoToRec(Recommender):
         parts["reg"] = loss_part(reg)
         return total, parts
 
+    def epoch_stats(self) -> Dict[str, float]:
+        """What the last :meth:`on_epoch_start` measured, for the epoch's log row: ``churn_<modality>``, the
+        fraction of items whose tokens changed since the previous epoch's refresh (:meth:`MultimodalTokenizer.code_churn`;
+        absent on the first joint epoch and when the catalog is not re-encoded that epoch)."""
+        return dict(getattr(self, "_epoch_stats", {}))
+
     def on_epoch_start(self, epoch: int) -> None:
         """Schedules; the tokenizer's token cache (for its sampled steps) is refreshed from the whole catalog, one
         pass without gradients, and the item-item graphs are rebuilt from the same pass when due."""
@@ -273,9 +279,11 @@ class MoToRec(Recommender):
         c = self.config
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
         sampling = self.tokenizer.sampling()
+        self._epoch_stats = {}
         if not (rebuild or sampling):
             return
         latents, codes = self.tokenizer.encode_catalog()
+        self._epoch_stats = {f"churn_{m}": v for m, v in self.tokenizer.code_churn(codes).items()}
         if sampling:
             self.tokenizer.set_cache(latents, codes)
         if rebuild:

@@ -45,6 +45,8 @@ class MultimodalTokenizer(nn.Module):
         self.sample_size = int(c.tokenizer_sample)
         # tokens (or continuous latents) of the items outside a sampled step's sample; None until training needs it
         self._cache: Optional[Dict[str, Tensor]] = None
+        # every item's tokens at the last code_churn() call, to count what changed since (not saved in checkpoints)
+        self._last_codes: Optional[Dict[str, Tensor]] = None
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, RQVAEOutput]:
         normalized = self.features.is_normalized
@@ -84,6 +86,26 @@ class MultimodalTokenizer(nn.Module):
                 parts_c.append(c.long())
         lat[m] = torch.cat(parts_z)
         codes[m] = torch.cat(parts_c) if parts_c else None
+
+    @torch.no_grad()
+    def code_churn(self, codes: Dict[str, Optional[Tensor]]) -> Dict[str, float]:
+        """Fraction of items whose token tuple differs from the one they had at the previous call, per modality
+        (``{}`` on the first call, for a continuous model, or after a catalog-size change); ``codes`` is an
+        :meth:`encode_catalog` result. The trainer logs it once per epoch (``churn_<modality>``): how settled
+        the codes are that the graph encoder builds on. One host read per modality.
+
+        Shapes:
+            codes: {m: [num_items, num_levels] int64 or None} -> {m: float in [0, 1]}.
+        """
+        out: Dict[str, float] = {}
+        prev = self._last_codes
+        if all(codes.get(m) is not None for m in self.modalities):
+            if prev is not None:
+                for m in self.modalities:
+                    if prev[m].shape == codes[m].shape:
+                        out[m] = float((prev[m] != codes[m]).any(1).float().mean())
+            self._last_codes = {m: codes[m].clone() for m in self.modalities}
+        return out
 
     def sampling(self) -> bool:
         """Whether a training step runs the tokenizer on a sample (``0 < tokenizer_sample < num_items``)."""

@@ -540,3 +540,23 @@ def test_with_new_items_rejects_bad_features(ds):
     for feats, match in cases:
         with pytest.raises(ValueError, match=match):
             m.with_new_items(feats)
+
+
+def test_code_churn_counts_items_whose_tokens_changed(ds):
+    """on_epoch_start reports churn_<modality>: the share of items whose token tuple changed since the previous
+    refresh (none on the first one); the tokenizer's count is exact on codes we change by hand."""
+    m = _model(ds, tokenizer_sample=8)
+    m.train()
+    m.on_epoch_start(0)
+    assert m.epoch_stats() == {}
+    m.on_epoch_start(1)  # same weights: nothing changed
+    stats = m.epoch_stats()
+    assert set(stats) == {f"churn_{mod}" for mod in m.tokenizer.modalities}
+    assert all(v == 0.0 for v in stats.values())
+    tok = m.tokenizer
+    codes = {mod: c.clone() for mod, c in tok._last_codes.items()}
+    first = tok.modalities[0]
+    codes[first][:3, 0] = (codes[first][:3, 0] + 1) % m.config.codebook_size
+    churn = tok.code_churn(codes)
+    assert churn[first] == pytest.approx(3 / ds.num_items)
+    assert all(churn[mod] == 0.0 for mod in tok.modalities[1:])

@@ -161,9 +161,82 @@ def mask_pairs_(scores: Tensor, users: Tensor, rowptr: Tensor, items: Tensor) ->
     return scores
 
 
+def _fused_ranking(score_fn, backend: Optional[str], device: torch.device):
+    """``(users [U, d], items [I, d], item_scale, item_shift, backend name)`` on ``device`` when :func:`evaluate`
+    ranks through :func:`motorec.ops.rank_topk` (see its ``backend`` argument), else ``None``."""
+    owner = getattr(score_fn, "__self__", None)
+    if owner is None or getattr(score_fn, "__name__", "") != "score" or not hasattr(owner, "ranking_parts"):
+        return None
+    if backend is None:
+        backend = getattr(owner, "backend", "auto")
+    from motorec import ops
+
+    parts = owner.ranking_parts()
+    if parts is None:
+        return None
+    users, items, scale, shift = (None if t is None else t.detach().to(device) for t in parts)
+    try:
+        name = ops.select_backend("rank_topk", backend, device=device.type, dtype=items.dtype, dim=items.shape[1])
+    except ops.BackendUnavailable:  # e.g. backend="cuda": no rank_topk kernel there; the dense path serves
+        return None
+    return None if name == "torch" else (users, items, scale, shift, name)
+
+
+def _rank_fused(fused, users: Tensor, m_rowptr: Tensor, m_item: Tensor, cold: Tensor, kmax: int,
+                k_cold: int) -> Dict[str, Tensor]:
+    """The three rankings of a user batch from :func:`motorec.ops.rank_topk` (the user's masked items as its
+    exclude lists), and its NaN flags."""
+    from motorec import ops
+
+    u, items, scale, shift, name = fused
+    starts = m_rowptr[users]
+    rowptr = torch.zeros(users.numel() + 1, dtype=torch.int64, device=users.device)
+    rowptr[1:] = torch.cumsum(m_rowptr[users + 1] - starts, 0)
+    _, pos = _segments(m_rowptr, users)
+    r = ops.rank_topk(u[users], items, kmax, item_scale=scale, item_shift=shift, exclude_rowptr=rowptr,
+                      exclude_col=m_item[pos], cold=cold, backend=name)
+    return {"hybrid": r.hybrid, "warm": r.warm, "cold": r.cold[:, :k_cold], "nan": r.nan}
+
+
+def _rank_dense(score_fn, users: Tensor, n_items: int, device, m_rowptr: Tensor, m_item: Tensor,
+                cold_idx: Tensor, kmax: int) -> Dict[str, Tensor]:
+    """The three rankings of a user batch from ``score_fn``'s dense scores (masked in place, three
+    ``torch.topk``), and whether a NaN reached the hybrid top K (0-dim bool)."""
+    b = users.numel()
+    scores = score_fn(users)
+    if not isinstance(scores, Tensor) or scores.shape != (b, n_items):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"score_fn must return scores of shape [{b}, num_items={n_items}], got {shape}")
+    if not scores.is_floating_point():
+        raise ValueError(f"score_fn must return floating-point scores, got {scores.dtype}")
+    scores = scores.to(device)
+    if scores._base is not None or scores.requires_grad:
+        scores = scores.detach().clone()
+    mask_pairs_(scores, users, m_rowptr, m_item)
+    k_eff = min(kmax, n_items)
+    top_scores, top = torch.topk(scores, k_eff, dim=1, sorted=True)
+
+    rankings = {"hybrid": top}
+    if cold_idx.numel():
+        cold_scores = scores[:, cold_idx]  # [b, num_cold]
+        _, ct = torch.topk(cold_scores, min(kmax, cold_idx.numel()), dim=1, sorted=True)
+        rankings["cold"] = cold_idx[ct]
+        del cold_scores
+        scores[:, cold_idx] = float("-inf")
+        _, rankings["warm"] = torch.topk(scores, k_eff, dim=1, sorted=True)
+    else:
+        rankings["warm"] = top
+        rankings["cold"] = top[:, :0]
+    del scores
+    # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.
+    rankings["nan"] = torch.isnan(top_scores).any()
+    return rankings
+
+
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
-             batch_size: int = 1024, device=None, progress: bool = False, memory_mb: Optional[float] = None) -> dict:
+             batch_size: int = 1024, device=None, progress: bool = False, memory_mb: Optional[float] = None,
+             backend: Optional[str] = None) -> dict:
     """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs in the three
     settings ``cold``, ``warm``, ``hybrid`` (and the hybrid ranking's ``hybrid_warm`` / ``hybrid_cold`` pairs;
     see the module docstring), all from one ``score_fn`` call per user batch.
@@ -181,6 +254,15 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         progress: show a tqdm bar over user batches.
         memory_mb: budget in MiB of a batch's score blocks (default :data:`EVAL_MEMORY_MB` = 1024, env
             ``MOTOREC_EVAL_MEMORY_MB``): 1M items (all cold in the worst case) give batches of 134 users.
+        backend: how the rankings are formed (default ``None``: the model's ``backend`` when ``score_fn`` is a
+            model's ``score``, else ``"auto"``). When ``score_fn`` is the bound ``score`` method of an object with
+            ``ranking_parts()`` (every :class:`~motorec.models.base.Recommender`) and that returns parts (not
+            ``None``: calibration in the ``"user"`` scope), and ``backend`` resolves to a compiled kernel of
+            :func:`motorec.ops.rank_topk` (``cpu``), the three rankings come from that fused op: no
+            ``[B, num_items]`` scores, ``score_fn`` is not called. Otherwise (``torch``; a backend without a
+            ``rank_topk`` kernel, e.g. on CUDA; any other callable) the dense path: ``score_fn``, masking and
+            three ``torch.topk``. Both give the same rankings up to the matmul's rounding (exactly equal
+            scores: the fused op lists the lower item index first, ``torch.topk`` in no promised order).
 
     Returns ``{key: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}`` for
     key in :data:`RESULT_KEYS` = ``("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")``. A key with no
@@ -220,6 +302,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     ranking_of = {"cold": "cold", "warm": "warm", "hybrid": "hybrid", "hybrid_warm": "hybrid",
                   "hybrid_cold": "hybrid"}
     cold_idx = torch.nonzero(~warm_item).flatten()
+    fused = _fused_ranking(score_fn, backend, device)
 
     sums = {g: {name: torch.zeros((), dtype=torch.float64, device=device) for k in ks
                 for name in (f"recall@{k}", f"ndcg@{k}")} for g in RESULT_KEYS}
@@ -236,33 +319,12 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         e = min(s + batch_size, n_eval)
         users = eval_users[s:e]
         b = users.numel()
-        scores = score_fn(users)
-        if not isinstance(scores, Tensor) or scores.shape != (b, n_items):
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"score_fn must return scores of shape [{b}, num_items={n_items}], got {shape}")
-        if not scores.is_floating_point():
-            raise ValueError(f"score_fn must return floating-point scores, got {scores.dtype}")
-        scores = scores.to(device)
-        if scores._base is not None or scores.requires_grad:
-            scores = scores.detach().clone()
-        mask_pairs_(scores, users, m_rowptr, m_item)
-        k_eff = min(kmax, n_items)
-        top_scores, top = torch.topk(scores, k_eff, dim=1, sorted=True)
-        # torch.topk ranks NaN above every number, so checking the top-K finds any NaN that could matter.
-        saw_nan |= torch.isnan(top_scores).any()
-
-        rankings = {"hybrid": top}
-        if cold_idx.numel():
-            cold_scores = scores[:, cold_idx]  # [b, num_cold]
-            _, ct = torch.topk(cold_scores, min(kmax, cold_idx.numel()), dim=1, sorted=True)
-            rankings["cold"] = cold_idx[ct]
-            del cold_scores
-            scores[:, cold_idx] = float("-inf")
-            _, rankings["warm"] = torch.topk(scores, k_eff, dim=1, sorted=True)
+        if fused is not None:
+            rankings = _rank_fused(fused, users, m_rowptr, m_item, ~warm_item, kmax, min(kmax, cold_idx.numel()))
+            saw_nan |= rankings.pop("nan").any()
         else:
-            rankings["warm"] = top
-            rankings["cold"] = top[:, :0]
-        del scores
+            rankings = _rank_dense(score_fn, users, n_items, device, m_rowptr, m_item, cold_idx, kmax)
+            saw_nan |= rankings.pop("nan")
 
         t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
         lo, hi = int(t_rowptr[s]), int(t_rowptr[e])

@@ -190,6 +190,31 @@ class Recommender(nn.Module):
         s = u[users.to(u.device).long()] @ i.t()
         return s if self.cold is None else self.cold(s, self._eval_embeddings)
 
+    def ranking_parts(self) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]]:
+        """:meth:`score` as parts a fused ranking takes (:func:`motorec.ops.rank_topk`, used by
+        :func:`motorec.eval.evaluate`): ``(users [U, d], items [I, d], item_scale, item_shift)`` with
+        ``score(b)[:, i] == (users[b] . items[i]) * item_scale[i] + item_shift[i]`` (up to the matmul's
+        rounding), from the cached eval embeddings. The scale and shift are ``self.cold``'s global affine map on
+        the cold items (1 and 0 on warm items), both ``None`` when no calibration applies. ``None`` when the
+        scores are not of that form (calibration in the ``"user"`` scope).
+
+        Shapes:
+            -> users [U, d], items [I, d], item_scale [I] or None, item_shift [I] or None
+        """
+        u, i = self._eval_embeddings()
+        if self.cold is None:
+            return u, i, None, None
+        if self.cold.per_user:
+            return None
+        ab = self.cold.affine(self._eval_embeddings)
+        if ab is None:
+            return u, i, None, None
+        alpha, beta = (t.to(device=i.device, dtype=i.dtype) for t in ab)
+        cold = ~self.cold.warm_mask.to(i.device)
+        scale = torch.where(cold, alpha, torch.ones((), dtype=i.dtype, device=i.device))
+        shift = torch.where(cold, beta, torch.zeros((), dtype=i.dtype, device=i.device))
+        return u, i, scale, shift
+
     def reg_loss(self, *tensors: Tensor) -> Tensor:
         """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""
         b = max(tensors[0].shape[0], 1)

@@ -52,22 +52,56 @@ class ColdScorer(nn.Module):
         self.num_items = int(warm_mask.numel())
         self._moments: Optional[Tuple[Tensor, Moments]] = None
 
+    def _strength(self) -> Tuple[float, float]:
+        c = self.config
+        return (self.default_calibration if c.cold_calibration is None else c.cold_calibration), c.cold_score_shift
+
+    def active(self) -> bool:
+        """Whether calibration changes any score (strength or shift non-zero, at least 2 warm and 2 cold items)."""
+        a, shift = self._strength()
+        return not ((a <= 0 and shift == 0) or self.num_cold < 2 or self.num_items - self.num_cold < 2)
+
+    @property
+    def per_user(self) -> bool:
+        """True when calibration is active in the ``"user"`` scope: each user's cold scores get their own map, so
+        the calibrated scores are not one affine map of ``u . i`` (:meth:`affine` does not apply)."""
+        return self.active() and self.config.cold_calibration_scope != "global"
+
+    def affine(self, embeddings: Callable[[], Tuple[Tensor, Tensor]]) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(alpha, beta)``, 0-dim tensors in the items' dtype, such that the ``"global"`` scope's calibrated
+        cold score is ``s * alpha + beta`` (what :meth:`forward` applies); ``None`` when calibration changes
+        nothing (:meth:`active` false). Raises ``ValueError`` in the ``"user"`` scope (:attr:`per_user`).
+
+        With ``r = std_w / std_c``: ``alpha = (1 - a) + a r``, ``beta = a (mean_w - mean_c r) - d std_w``.
+        """
+        if not self.active():
+            return None
+        if self.per_user:
+            raise ValueError("cold_calibration_scope 'user' is not one affine map of the scores")
+        a, shift = self._strength()
+        (mw, sw), (mc, sdc) = self.moments(*embeddings())
+        if a > 0:
+            r = sw / sdc.clamp_min(1e-12)
+            alpha, beta = (1.0 - a) + a * r, a * (mw - mc * r)
+        else:
+            alpha, beta = torch.ones_like(sw), torch.zeros_like(sw)
+        return alpha, beta - shift * sw
+
     def forward(self, s: Tensor, embeddings: Callable[[], Tuple[Tensor, Tensor]]) -> Tensor:
         """Calibrate ``s`` in place and return it; ``embeddings`` gives the model's (eval) user and item
-        embeddings, called only for the global scope."""
-        c = self.config
-        a = self.default_calibration if c.cold_calibration is None else c.cold_calibration
-        shift = c.cold_score_shift
-        if (a <= 0 and shift == 0) or self.num_cold < 2 or self.num_items - self.num_cold < 2:
+        embeddings, called only for the global scope (there the map is :meth:`affine`'s)."""
+        if not self.active():
             return s
         cold = ~self.warm_mask
         sc = s[:, cold]
-        if c.cold_calibration_scope == "global":
-            (mw, sw), (mc, sdc) = self.moments(*embeddings())
-        else:
-            w = s[:, ~cold]
-            mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
-            mc, sdc = sc.mean(1, keepdim=True), sc.std(1, keepdim=True)
+        if not self.per_user:
+            alpha, beta = self.affine(embeddings)
+            s[:, cold] = sc * alpha + beta
+            return s
+        a, shift = self._strength()
+        w = s[:, ~cold]
+        mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
+        mc, sdc = sc.mean(1, keepdim=True), sc.std(1, keepdim=True)
         if a > 0:
             sc = (1.0 - a) * sc + a * ((sc - mc) / sdc.clamp_min(1e-12) * sw + mw)
         s[:, cold] = sc - shift * sw

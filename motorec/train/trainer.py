@@ -130,7 +130,7 @@ class Trainer:
         self.model.eval()
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
             self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
-            device=self.device))
+            device=self.device, backend=self.config.train.backend))
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:

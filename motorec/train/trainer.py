@@ -196,6 +196,9 @@ class Trainer:
                 seconds = time.perf_counter() - t0
                 train_seconds.append(seconds)
                 row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
+                epoch_stats = getattr(model, "epoch_stats", None)  # e.g. MoToRec's code churn
+                if epoch_stats is not None:
+                    row.update(epoch_stats())
                 if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
                     valid = self.evaluate("valid")
                     score = select_score(valid, tc.select)

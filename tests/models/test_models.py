@@ -560,3 +560,18 @@ def test_code_churn_counts_items_whose_tokens_changed(ds):
     churn = tok.code_churn(codes)
     assert churn[first] == pytest.approx(3 / ds.num_items)
     assert all(churn[mod] == 0.0 for mod in tok.modalities[1:])
+
+
+def test_trainer_logs_code_churn_per_joint_epoch():
+    """The trainer puts MoToRec's epoch_stats (code churn) into the history rows after the first joint epoch."""
+    from motorec.train import Trainer
+
+    small = synthetic(60, 40, num_topics=4, modalities={"image": 8, "text": 6}, seed=1)
+    cfg = Config()
+    cfg.model = ModelConfig(**{**SMALL, "tokenizer_sample": 8})
+    cfg.train.epochs, cfg.train.pretrain_epochs, cfg.train.batch_size = 3, 1, 64
+    out = Trainer(cfg, small, quiet=True).fit()
+    joint = [r for r in out["history"] if r["stage"] == "joint"]
+    assert "churn_image" not in joint[0]
+    for r in joint[1:]:
+        assert 0.0 <= r["churn_image"] <= 1.0 and 0.0 <= r["churn_text"] <= 1.0

@@ -268,8 +268,9 @@ class MoToRec(Recommender):
 
     def epoch_stats(self) -> Dict[str, float]:
         """What the last :meth:`on_epoch_start` measured, for the epoch's log row: ``churn_<modality>``, the
-        fraction of items whose tokens changed since the previous epoch's refresh (:meth:`MultimodalTokenizer.code_churn`;
-        absent on the first joint epoch and when the catalog is not re-encoded that epoch)."""
+        fraction of items whose tokens changed (any level) since the previous epoch's refresh, and
+        ``churn_<modality>_level0``, whose first-level token did (:meth:`MultimodalTokenizer.code_churn`; absent
+        on the first joint epoch and when the catalog is not re-encoded that epoch)."""
         return dict(getattr(self, "_epoch_stats", {}))
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -89,13 +89,14 @@ class MultimodalTokenizer(nn.Module):
 
     @torch.no_grad()
     def code_churn(self, codes: Dict[str, Optional[Tensor]]) -> Dict[str, float]:
-        """Fraction of items whose token tuple differs from the one they had at the previous call, per modality
-        (``{}`` on the first call, for a continuous model, or after a catalog-size change); ``codes`` is an
-        :meth:`encode_catalog` result. The trainer logs it once per epoch (``churn_<modality>``): how settled
-        the codes are that the graph encoder builds on. One host read per modality.
+        """Fraction of items whose token tuple differs from the one they had at the previous call (key ``m``), and
+        whose first-level (coarsest) token does (key ``m + "_level0"``), per modality (``{}`` on the first call,
+        for a continuous model, or after a catalog-size change); ``codes`` is an :meth:`encode_catalog` result.
+        The trainer logs it once per epoch (``churn_<key>``): how settled the codes are that the graph encoder
+        builds on. One host read per modality.
 
         Shapes:
-            codes: {m: [num_items, num_levels] int64 or None} -> {m: float in [0, 1]}.
+            codes: {m: [num_items, num_levels] int64 or None} -> {key: float in [0, 1]}.
         """
         out: Dict[str, float] = {}
         prev = self._last_codes
@@ -103,7 +104,9 @@ class MultimodalTokenizer(nn.Module):
             if prev is not None:
                 for m in self.modalities:
                     if prev[m].shape == codes[m].shape:
-                        out[m] = float((prev[m] != codes[m]).any(1).float().mean())
+                        changed = prev[m] != codes[m]
+                        both = torch.stack([changed.any(1), changed[:, 0]]).float().mean(1).tolist()
+                        out[m], out[m + "_level0"] = both
             self._last_codes = {m: codes[m].clone() for m in self.modalities}
         return out
 

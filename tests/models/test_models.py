@@ -551,14 +551,16 @@ def test_code_churn_counts_items_whose_tokens_changed(ds):
     assert m.epoch_stats() == {}
     m.on_epoch_start(1)  # same weights: nothing changed
     stats = m.epoch_stats()
-    assert set(stats) == {f"churn_{mod}" for mod in m.tokenizer.modalities}
+    assert set(stats) == {f"churn_{mod}{lv}" for mod in m.tokenizer.modalities for lv in ("", "_level0")}
     assert all(v == 0.0 for v in stats.values())
     tok = m.tokenizer
     codes = {mod: c.clone() for mod, c in tok._last_codes.items()}
     first = tok.modalities[0]
     codes[first][:3, 0] = (codes[first][:3, 0] + 1) % m.config.codebook_size
+    codes[first][5, 2] = (codes[first][5, 2] + 1) % m.config.codebook_size  # a last-level change only
     churn = tok.code_churn(codes)
-    assert churn[first] == pytest.approx(3 / ds.num_items)
+    assert churn[first] == pytest.approx(4 / ds.num_items)
+    assert churn[first + "_level0"] == pytest.approx(3 / ds.num_items)
     assert all(churn[mod] == 0.0 for mod in tok.modalities[1:])
 
 

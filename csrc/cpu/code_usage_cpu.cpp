@@ -19,15 +19,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "thread_blocks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace motorec {
 namespace cpu {
@@ -80,23 +79,9 @@ Blocks plan(int64_t N, int64_t K) {
   return {rows, count, static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, count)))};
 }
 
-// Runs fn(tid, b0, b1) on every thread's share of the blocks; a one-thread run opens no parallel region (a
-// one-thread team would make BLAS open a nested one). Inside the region BLAS runs single-threaded.
 template <typename F>
 void for_blocks(const Blocks& b, F fn) {
-  if (b.threads == 1) {
-    fn(0, 0, b.count);
-    return;
-  }
-#pragma omp parallel num_threads(b.threads)
-  {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t tid = 0, nt = 1;
-#endif
-    fn(tid, b.count * tid / nt, b.count * (tid + 1) / nt);
-  }
+  for_thread_shares(b.threads, b.count, fn);
 }
 
 // [L, K] tensor of ||c_j||^2 / T (norms accumulated in double, rounded to T, then scaled in T).

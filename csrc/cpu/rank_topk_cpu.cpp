@@ -18,13 +18,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "thread_blocks.h"
+
 #include <algorithm>
 #include <limits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace motorec {
 namespace cpu {
@@ -129,23 +128,9 @@ Blocks plan(int64_t B, int64_t I) {
   return {rows, cols, count, static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, count)))};
 }
 
-// fn(b0, b1) on every thread's share of the blocks; a one-thread run opens no parallel region (a one-thread
-// team would make BLAS open a nested one). Inside the region BLAS runs single-threaded.
 template <typename F>
 void for_blocks(const Blocks& b, F fn) {
-  if (b.threads == 1) {
-    fn(0, b.count);
-    return;
-  }
-#pragma omp parallel num_threads(b.threads)
-  {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t tid = 0, nt = 1;
-#endif
-    fn(b.count * tid / nt, b.count * (tid + 1) / nt);
-  }
+  for_thread_shares(b.threads, b.count, fn);
 }
 
 template <typename T>
@@ -159,7 +144,7 @@ void rank_kernel(const at::Tensor& users, const at::Tensor& items, int64_t k, co
   // A group with no item at all never fills and never receives: it must not hold the gate open.
   const T empty_warm = num_cold == I ? kInf : -kInf, empty_cold = num_cold == 0 ? kInf : -kInf;
   const Blocks b = plan(B, I);
-  for_blocks(b, [&](int64_t b0, int64_t b1) {
+  for_blocks(b, [&](int64_t /*tid*/, int64_t b0, int64_t b1) {
     at::Tensor tile_buf = at::empty({b.rows * b.cols}, users.options());
     T* tile = tile_buf.data_ptr<T>();
     std::vector<T> bs(static_cast<size_t>(3 * b.rows * k));

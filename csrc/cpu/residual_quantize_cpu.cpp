@@ -22,6 +22,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "thread_blocks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -189,21 +191,7 @@ void rq_forward(const T* x, const T* cb, int64_t N, int64_t D, int64_t K, int64_
       }
     }
   };
-  if (threads == 1) {
-    // No parallel region: a one-thread team would make BLAS open a nested one (thread start-up per call).
-    run_blocks(0, nblocks);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int64_t tid = 0, nt = 1;
-#endif
-    // Inside an active parallel region BLAS runs single-threaded: the parallelism is over blocks.
-    run_blocks(nblocks * tid / nt, nblocks * (tid + 1) / nt);
-  }
+  for_thread_shares(threads, nblocks, [&](int64_t /*tid*/, int64_t b0, int64_t b1) { run_blocks(b0, b1); });
 }
 
 template <typename T>

@@ -129,6 +129,30 @@ STORE_U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 
 TORCH_ERROR_FACTOR = 2.0
 
 
+def run_triton_cases_under_interpreter(test_file: str, *, min_cases: int = 10, timeout: float = 1800) -> None:
+    """Run ``test_file``'s tests whose names contain ``triton`` in a subprocess with ``TRITON_INTERPRET=1`` (the
+    Triton kernels on the CPU; ``MOTOREC_BACKEND`` cleared) and fail with the output's tail unless they pass and at
+    least ``min_cases`` of them ran. Skips when triton is not installed. Called by each op's
+    ``test_triton_interpreter``."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("MOTOREC_BACKEND", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test_file, "-k", "triton"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(test_file))))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"triton interpreter tests failed:\n{tail}"
+    m = re.search(r"(\d+) passed", proc.stdout)
+    assert m and int(m.group(1)) >= min_cases, f"too few triton cases ran:\n{tail}"
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` computed in float64 on ``out``'s device (the absolute norm ``||out - ref||``
     where ``ref`` is zero; 0 for empty tensors)."""

@@ -11,10 +11,6 @@ GPU, :func:`test_triton_interpreter` re-runs this file's ``triton`` cases in a s
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
 import zlib
 
 import pytest
@@ -25,7 +21,14 @@ from motorec import _ext
 from motorec.nn.rqvae import RQVAE
 from motorec.ops.code_usage import code_usage, code_usage_backward_op, code_usage_op
 from motorec.reference import code_usage as ref
-from motorec.testing import WORK_U, backend_params, backends_here, rel_error, tol_vs_torch
+from motorec.testing import (
+    WORK_U,
+    backend_params,
+    backends_here,
+    rel_error,
+    run_triton_cases_under_interpreter,
+    tol_vs_torch,
+)
 
 OP = "code_usage"
 PARAMS = backend_params(OP)
@@ -248,16 +251,7 @@ def test_cpu_kernel_rejects_bad_inputs():
 @pytest.mark.skipif(_ext.TRITON_INTERPRET or _ext.CUDA_AVAILABLE,
                     reason="runs the triton cases in a TRITON_INTERPRET=1 subprocess on machines without a GPU")
 def test_triton_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("MOTOREC_BACKEND", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"triton interpreter tests failed:\n{tail}"
-    m = re.search(r"(\d+) passed", proc.stdout)
-    assert m and int(m.group(1)) >= 10, f"too few triton cases ran:\n{tail}"
+    run_triton_cases_under_interpreter(__file__)
 
 
 @pytest.mark.skipif(not _ext.TRITON_INTERPRET, reason="half inputs on the Triton path: interpreter run only")

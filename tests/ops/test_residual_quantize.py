@@ -13,11 +13,6 @@ GPU, :func:`test_triton_interpreter` re-runs this file's ``triton`` cases in a s
 """
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -25,7 +20,7 @@ import motorec
 from motorec import _ext
 from motorec.ops.residual_quantize import residual_quantize, residual_quantize_backward_op, residual_quantize_op
 from motorec.reference import residual_quantize as ref
-from motorec.testing import backend_params, backends_here, rel_error
+from motorec.testing import backend_params, backends_here, rel_error, run_triton_cases_under_interpreter
 
 OP = "residual_quantize"
 PARAMS = backend_params(OP)
@@ -463,16 +458,7 @@ def test_residual_quantize_non_contiguous_is_correct():
 @pytest.mark.skipif(_ext.TRITON_INTERPRET or _ext.CUDA_AVAILABLE,
                     reason="runs the triton cases in a TRITON_INTERPRET=1 subprocess on machines without a GPU")
 def test_triton_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("MOTOREC_BACKEND", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"triton interpreter tests failed:\n{tail}"
-    m = re.search(r"(\d+) passed", proc.stdout)
-    assert m and int(m.group(1)) >= 10, f"too few triton cases ran:\n{tail}"
+    run_triton_cases_under_interpreter(__file__)
 
 
 @pytest.mark.skipif(not _ext.c_has_op("residual_quantize_fwd"), reason=_ext.C_REASON or "no C++ residual_quantize")

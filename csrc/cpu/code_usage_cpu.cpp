@@ -107,39 +107,48 @@ void tile_logits(at::Tensor& s, const at::Tensor& cn_over_t, double inv_t) {
   s.mul_(2.0 * inv_t).sub_(cn_over_t);
 }
 
-// p_ij in place over a tile of logits; returns the row statistic [rows] in double (logsumexp of the row for
-// softmax, the mean logit for sigmoid), which the backward takes as aux.
-at::Tensor tile_probs(at::Tensor& s, bool softmax) {
+// Softmax: the tile becomes q_ij = exp(s_ij - max_i) in place and the row statistic logsumexp_i is returned
+// ([rows], double); the column sums of p_ij = q_ij / z_i are then one GEMV, q^T (1 / z), added into col ([K],
+// double). Sigmoid: p_ij = sigmoid(s_ij - mean_i) in place, returning mean_i, column sums added into col.
+at::Tensor tile_probs(at::Tensor& s, bool softmax, double* col) {
+  at::Tensor stat, cs;
   if (softmax) {
     const at::Tensor m = at::amax(s, {1}, /*keepdim=*/true);
     s.sub_(m).exp_();
-    const at::Tensor z = s.sum({1}, /*keepdim=*/true, at::kDouble);
-    s.mul_(z.reciprocal().to(s.scalar_type()));
-    return (m.to(at::kDouble) + z.log()).squeeze(1);
+    const at::Tensor z = s.sum({1}, /*keepdim=*/false, at::kDouble);
+    cs = at::mv(s.t(), z.reciprocal().to(s.scalar_type()));
+    stat = m.squeeze(1).to(at::kDouble) + z.log();
+  } else {
+    const at::Tensor a = s.mean({1}, /*keepdim=*/true, at::kDouble);
+    s.sub_(a.to(s.scalar_type())).sigmoid_();
+    cs = s.sum({0});
+    stat = a.squeeze(1);
   }
-  const at::Tensor a = s.mean({1}, /*keepdim=*/true, at::kDouble);
-  s.sub_(a.to(s.scalar_type())).sigmoid_();
-  return a.squeeze(1);
+  const at::Tensor cd = cs.to(at::kDouble);
+  const double* c = cd.data_ptr<double>();
+  for (int64_t j = 0; j < cd.numel(); ++j) col[j] += c[j];
+  return stat;
 }
 
 // e_ij = d loss / d s_ij (times 1/N) in place over a tile of logits, from the saved row statistic a ([rows, 1]
-// in the working precision) and grad_rho's row G ([K]); adds sum_i e_ij into col (double, [K]).
+// in the working precision) and grad_rho's row G ([K]); adds sum_i e_ij into col (double, [K]). Softmax:
+// e_ij = p_ij (G_j - beta_i) / N with beta_i = sum_j p_ij G_j (a GEMV); everything in the working precision, in
+// as few passes over the tile as ATen allows (at small N this op is bound by those passes).
 void tile_grad(at::Tensor& s, const at::Tensor& a, const at::Tensor& G, double inv_n, bool softmax, double* col) {
-  const at::Tensor gd = G.to(at::kDouble);
-  at::Tensor e;
   if (softmax) {
-    const at::Tensor p = s.sub_(a).exp_().to(at::kDouble);          // p_ij
-    const at::Tensor beta = (p * gd).sum({1}, /*keepdim=*/true);      // sum_j p_ij G_j
-    e = p.mul_(gd - beta).mul_(inv_n);
+    const at::Tensor gs = G * inv_n;                                  // [K]
+    s.sub_(a).exp_();                                                 // p_ij
+    const at::Tensor beta = at::mv(s, gs);                            // [rows]
+    s.mul_(gs.unsqueeze(0) - beta.unsqueeze(1));
   } else {
+    const at::Tensor gd = G.to(at::kDouble);
     const at::Tensor p = s.sub_(a).sigmoid_().to(at::kDouble);
     at::Tensor h = gd * p * (1.0 - p);                                // G p (1 - p)
-    e = h.sub_(h.mean({1}, /*keepdim=*/true)).mul_(inv_n);
+    s.copy_(h.sub_(h.mean({1}, /*keepdim=*/true)).mul_(inv_n));
   }
-  const at::Tensor cs = e.sum({0});
+  const at::Tensor cs = s.sum({0}, /*keepdim=*/false, at::kDouble);
   const double* c = cs.data_ptr<double>();
   for (int64_t j = 0; j < cs.numel(); ++j) col[j] += c[j];
-  s.copy_(e);
 }
 
 template <typename T>
@@ -163,12 +172,8 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
       for (int64_t l = 0; l < L; ++l) {
         at::mm_out(s_view, r_view, cb_t[l].t());
         tile_logits(s_view, cn_over_t[l], inv_t);
-        const at::Tensor stat = tile_probs(s_view, softmax);
+        const at::Tensor stat = tile_probs(s_view, softmax, my + l * K);
         const double* st = stat.data_ptr<double>();
-        const at::Tensor cs = s_view.sum({0}, /*keepdim=*/false, at::kDouble);
-        const double* csp = cs.data_ptr<double>();
-        double* accl = my + l * K;
-        for (int64_t j = 0; j < K; ++j) accl[j] += csp[j];
         for (int64_t i = 0; i < rows; ++i) {
           aux[(i0 + i) * L + l] = static_cast<T>(st[i]);
           const T* c = cb + (l * K + codes[(i0 + i) * L + l]) * D;

@@ -136,9 +136,11 @@ class ALDIRec(LightGCNRec):
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, items = self.teacher_embeddings()
-        ue, tp, tn = users[u], items[p], items[n]
+        # index_select, not [] indexing: its backward sums repeated rows in a fixed order (MoToRec.loss)
+        sel = torch.index_select
+        ue, tp, tn = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
         teacher = bpr_loss((ue * tp).sum(1), (ue * tn).sum(1))
-        reg = self.reg_loss(self.user_emb[u], self.item_emb[p], self.item_emb[n])
+        reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
         s = self.student_embeddings(torch.cat([p, n]))
         sp, sn = s[: p.numel()], s[p.numel():]
         parts = aldi_distill_losses(ue, tp, tn, sp, sn, self.tws_weights[p] if c.aldi_tws else None)

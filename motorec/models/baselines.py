@@ -51,9 +51,11 @@ class LightGCNRec(Recommender):
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, items = self.embeddings()
-        ue = users[u]
-        rank = bpr_loss((ue * items[p]).sum(1), (ue * items[n]).sum(1))
-        reg = self.reg_loss(self.user_emb[u], self.item_emb[p], self.item_emb[n])
+        # index_select, not [] indexing: its backward sums repeated rows in a fixed order (MoToRec.loss)
+        sel = torch.index_select
+        ue = sel(users, 0, u)
+        rank = bpr_loss((ue * sel(items, 0, p)).sum(1), (ue * sel(items, 0, n)).sum(1))
+        reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
         total = rank + reg
         return total, {"bpr": loss_part(rank), "reg": loss_part(reg)}
 
@@ -102,7 +104,7 @@ class ContentRec(Recommender):
         # a repeated item is encoded again: fixed shapes, no ``unique`` and so no host read per step
         items = self.encoder({m: f[torch.cat([p, n])] for m, f in self.item_features.as_dict().items()})
         ip, ineg = items[: p.numel()], items[p.numel():]
-        ue = self.user_emb[u]
+        ue = self.user_emb.index_select(0, u)
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1))
         reg = self.reg_loss(ue, ip, ineg)
         total = rank + reg

@@ -232,11 +232,15 @@ class MoToRec(Recommender):
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, collab, content, outs = self._forward()
         items = self._final_items(collab, content)
-        ue = users[u]
-        ip, ineg = items[p], items[n]
+        # Positives and negatives in one gather per table (each gather's backward fills a [num_items, dim]
+        # buffer). index_select, not [] indexing: its backward (index_add_) sums repeated rows in a fixed order,
+        # where [] indexing's (index_put_ with accumulate) adds them with atomics on several CPU threads.
+        ue = users.index_select(0, u)
+        pn, b = torch.cat([p, n]), p.shape[0]
+        ip, ineg = items.index_select(0, pn).split([b, n.shape[0]])
         if c.cold_dropout > 0 or c.lambda_cold > 0:
             # the embeddings the batch's items would get as cold items (content alone)
-            cold_p, cold_n = self.cold_embedding(content[p]), self.cold_embedding(content[n])
+            cold_p, cold_n = self.cold_embedding(content.index_select(0, pn)).split([b, n.shape[0]])
         if c.cold_dropout > 0:
             # Score some positives/negatives as if they were cold (content alone), so that content-only
             # embeddings are trained to compete with warm ones in the same ranking, as at test time.
@@ -259,9 +263,8 @@ class MoToRec(Recommender):
         rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
-        warm = self.warm_mask
-        reg = self.reg_loss(self.lightgcn.user_embedding.weight[u], self.item_emb[p] * warm[p].unsqueeze(1),
-                            self.item_emb[n] * warm[n].unsqueeze(1))
+        ids = self.item_emb.index_select(0, pn) * self.warm_mask[pn].unsqueeze(1)
+        reg = self.reg_loss(self.lightgcn.user_embedding.weight.index_select(0, u), *ids.split([b, n.shape[0]]))
         total = total + reg
         parts["reg"] = loss_part(reg)
         return total, parts
@@ -311,8 +314,8 @@ def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Opti
     key = torch.rand(n, device=pos.device, dtype=collab.dtype) + 2.0 * present
     top, items = torch.topk(key, min(max_items, n))
     valid = (top >= 2.0).to(collab.dtype)  # [C]: a positive item, not padding
-    a = torch.nn.functional.normalize(collab[items], dim=1)
-    c = torch.nn.functional.normalize(content[items], dim=1)
+    a = torch.nn.functional.normalize(collab.index_select(0, items), dim=1)
+    c = torch.nn.functional.normalize(content.index_select(0, items), dim=1)
     logits = a @ c.t() / tau
     pad = ((valid - 1.0) * 1e4).unsqueeze(0)  # added to every row: a padding column is never a negative
     target = torch.arange(items.numel(), device=pos.device)

@@ -577,3 +577,96 @@ def test_trainer_logs_code_churn_per_joint_epoch():
     assert "churn_image" not in joint[0]
     for r in joint[1:]:
         assert 0.0 <= r["churn_image"] <= 1.0 and 0.0 <= r["churn_text"] <= 1.0
+
+
+@pytest.mark.parametrize("n", [0, 1, 37, 500])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_sum_matches_gather_and_sum(n, dtype):
+    """The token level's fused ``weight[idx].sum(1)`` (embedding_bag forward, per-level index_add_ backward):
+    same values and weight gradient as the plain gather + sum, repeated codes and empty catalogs included."""
+    from motorec.models.content import token_sum
+
+    g = torch.Generator().manual_seed(n)
+    levels, size, d = 3, 7, 5
+    offset = torch.arange(levels) * size
+    idx = torch.randint(0, size, (n, levels), generator=g) + offset
+    w1 = torch.randn(levels * size, d, dtype=dtype, generator=g, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_(True)
+    up = torch.randn(n, d, dtype=dtype, generator=g)
+    got, want = token_sum(w1, idx), w2[idx].sum(1)
+    assert got.shape == (n, d) and got.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    (got * up).sum().backward()
+    (want * up).sum().backward()
+    torch.testing.assert_close(w1.grad, w2.grad, atol=tol, rtol=tol)
+    if 0 < n <= 37 and dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda w: token_sum(w, idx), (w1.detach().clone().requires_grad_(True),))
+
+
+def test_source_attention_equals_the_tanh_form():
+    """SourceAttention's sigmoid form gives the weights and output of softmax_m(q . tanh(W h^m + b))."""
+    from motorec.models.content import SourceAttention
+
+    torch.manual_seed(0)
+    att = SourceAttention(8).double()
+    hs = torch.randn(3, 11, 8, dtype=torch.float64)
+    out, w = att(hs)
+    want_w = torch.softmax(torch.tanh(att.proj(hs)) @ att.query, dim=0)  # [M, N]
+    torch.testing.assert_close(w, want_w.t(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, (want_w.unsqueeze(-1) * hs).sum(0), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_source_attention_gradients_match_autograd_of_the_tanh_form(m):
+    """The hand-written backward of SourceAttention against autograd through the plain tanh form (float64),
+    with a gradient on the weights as well as on the output, and gradcheck."""
+    from motorec.models.content import SourceAttention, _SourceAttentionFn
+
+    torch.manual_seed(m)
+    att = SourceAttention(6).double()
+    hs = torch.randn(m, 9, 6, dtype=torch.float64, requires_grad=True)
+    g_out, g_w = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, m, dtype=torch.float64)
+    out, w = att(hs)
+    got = torch.autograd.grad((out * g_out).sum() + (w * g_w).sum(),
+                              (hs, att.proj.weight, att.proj.bias, att.query))
+    ref_w = torch.softmax(torch.tanh(att.proj(hs)) @ att.query, dim=0)
+    ref_out = (ref_w.unsqueeze(-1) * hs).sum(0)
+    want = torch.autograd.grad((ref_out * g_out).sum() + (ref_w.t() * g_w).sum(),
+                               (hs, att.proj.weight, att.proj.bias, att.query))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    args = (hs.detach().requires_grad_(), 2 * att.proj.weight.detach().requires_grad_(),
+            2 * att.proj.bias.detach().requires_grad_(), 2 * att.query.detach().requires_grad_())
+    assert torch.autograd.gradcheck(_SourceAttentionFn.apply, args)
+
+
+@pytest.mark.parametrize("name", ["motorec", "lightgcn", "content", "lightgcn_content", "aldi"])
+def test_loss_backward_sums_repeated_rows_without_atomics(ds, name):
+    """A training step's gathers are index_select, whose backward (index_add_) sums repeated rows in a fixed
+    order: no index_put_ with accumulate, which ATen runs with float atomics on several CPU threads once a
+    batch has 32k entries (a 2048-pair batch at dim 16), so that two runs of the same seed would differ."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bad = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name_ = func.overloadpacket.__name__
+            if name_ in ("index_put", "index_put_", "_index_put_impl_"):
+                acc = kwargs.get("accumulate", args[3] if len(args) > 3 else False)
+                if acc:
+                    self.bad.append(name_)
+            return func(*args, **kwargs)
+
+    model = _model(ds, name)
+    model.train()
+    model.on_epoch_start(1)
+    batch = _batch(ds, size=64)
+    with Record() as rec:
+        loss, _ = model.loss(batch)
+        loss.backward()
+    assert rec.bad == [], f"{name}: {rec.bad}"

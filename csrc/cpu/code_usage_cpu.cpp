@@ -121,7 +121,7 @@ at::Tensor tile_probs(at::Tensor& s, bool softmax, double* col) {
   } else {
     const at::Tensor a = s.mean({1}, /*keepdim=*/true, at::kDouble);
     s.sub_(a.to(s.scalar_type())).sigmoid_();
-    cs = s.sum({0});
+    cs = s.sum({0}, /*keepdim=*/false, at::kDouble);
     stat = a.squeeze(1);
   }
   const at::Tensor cd = cs.to(at::kDouble);

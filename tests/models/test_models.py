@@ -604,23 +604,11 @@ def test_token_sum_matches_gather_and_sum(n, dtype):
         assert torch.autograd.gradcheck(lambda w: token_sum(w, idx), (w1.detach().clone().requires_grad_(True),))
 
 
-def test_source_attention_equals_the_tanh_form():
-    """SourceAttention's sigmoid form gives the weights and output of softmax_m(q . tanh(W h^m + b))."""
-    from motorec.models.content import SourceAttention
-
-    torch.manual_seed(0)
-    att = SourceAttention(8).double()
-    hs = torch.randn(3, 11, 8, dtype=torch.float64)
-    out, w = att(hs)
-    want_w = torch.softmax(torch.tanh(att.proj(hs)) @ att.query, dim=0)  # [M, N]
-    torch.testing.assert_close(w, want_w.t(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(out, (want_w.unsqueeze(-1) * hs).sum(0), rtol=1e-12, atol=1e-14)
-
-
 @pytest.mark.parametrize("m", [1, 2, 3])
 def test_source_attention_gradients_match_autograd_of_the_tanh_form(m):
-    """The hand-written backward of SourceAttention against autograd through the plain tanh form (float64),
-    with a gradient on the weights as well as on the output, and gradcheck."""
+    """SourceAttention's sigmoid form with its hand-written backward against softmax_m(q . tanh(W h^m + b))
+    through autograd (float64): output, weights, gradients with a gradient on the weights as well as on the
+    output; and gradcheck."""
     from motorec.models.content import SourceAttention, _SourceAttentionFn
 
     torch.manual_seed(m)
@@ -634,6 +622,8 @@ def test_source_attention_gradients_match_autograd_of_the_tanh_form(m):
     ref_out = (ref_w.unsqueeze(-1) * hs).sum(0)
     want = torch.autograd.grad((ref_out * g_out).sum() + (ref_w.t() * g_w).sum(),
                                (hs, att.proj.weight, att.proj.bias, att.query))
+    torch.testing.assert_close(w, ref_w.t(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-14)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     args = (hs.detach().requires_grad_(), 2 * att.proj.weight.detach().requires_grad_(),

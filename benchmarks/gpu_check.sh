@@ -99,6 +99,10 @@ for dev in ('cpu', 'cuda'):
         raise SystemExit(dev + ': no error raised')
 "
 
+# 2b. issue 16: a training step of every model under torch.cuda.set_sync_debug_mode("error")
+stage "sync debug mode" "$OUT/tests.log" "$(cap 90 330)" \
+    "$PY" -m pytest tests/train/test_step_sync.py -k cuda -q -p no:cacheprovider -rfE
+
 # 3. the op tests on the GPU first (every case, no -x: one run should show every failure) ---------------
 OPT_ARGS=(-q -p no:cacheprovider -rfE)
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
@@ -107,16 +111,21 @@ fi
 if "$PY" -c "import xdist" 2>/dev/null; then
     OPT_ARGS+=(-n 4)  # a crashing test then costs one worker, not the rest of the stage
 fi
-stage "op tests" "$OUT/tests.log" "$(cap 150 170)" \
+stage "op tests" "$OUT/tests.log" "$(cap 130 220)" \
     "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py -m "not slow" "${OPT_ARGS[@]}"
 
 # 4. benchmarks: the target shapes (--quick) ---------------------------------------------------------
-stage "bench --quick" "$OUT/bench.log" "$(cap 150 80)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot
+stage "bench --quick" "$OUT/bench.log" "$(cap 170 110)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot \
+    --only residual_quantize,propagate,train,spmm
 
 # 4b. issue 18: merge-path SpMM/propagate (items per part) beside the row kernel and cuSPARSE, each output
 # checked first; the quantizer's fair baselines (torch_tf32, torch_compile[_tf32]) are rows of --quick above.
 ALLOW_TIMEOUT=1 stage "merge-path sweep" "$OUT/bench.log" "$(cap 90 60)" \
     "$PY" -m benchmarks.cuda_segment_sweep --segments 64,128 --items 64,128,256 --out "$OUT/sweep.csv"
+# 4c. issue 19: the anchor providers there (PyG LGConv; vector-quantize-pytorch and FAISS when installed) and the
+# other op benches, target shapes only
+ALLOW_TIMEOUT=1 stage "bench --quick, anchors and the rest" "$OUT/bench.log" "$(cap 70 40)" \
+    "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot --only anchors,code_usage,rank_topk
 # 5. the rest of the suite (not slow), spread over the CPU cores when pytest-xdist is there -------------
 TEST_ARGS=(tests -m "not slow" -q -p no:cacheprovider -rfE --ignore tests/ops --ignore tests/test_dispatch.py
            --ignore tests/test_bad_input.py)

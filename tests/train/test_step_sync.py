@@ -63,3 +63,42 @@ def test_detector_sees_a_sync_in_a_step(ds):
         with no_host_sync():
             loss, _ = model.loss(batch)
             float(loss)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.set_sync_debug_mode)")
+@pytest.mark.parametrize("name,over", MODELS, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in MODELS])
+def test_cuda_training_step_passes_sync_debug_mode(name, over):
+    """On a GPU, torch's own detector: sampling, loss, backward and Adam's step run with
+    ``torch.cuda.set_sync_debug_mode("error")``, which raises on any blocking device-to-host transfer or
+    synchronizing call (issue 16's GPU criterion). Shapes large enough that every kernel path is the GPU one."""
+    dev = torch.device("cuda")
+    data = synthetic(3000, 1500, num_topics=8, modalities={"image": 64, "text": 48}, seed=3).to(dev)
+    torch.manual_seed(0)
+    cfg = ModelConfig(name=name, tokenizer_sample=over.get("tokenizer_sample", 256),
+                      **{k: v for k, v in over.items() if k != "tokenizer_sample"})
+    model = build_model(data, cfg, backend="auto", device="cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sampler = BPRSampler(data.train, data.num_items, batch_size=512)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    model.train()
+    model.on_epoch_start(0)
+    batches = sampler.epoch(gen)
+
+    def step():
+        loss, parts = model.loss(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return parts
+
+    step()  # warm-up: lazy initialization may read back once
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            parts = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(v).item() for v in parts.values())

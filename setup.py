@@ -54,7 +54,11 @@ def _extensions():
         # -static-libstdc++, as on the GPU image's /opt/gcc/bin/g++) turned every TORCH_CHECK failure inside
         # _C into a segmentation fault there (H100 machine, torch 2.11, 2026-11-27). motorec._ext refuses a
         # _C that does not load libstdc++.so.6.
-        link.append("-lstdc++")
+        # A plain `-lstdc++` is not enough: with -static-libstdc++ the g++ driver rewrites every -lstdc++ into
+        # `-Bstatic -lstdc++ -Bdynamic`, and the linker's --as-needed then drops the shared one (seen on the H200
+        # image, 2026-11-30). So the file is named for the linker itself (-Wl, bypassing the driver), kept
+        # whatever --as-needed says, and placed before the driver's own runtime: its symbols bind to it first.
+        link.append("-Wl,--push-state,--no-as-needed,-l:libstdc++.so.6,--pop-state")
     if os.environ.get("MOTOREC_NATIVE", "0") == "1":
         cxx.append("-march=native")
     macros = []

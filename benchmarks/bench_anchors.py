@@ -140,7 +140,7 @@ class ResidualQuantizeAnchors(ResidualQuantizeBench):
         if provider == "motorec.nn.ResidualQuantizer":
             from motorec.nn import ResidualQuantizer
 
-            rq = ResidualQuantizer(dim=d, num_levels=levels, codebook_size=k, kmeans_init=False).eval()
+            rq = ResidualQuantizer(dim=d, num_levels=levels, codebook_size=k, kmeans_init=False).to(cb.device).eval()
             with torch.no_grad():
                 rq.codebooks.copy_(cb)
 
@@ -156,7 +156,7 @@ class ResidualQuantizeAnchors(ResidualQuantizeBench):
 
         if provider == "vqp.ResidualVQ":
             vqp = _need("vector_quantize_pytorch", "vector-quantize-pytorch")
-            rvq = vqp.ResidualVQ(dim=d, num_quantizers=levels, codebook_size=k).eval()
+            rvq = vqp.ResidualVQ(dim=d, num_quantizers=levels, codebook_size=k).to(cb.device).eval()
             with torch.no_grad():
                 for lvl, layer in enumerate(rvq.layers):
                     layer._codebook.embed.copy_(cb[lvl].unsqueeze(0))

@@ -144,3 +144,123 @@ def test_emulated_kernel_power_law(seed, items):
     # walk is the longest row's number of parts, items times shorter than that row.
     assert int(fixup.sum()) <= 2 * mp.num_parts
     assert int(fixup.max()) <= int(degree.max()) // items + 3
+
+
+# ---- the CUDA backend's wiring (motorec.ops.spmm / propagate -> motorec_C::spmm_merge / propagate_merge) --------
+# Run here without a GPU: the raw CUDA ops are replaced by the float64 emulation above, called on CPU tensors,
+# so what is checked is what the Python side hands the kernels (the partition of the right CSR, computed once
+# per graph, the env switches), not the kernels themselves (those run in benchmarks/cuda_segment_sweep.py and
+# the GPU op tests).
+
+
+class _FakeC:
+    def __init__(self):
+        self.calls = []
+
+    def spmm_merge(self, rowptr, col, val, x, coords, split_rows):
+        self.calls.append(("spmm_merge", coords, split_rows))
+        rowptr_l = rowptr.tolist()
+        g = Graph.from_csr(rowptr, col, val, x.shape[0], symmetric=False)
+        out, writes, _, _ = _emulate(g, x, MergePath(coords, 0, split_rows))
+        assert writes.tolist() == [1] * (len(rowptr_l) - 1)
+        return out.to(x.dtype)
+
+    def propagate_merge(self, rowptr, col, val, x, coords, split_rows, num_layers):
+        self.calls.append(("propagate_merge", coords, split_rows))
+        return self._propagate(rowptr, col, val, x, coords, split_rows, num_layers)
+
+    def _propagate(self, rowptr, col, val, x, coords, split_rows, num_layers):
+        g = Graph.from_csr(rowptr, col, val, x.shape[0], symmetric=False)
+        h, acc = x.double(), x.double().clone()
+        for _ in range(num_layers):
+            h, _, _, _ = _emulate(g, h, MergePath(coords, 0, split_rows))
+            acc += h
+        return (acc / (num_layers + 1)).to(x.dtype)
+
+    def spmm(self, rowptr, col, val, x):
+        self.calls.append(("spmm",))
+        return spmm_oracle(Graph.from_csr(rowptr, col, val, x.shape[0], symmetric=False), x).to(x.dtype)
+
+    def propagate(self, rowptr, col, val, x, num_layers):
+        self.calls.append(("propagate",))
+        mp = merge_path_partition(rowptr, 64)
+        return self._propagate(rowptr, col, val, x, mp.coords, mp.split_rows, num_layers)
+
+
+@pytest.fixture
+def fake_c(monkeypatch):
+    import sys
+
+    import motorec.ops  # noqa: F401 (motorec.ops.spmm is also the name of a function there)
+
+    spmm_mod, prop_mod = sys.modules["motorec.ops.spmm"], sys.modules["motorec.ops.propagate"]
+    fake = _FakeC()
+
+    class _Ops:
+        motorec_C = fake
+
+    monkeypatch.setattr(spmm_mod, "torch", type("T", (), {"ops": _Ops})())
+    monkeypatch.setattr(prop_mod, "torch", type("T", (), {"ops": _Ops})())
+    monkeypatch.delenv("MOTOREC_CUDA_SPMM", raising=False)
+    monkeypatch.delenv("MOTOREC_CUDA_MERGE_ITEMS", raising=False)
+    return fake
+
+
+def test_cuda_backend_runs_the_merge_path_with_a_cached_partition(fake_c, monkeypatch):
+    from motorec.graph import MERGE_PATH_ITEMS
+    from motorec.ops import _graph
+    from motorec.ops.propagate import _cuda_propagate
+    from motorec.ops.spmm import _cuda_spmm
+
+    made = []
+    real = merge_path_partition
+
+    def counting(rowptr, items):
+        made.append(items)
+        return real(rowptr, items)
+
+    monkeypatch.setattr("motorec.graph.merge_path_partition", counting)
+    g = power_law_graph(300, 500, 6000, seed=4)
+    x = torch.randn(g.num_cols, 8, dtype=torch.float64)
+    for _ in range(3):  # every training step on the same graph: one partition
+        out = _cuda_spmm(g.rowptr, g.col, g.val, x)
+        torch.testing.assert_close(out, spmm_oracle(g, x), rtol=1e-12, atol=1e-12)
+    assert made == [MERGE_PATH_ITEMS]
+    assert [c[0] for c in fake_c.calls] == ["spmm_merge"] * 3
+    assert fake_c.calls[0][1] is fake_c.calls[2][1], "the cached coords tensor is handed over again"
+
+    sym = power_law_graph(200, 300, 3000, seed=5)  # propagate needs a square graph
+    xs = torch.randn(sym.num_cols, 4, dtype=torch.float64)
+    ref = xs.clone()
+    h = xs
+    for _ in range(3):
+        h = spmm_oracle(sym, h)
+        ref += h
+    torch.testing.assert_close(_cuda_propagate(sym.rowptr, sym.col, sym.val, xs, 3), ref / 4, rtol=1e-12,
+                               atol=1e-12)
+    assert made == [MERGE_PATH_ITEMS] * 2
+
+    sym.rowptr.add_(0)  # an in-place change (even a no-op one) makes the cached partition stale
+    _cuda_propagate(sym.rowptr, sym.col, sym.val, xs, 1)
+    assert made == [MERGE_PATH_ITEMS] * 3
+
+    monkeypatch.setenv("MOTOREC_CUDA_MERGE_ITEMS", "32")
+    _cuda_spmm(g.rowptr, g.col, g.val, x)
+    assert made[-1] == 32 and fake_c.calls[-1][1].shape[1] - 1 == -(-(g.num_rows + g.nnz) // 32)
+
+    monkeypatch.setenv("MOTOREC_CUDA_SPMM", "row")
+    _cuda_spmm(g.rowptr, g.col, g.val, x)
+    _cuda_propagate(sym.rowptr, sym.col, sym.val, xs, 2)
+    assert [c[0] for c in fake_c.calls[-2:]] == ["spmm", "propagate"]
+    assert _graph._MERGE_CACHE is not None
+
+
+@pytest.mark.parametrize("var,value", [("MOTOREC_CUDA_SPMM", "segments"), ("MOTOREC_CUDA_MERGE_ITEMS", "8"),
+                                       ("MOTOREC_CUDA_MERGE_ITEMS", "lots")])
+def test_cuda_backend_env_switches_reject_bad_values(fake_c, monkeypatch, var, value):
+    from motorec.ops.spmm import _cuda_spmm
+
+    monkeypatch.setenv(var, value)
+    g = power_law_graph(20, 30, 100, seed=0)
+    with pytest.raises(ValueError, match=var):
+        _cuda_spmm(g.rowptr, g.col, g.val, torch.randn(g.num_cols, 2, dtype=torch.float64))

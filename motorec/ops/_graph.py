@@ -81,6 +81,74 @@ def cuda_check(**inputs):
     return r
 
 
+# The CUDA kernel family: "merge" (equal work per thread group on the CSR's merge path, the default) or "row"
+# (rows by lane groups, heavy rows in segments of MOTOREC_CUDA_SEGMENT edges). H200, 2026-11-30
+# (benchmarks/results/cuda-segment-sweep-h200.csv), forward ms against cuSPARSE: SpMM at 54k nodes / 553k edges
+# merge 0.071, row 0.127, cuSPARSE 0.068; at 1.5M nodes / 36.5M edges merge 2.91 (256 items: 2.68), row 2.94,
+# cuSPARSE 3.40; 3-layer propagation at 54k merge 0.221, row 0.368.
+_CUDA_KERNELS = ("merge", "row")
+_MERGE_ITEMS_RANGE = (16, 1 << 16)
+
+
+def cuda_kernel() -> str:
+    """``MOTOREC_CUDA_SPMM`` (``merge`` | ``row``; default ``merge``), checked."""
+    import os
+
+    k = os.environ.get("MOTOREC_CUDA_SPMM", "merge").strip().lower() or "merge"
+    if k not in _CUDA_KERNELS:
+        raise ValueError(f"MOTOREC_CUDA_SPMM must be one of {', '.join(_CUDA_KERNELS)}, got {k!r}")
+    return k
+
+
+def merge_items() -> int:
+    """``MOTOREC_CUDA_MERGE_ITEMS`` (path items per thread group, 16 to 65536) or
+    :data:`motorec.graph.MERGE_PATH_ITEMS`, checked."""
+    import os
+
+    from motorec.graph import MERGE_PATH_ITEMS
+
+    raw = os.environ.get("MOTOREC_CUDA_MERGE_ITEMS")
+    if raw is None or not raw.strip():
+        return MERGE_PATH_ITEMS
+    lo, hi = _MERGE_ITEMS_RANGE
+    try:
+        items = int(raw)
+    except ValueError:
+        items = -1
+    if not lo <= items <= hi:
+        raise ValueError(f"MOTOREC_CUDA_MERGE_ITEMS must be an integer in [{lo}, {hi}], got {raw!r}")
+    return items
+
+
+_MERGE_CACHE = None
+
+
+def cached_merge_path(rowptr: Tensor, items: int):
+    """The merge-path partition of the CSR with ``rowptr`` (:func:`motorec.graph.merge_path_partition`),
+    computed once per ``rowptr`` tensor and kept while that tensor lives (weakly keyed by identity, recomputed
+    if it was modified in place). Computing it reads two numbers back from the device, so the first call on a
+    graph synchronizes once; later calls (every training step on the same graph) do not.
+
+    Shapes:
+        rowptr: [R + 1] int64 -> :class:`motorec.graph.MergePath` (``coords`` [2, P + 1]).
+    """
+    global _MERGE_CACHE
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    from motorec.graph import merge_path_partition
+
+    if _MERGE_CACHE is None:
+        _MERGE_CACHE = WeakIdKeyDictionary()
+    per = _MERGE_CACHE.get(rowptr)
+    if per is None or per[0] != rowptr._version:
+        per = (rowptr._version, {})
+        _MERGE_CACHE[rowptr] = per
+    mp = per[1].get(items)
+    if mp is None:
+        mp = per[1][items] = merge_path_partition(rowptr, items)
+    return mp
+
+
 def register_transpose_autograd(op) -> None:
     """Autograd for a raw graph op ``op(rowptr, col, val, x, t_rowptr, t_col, t_val, *args)`` linear in ``x``:
     ``grad_x = op(A^T CSR, grad, A CSR, *args)``, i.e. the same CSR again when ``t_rowptr`` is ``None``."""

@@ -17,9 +17,12 @@ from motorec.graph import Graph
 from motorec.ops._graph import (
     c_cpu_auto_check,
     c_cpu_check,
+    cached_merge_path,
     check_graph_input,
     cuda_check,
+    cuda_kernel,
     graph_operands,
+    merge_items,
     register_transpose_autograd,
     select_inputs,
 )
@@ -32,8 +35,17 @@ def _c_propagate(rowptr, col, val, x, num_layers):
     return torch.ops.motorec_C.propagate(rowptr, col, val, x, num_layers)
 
 
-_D.register(Backend("cuda", forward=_c_propagate, static_reason=_ext.C_CUDA_REASON or None, input_check=cuda_check,
-                    note="fused multi-layer CUDA propagation (motorec._C)"))
+def _cuda_propagate(rowptr, col, val, x, num_layers):
+    """The CUDA kernel that ``MOTOREC_CUDA_SPMM`` names: the merge path (default; partition cached per graph)
+    or the row kernel."""
+    if cuda_kernel() == "row":
+        return torch.ops.motorec_C.propagate(rowptr, col, val, x, num_layers)
+    mp = cached_merge_path(rowptr, merge_items())
+    return torch.ops.motorec_C.propagate_merge(rowptr, col, val, x, mp.coords, mp.split_rows, num_layers)
+
+
+_D.register(Backend("cuda", forward=_cuda_propagate, static_reason=_ext.C_CUDA_REASON or None, input_check=cuda_check,
+                    note="fused multi-layer CUDA propagation on the merge path (motorec._C; MOTOREC_CUDA_SPMM=row for the row kernel)"))
 _D.register(Backend("cpu", forward=_c_propagate,
                     static_reason=None if _ext.c_has_op("propagate")
                     else (_ext.C_REASON or "motorec._C has no propagate"),

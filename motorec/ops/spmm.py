@@ -18,9 +18,12 @@ from motorec.graph import Graph
 from motorec.ops._graph import (
     c_cpu_auto_check,
     c_cpu_check,
+    cached_merge_path,
     check_graph_input,
     cuda_check,
+    cuda_kernel,
     graph_operands,
+    merge_items,
     register_transpose_autograd,
     select_inputs,
 )
@@ -33,8 +36,17 @@ def _c_spmm(rowptr, col, val, x):
     return torch.ops.motorec_C.spmm(rowptr, col, val, x)
 
 
-_D.register(Backend("cuda", forward=_c_spmm, static_reason=_ext.C_CUDA_REASON or None, input_check=cuda_check,
-                    note="C++/CUDA CSR SpMM (motorec._C)"))
+def _cuda_spmm(rowptr, col, val, x):
+    """The CUDA kernel that ``MOTOREC_CUDA_SPMM`` names: the merge path (default; partition cached per graph)
+    or the row kernel."""
+    if cuda_kernel() == "row":
+        return torch.ops.motorec_C.spmm(rowptr, col, val, x)
+    mp = cached_merge_path(rowptr, merge_items())
+    return torch.ops.motorec_C.spmm_merge(rowptr, col, val, x, mp.coords, mp.split_rows)
+
+
+_D.register(Backend("cuda", forward=_cuda_spmm, static_reason=_ext.C_CUDA_REASON or None, input_check=cuda_check,
+                    note="CUDA CSR SpMM on the merge path (motorec._C; MOTOREC_CUDA_SPMM=row for the row kernel)"))
 _D.register(Backend("cpu", forward=_c_spmm,
                     static_reason=None if _ext.c_has_op("spmm") else (_ext.C_REASON or "motorec._C has no spmm"),
                     input_check=c_cpu_check, auto_check=c_cpu_auto_check, note="C++ OpenMP CSR SpMM (motorec._C)"))

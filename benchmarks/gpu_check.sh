@@ -82,6 +82,15 @@ cat "$OUT/env.txt"
 # 2. build motorec._C with CUDA, editable (kernels/ installs as motorec.kernels) -------------------------
 stage build "$OUT/build.log" "$(cap 170 230)" \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
+# The image's /opt/gcc/bin/g++ wrapper adds -static-libstdc++; setup.py links the shared runtime past it. Should a
+# _C still come out without libstdc++.so.6 (motorec._ext refuses it), say so and rebuild with the plain g++.
+if ! "$PY" -c "from motorec import _C, _ext; import sys; sys.exit('libstdc++.so.6' not in _ext.elf_needed(_C.__file__))" \
+        >>"$OUT/build.log" 2>&1 && [ -x /usr/bin/g++ ]; then
+    echo "== _C does not load libstdc++.so.6 with CXX=${CXX:-default}: rebuilding with /usr/bin/g++ ==" | tee -a "$OUT/build.log"
+    FAILED=$((FAILED + 1))
+    CXX=/usr/bin/g++ CC=/usr/bin/gcc stage "build, plain g++" "$OUT/build.log" "$(cap 120 230)" \
+        "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
+fi
 stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
 # A C++ error inside _C must reach Python as RuntimeError (a static C++ runtime in _C crashed here once).
 stage "C++ error path" "$OUT/build.log" 60 "$PY" -c "

@@ -41,7 +41,8 @@ assert not stray, f"wheel installs top-level packages besides motorec: {stray}"
 meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
 assert "License: MIT" in meta or "License-Expression: MIT" in meta, "wheel METADATA has no MIT license"
 for field in ("Classifier: License :: OSI Approved :: MIT License", "Requires-Dist: torch", "Provides-Extra: bench", "Classifier: ",
-              "Requires-Python: >=3.10", "Description-Content-Type: text/markdown"):
+              "Requires-Python: >=3.10", "Description-Content-Type: text/markdown",
+              "Project-URL: Paper, https://arxiv.org/abs/2602.11062"):
     assert field in meta, f"wheel METADATA lacks {field!r}"
 src = tarfile.open(sdist).getnames()
 for n in ("csrc/ops.cpp", "CMakeLists.txt", "LICENSE", "kernels/__init__.py", "setup.py", "pyproject.toml"):

@@ -161,11 +161,22 @@ def mask_pairs_(scores: Tensor, users: Tensor, rowptr: Tensor, items: Tensor) ->
     return scores
 
 
+def _defined_in(cls: type, name: str) -> Optional[type]:
+    """The class of ``cls.__mro__`` whose own namespace defines ``name``, else ``None``."""
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
 def _fused_ranking(score_fn, backend: Optional[str], device: torch.device):
     """``(users [U, d], items [I, d], item_scale, item_shift, backend name)`` on ``device`` when :func:`evaluate`
     ranks through :func:`motorec.ops.rank_topk` (see its ``backend`` argument), else ``None``."""
     owner = getattr(score_fn, "__self__", None)
     if owner is None or getattr(score_fn, "__name__", "") != "score" or not hasattr(owner, "ranking_parts"):
+        return None
+    # ranking_parts describes the score of the class that defines it: trust it only when score is not overridden
+    # below that class (a subclass that changes score alone would otherwise be ranked by the parent's parts).
+    score_cls, parts_cls = _defined_in(type(owner), "score"), _defined_in(type(owner), "ranking_parts")
+    if (score_cls is None or parts_cls is None or not issubclass(parts_cls, score_cls)
+            or getattr(score_fn, "__func__", None) is not score_cls.__dict__["score"]):
         return None
     if backend is None:
         backend = getattr(owner, "backend", "auto")
@@ -256,7 +267,8 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             ``MOTOREC_EVAL_MEMORY_MB``): 1M items (all cold in the worst case) give batches of 134 users.
         backend: how the rankings are formed (default ``None``: the model's ``backend`` when ``score_fn`` is a
             model's ``score``, else ``"auto"``). When ``score_fn`` is the bound ``score`` method of an object with
-            ``ranking_parts()`` (every :class:`~motorec.models.base.Recommender`) and that returns parts (not
+            ``ranking_parts()`` (every :class:`~motorec.models.base.Recommender`; a subclass that overrides
+            ``score`` must override ``ranking_parts`` too, or the dense path ranks) and that returns parts (not
             ``None``: calibration in the ``"user"`` scope), and ``backend`` resolves to a compiled kernel of
             :func:`motorec.ops.rank_topk` (``cpu``), the three rankings come from that fused op: no
             ``[B, num_items]`` scores, ``score_fn`` is not called. Otherwise (``torch``; a backend without a

@@ -198,6 +198,9 @@ class Recommender(nn.Module):
         the cold items (1 and 0 on warm items), both ``None`` when no calibration applies. ``None`` when the
         scores are not of that form (calibration in the ``"user"`` scope).
 
+        A subclass that overrides :meth:`score` must override this too (``return None`` opts out), else
+        :func:`motorec.eval.evaluate` does not trust it and ranks from :meth:`score` (the dense path).
+
         Shapes:
             -> users [U, d], items [I, d], item_scale [I] or None, item_shift [I] or None
         """

@@ -83,6 +83,8 @@ def test_torch_backend_uses_dense_path_and_fused_skips_score_fn(ds, monkeypatch)
         return orig(self, users)
 
     monkeypatch.setattr(type(m), "score", score)
+    # an overridden score is trusted only beside a ranking_parts of the same class (here: the same parts)
+    monkeypatch.setattr(type(m), "ranking_parts", type(m).ranking_parts)
     evaluate(m.score, ds, backend="cpu")
     assert not calls
     evaluate(m.score, ds, backend="torch")
@@ -97,3 +99,23 @@ def test_nan_raises_on_fused_path(ds):
         evaluate(m.score, ds, backend="cpu")
     with pytest.raises(ValueError, match="score_fn returned NaN scores"):
         evaluate(_dense(m), ds)
+
+
+def test_subclass_overriding_score_alone_is_ranked_from_its_score(ds):
+    """A model that changes ``score`` but inherits ``ranking_parts`` is ranked by its own scores (the parent's
+    parts describe the parent's scores): here the override reverses every item's score."""
+    m = _trained(ds, "lightgcn")
+    parent = type(m)
+    calls = []
+
+    class Reversed(parent):
+        def score(self, users):
+            calls.append(users.numel())
+            return -super().score(users)
+
+    m.__class__ = Reversed
+    got = evaluate(m.score, ds, backend="cpu")
+    assert calls, "the dense path (the override's own scores) ranked"
+    _assert_same(got, evaluate(_dense(m), ds))
+    m.__class__ = parent
+    assert evaluate(m.score, ds, backend="cpu") != got  # the parent's parts rank differently

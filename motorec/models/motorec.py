@@ -263,8 +263,11 @@ class MoToRec(Recommender):
         rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
-        ids = self.item_emb.index_select(0, pn) * self.warm_mask[pn].unsqueeze(1)
-        reg = self.reg_loss(self.lightgcn.user_embedding.weight.index_select(0, u), *ids.split([b, n.shape[0]]))
+        # reg_loss of the users' and the warm items' ID rows (a cold item's ID row is never trained): the 0/1
+        # mask weighs each item row's squared norm, [2B] values, instead of masking the [2B, d] rows
+        sq = self.item_emb.index_select(0, pn).pow(2).sum(1) * self.warm_mask.index_select(0, pn)
+        ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
+        reg = c.lambda_reg * (ue0.pow(2).sum() + sq.sum()) / max(b, 1)
         total = total + reg
         parts["reg"] = loss_part(reg)
         return total, parts

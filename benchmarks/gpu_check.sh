@@ -93,20 +93,7 @@ if ! "$PY" -c "from motorec import _C, _ext; import sys; sys.exit('libstdc++.so.
 fi
 stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
 # A C++ error inside _C must reach Python as RuntimeError (a static C++ runtime in _C crashed here once).
-stage "C++ error path" "$OUT/build.log" 60 "$PY" -c "
-import torch, motorec
-from motorec import _C, _ext
-print('motorec._C loads', _ext.elf_needed(_C.__file__))
-for dev in ('cpu', 'cuda'):
-    r, c, v, x = (torch.tensor([0, 1, 2], device=dev), torch.tensor([1, 0], device=dev),
-                  torch.ones(2, device=dev), torch.randn(2, 3, device=dev))
-    try:
-        torch.ops.motorec_C.propagate(r, c, v, x, -1)
-    except RuntimeError as e:
-        print(dev, 'raised:', str(e).splitlines()[0])
-    else:
-        raise SystemExit(dev + ': no error raised')
-"
+stage "C++ error path" "$OUT/build.log" 60 "$PY" -m benchmarks.c_error_path
 
 # 2b. issue 16: a training step of every model under torch.cuda.set_sync_debug_mode("error")
 stage "sync debug mode" "$OUT/tests.log" "$(cap 90 330)" \

@@ -11,21 +11,8 @@ export PYTHONUNBUFFERED=1 MOTOREC_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_
 FAILED=0
 t() { local s=$1; shift; echo "== $* (timeout ${s}s)"; timeout --kill-after=5 "$s" "$@"; local rc=$?; echo "== rc=$rc"; (( rc != 0 )) && FAILED=$((FAILED+1)); return 0; }
 t 100 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; tail -2 "$OUT/build.log"
-t 30 "$PY" -c "
-import torch, motorec
-from motorec import _C, _ext
-print('motorec._C loads', _ext.elf_needed(_C.__file__))
-for dev in ('cpu', 'cuda'):
-    r, c, v, x = (torch.tensor([0, 1, 2], device=dev), torch.tensor([1, 0], device=dev),
-                  torch.ones(2, device=dev), torch.randn(2, 3, device=dev))
-    try:
-        torch.ops.motorec_C.propagate(r, c, v, x, -1)
-    except RuntimeError as e:
-        print(dev, 'raised:', str(e).splitlines()[0])
-    else:
-        raise SystemExit(dev + ': no error raised')
-print(motorec.ops.explain(device='cuda'))
-" 2>&1 | tee -a "$OUT/build.log" | grep -E "loads|raised|auto picks|Error"
+t 30 "$PY" -m benchmarks.c_error_path 2>&1 | tee -a "$OUT/build.log"
+t 30 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))" 2>&1 | tee -a "$OUT/build.log" | grep -E "loads|raised|auto picks|Error"
 t ${TESTS_S:-80} "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py tests/train/test_step_sync.py -m "not slow" \
     -rfE -p no:cacheprovider -n 12 -v --timeout 60 > "$OUT/tests.log" 2>&1
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -25

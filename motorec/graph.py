@@ -7,12 +7,13 @@ float32), never as views of a torch sparse tensor, so they pass ``torch.library.
 """
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["Graph", "MergePath", "merge_path_partition"]
+__all__ = ["Graph", "MergePath", "merge_path_partition", "cached_merge_path"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -94,7 +95,6 @@ class Graph:
         self.num_users = num_users
         self.num_items = num_items
         self._transpose: Optional[Graph] = None
-        self._merge_paths: Dict[int, "MergePath"] = {}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -264,12 +264,9 @@ class Graph:
 
     def merge_path(self, items_per_part: int = 0) -> "MergePath":
         """The equal-work partition of this CSR for the CUDA merge-path kernels, computed once per
-        ``items_per_part`` and cached (like :meth:`transpose`). ``0`` picks :data:`MERGE_PATH_ITEMS`.
-        See :func:`merge_path_partition`."""
-        items = int(items_per_part) or MERGE_PATH_ITEMS
-        if items not in self._merge_paths:
-            self._merge_paths[items] = merge_path_partition(self.rowptr, items)
-        return self._merge_paths[items]
+        ``items_per_part`` and cached with the CSR (:func:`cached_merge_path`, the cache the CUDA graph ops use).
+        ``0`` picks :data:`MERGE_PATH_ITEMS`. See :func:`merge_path_partition`."""
+        return cached_merge_path(self.rowptr, int(items_per_part) or MERGE_PATH_ITEMS)
 
     def _is_symmetric(self) -> bool:
         if self.num_rows != self.num_cols:
@@ -380,3 +377,29 @@ def merge_path_partition(rowptr: Tensor, items_per_part: int) -> MergePath:
     if total <= _INT32_MAX:
         coords = coords.to(torch.int32)
     return MergePath(coords.contiguous(), items_per_part, split)
+
+
+_MERGE_CACHE: Optional["WeakIdKeyDictionary"] = None
+
+
+def cached_merge_path(rowptr: Tensor, items_per_part: int) -> MergePath:
+    """:func:`merge_path_partition` of the CSR with ``rowptr``, computed once per ``rowptr`` tensor and
+    ``items_per_part`` and kept while that tensor lives (weakly keyed by identity; recomputed if it was modified
+    in place). Computing it reads two numbers back from the device, so the first call on a graph synchronizes
+    once; later calls (every training step on the same graph) do not. :meth:`Graph.merge_path` and the CUDA
+    graph ops (:mod:`motorec.ops.spmm`, :mod:`motorec.ops.propagate`) share this cache.
+
+    Shapes:
+        rowptr: [R + 1] int64 -> :class:`MergePath` (``coords`` [2, P + 1]).
+    """
+    global _MERGE_CACHE
+    if _MERGE_CACHE is None:
+        _MERGE_CACHE = WeakIdKeyDictionary()
+    per = _MERGE_CACHE.get(rowptr)
+    if per is None or per[0] != rowptr._version:
+        per = (rowptr._version, {})
+        _MERGE_CACHE[rowptr] = per
+    mp = per[1].get(items_per_part)
+    if mp is None:
+        mp = per[1][items_per_part] = merge_path_partition(rowptr, items_per_part)
+    return mp

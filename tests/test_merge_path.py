@@ -208,7 +208,6 @@ def fake_c(monkeypatch):
 
 def test_cuda_backend_runs_the_merge_path_with_a_cached_partition(fake_c, monkeypatch):
     from motorec.graph import MERGE_PATH_ITEMS
-    from motorec.ops import _graph
     from motorec.ops.propagate import _cuda_propagate
     from motorec.ops.spmm import _cuda_spmm
 
@@ -247,12 +246,12 @@ def test_cuda_backend_runs_the_merge_path_with_a_cached_partition(fake_c, monkey
     monkeypatch.setenv("MOTOREC_CUDA_MERGE_ITEMS", "32")
     _cuda_spmm(g.rowptr, g.col, g.val, x)
     assert made[-1] == 32 and fake_c.calls[-1][1].shape[1] - 1 == -(-(g.num_rows + g.nnz) // 32)
+    assert g.merge_path(32).coords is fake_c.calls[-1][1] and made.count(32) == 1, "Graph.merge_path shares the cache"
 
     monkeypatch.setenv("MOTOREC_CUDA_SPMM", "row")
     _cuda_spmm(g.rowptr, g.col, g.val, x)
     _cuda_propagate(sym.rowptr, sym.col, sym.val, xs, 2)
     assert [c[0] for c in fake_c.calls[-2:]] == ["spmm", "propagate"]
-    assert _graph._MERGE_CACHE is not None
 
 
 @pytest.mark.parametrize("var,value", [("MOTOREC_CUDA_SPMM", "segments"), ("MOTOREC_CUDA_MERGE_ITEMS", "8"),

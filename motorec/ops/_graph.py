@@ -9,12 +9,13 @@ No gradient flows to the edge values (the normalized adjacency is a constant).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from motorec.graph import Graph
+from motorec.graph import MERGE_PATH_ITEMS, Graph
 from motorec.ops._common import check_float_matrix, cpu_only, cuda_only
 
 # Feature dtypes each compiled kernel serves (the CPU kernels have no half path; CUDA accumulates in float32).
@@ -92,8 +93,6 @@ _MERGE_ITEMS_RANGE = (16, 1 << 16)
 
 def cuda_kernel() -> str:
     """``MOTOREC_CUDA_SPMM`` (``merge`` | ``row``; default ``merge``), checked."""
-    import os
-
     k = os.environ.get("MOTOREC_CUDA_SPMM", "merge").strip().lower() or "merge"
     if k not in _CUDA_KERNELS:
         raise ValueError(f"MOTOREC_CUDA_SPMM must be one of {', '.join(_CUDA_KERNELS)}, got {k!r}")
@@ -103,10 +102,6 @@ def cuda_kernel() -> str:
 def merge_items() -> int:
     """``MOTOREC_CUDA_MERGE_ITEMS`` (path items per thread group, 16 to 65536) or
     :data:`motorec.graph.MERGE_PATH_ITEMS`, checked."""
-    import os
-
-    from motorec.graph import MERGE_PATH_ITEMS
-
     raw = os.environ.get("MOTOREC_CUDA_MERGE_ITEMS")
     if raw is None or not raw.strip():
         return MERGE_PATH_ITEMS
@@ -118,35 +113,6 @@ def merge_items() -> int:
     if not lo <= items <= hi:
         raise ValueError(f"MOTOREC_CUDA_MERGE_ITEMS must be an integer in [{lo}, {hi}], got {raw!r}")
     return items
-
-
-_MERGE_CACHE = None
-
-
-def cached_merge_path(rowptr: Tensor, items: int):
-    """The merge-path partition of the CSR with ``rowptr`` (:func:`motorec.graph.merge_path_partition`),
-    computed once per ``rowptr`` tensor and kept while that tensor lives (weakly keyed by identity, recomputed
-    if it was modified in place). Computing it reads two numbers back from the device, so the first call on a
-    graph synchronizes once; later calls (every training step on the same graph) do not.
-
-    Shapes:
-        rowptr: [R + 1] int64 -> :class:`motorec.graph.MergePath` (``coords`` [2, P + 1]).
-    """
-    global _MERGE_CACHE
-    from torch.utils.weak import WeakIdKeyDictionary
-
-    from motorec.graph import merge_path_partition
-
-    if _MERGE_CACHE is None:
-        _MERGE_CACHE = WeakIdKeyDictionary()
-    per = _MERGE_CACHE.get(rowptr)
-    if per is None or per[0] != rowptr._version:
-        per = (rowptr._version, {})
-        _MERGE_CACHE[rowptr] = per
-    mp = per[1].get(items)
-    if mp is None:
-        mp = per[1][items] = merge_path_partition(rowptr, items)
-    return mp
 
 
 def register_transpose_autograd(op) -> None:

@@ -14,11 +14,10 @@ from torch import Tensor
 
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
-from motorec.graph import Graph
+from motorec.graph import Graph, cached_merge_path
 from motorec.ops._graph import (
     c_cpu_auto_check,
     c_cpu_check,
-    cached_merge_path,
     check_graph_input,
     cuda_check,
     cuda_kernel,

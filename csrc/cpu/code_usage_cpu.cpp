@@ -107,48 +107,87 @@ void tile_logits(at::Tensor& s, const at::Tensor& cn_over_t, double inv_t) {
   s.mul_(2.0 * inv_t).sub_(cn_over_t);
 }
 
-// Softmax: the tile becomes q_ij = exp(s_ij - max_i) in place and the row statistic logsumexp_i is returned
+// Row and column sums of a tile in double, by hand: an ATen sum with dtype=double first converts the whole
+// tile to double (a copy that was a third of the forward at N = 128, K = 256).
+template <typename T>
+void add_column_sums(const T* s, int64_t rows, int64_t K, double* col) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* si = s + i * K;
+#pragma omp simd
+    for (int64_t j = 0; j < K; ++j) col[j] += static_cast<double>(si[j]);
+  }
+}
+
+template <typename T>
+double row_sum(const T* si, int64_t K) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < K; ++j) acc += static_cast<double>(si[j]);
+  return acc;
+}
+
+// Softmax: the tile becomes q_ij = exp(s_ij - max_i) in place and the row statistic logsumexp_i goes to stat
 // ([rows], double); the column sums of p_ij = q_ij / z_i are then one GEMV, q^T (1 / z), added into col ([K],
-// double). Sigmoid: p_ij = sigmoid(s_ij - mean_i) in place, returning mean_i, column sums added into col.
-at::Tensor tile_probs(at::Tensor& s, bool softmax, double* col) {
-  at::Tensor stat, cs;
+// double). Sigmoid: p_ij = sigmoid(s_ij - mean_i) in place, stat_i = mean_i, column sums added into col.
+template <typename T>
+void tile_probs(at::Tensor& s, bool softmax, double* col, double* stat) {
+  const int64_t rows = s.size(0), K = s.size(1);
+  T* sp = s.data_ptr<T>();  // s is a leading-rows view of a contiguous buffer: row stride K
   if (softmax) {
     const at::Tensor m = at::amax(s, {1}, /*keepdim=*/true);
     s.sub_(m).exp_();
-    const at::Tensor z = s.sum({1}, /*keepdim=*/false, at::kDouble);
-    cs = at::mv(s.t(), z.reciprocal().to(s.scalar_type()));
-    stat = m.squeeze(1).to(at::kDouble) + z.log();
+    const T* mp = m.data_ptr<T>();
+    at::Tensor inv_z = at::empty({rows}, s.options());
+    T* iz = inv_z.data_ptr<T>();
+    for (int64_t i = 0; i < rows; ++i) {
+      const double z = row_sum(sp + i * K, K);
+      iz[i] = static_cast<T>(1.0 / z);
+      stat[i] = static_cast<double>(mp[i]) + std::log(z);
+    }
+    const at::Tensor cs = at::mv(s.t(), inv_z);
+    const T* c = cs.data_ptr<T>();
+    for (int64_t j = 0; j < K; ++j) col[j] += static_cast<double>(c[j]);
   } else {
-    const at::Tensor a = s.mean({1}, /*keepdim=*/true, at::kDouble);
-    s.sub_(a.to(s.scalar_type())).sigmoid_();
-    cs = s.sum({0}, /*keepdim=*/false, at::kDouble);
-    stat = a.squeeze(1);
+    for (int64_t i = 0; i < rows; ++i) {
+      const double a = row_sum(sp + i * K, K) / static_cast<double>(K);
+      stat[i] = a;
+      T* si = sp + i * K;
+      const T at_ = static_cast<T>(a);
+#pragma omp simd
+      for (int64_t j = 0; j < K; ++j) si[j] = si[j] - at_;
+    }
+    s.sigmoid_();
+    add_column_sums(sp, rows, K, col);
   }
-  const at::Tensor cd = cs.to(at::kDouble);
-  const double* c = cd.data_ptr<double>();
-  for (int64_t j = 0; j < cd.numel(); ++j) col[j] += c[j];
-  return stat;
 }
 
 // e_ij = d loss / d s_ij (times 1/N) in place over a tile of logits, from the saved row statistic a ([rows, 1]
 // in the working precision) and grad_rho's row G ([K]); adds sum_i e_ij into col (double, [K]). Softmax:
 // e_ij = p_ij (G_j - beta_i) / N with beta_i = sum_j p_ij G_j (a GEMV); everything in the working precision, in
 // as few passes over the tile as ATen allows (at small N this op is bound by those passes).
+template <typename T>
 void tile_grad(at::Tensor& s, const at::Tensor& a, const at::Tensor& G, double inv_n, bool softmax, double* col) {
+  const int64_t rows = s.size(0), K = s.size(1);
+  T* sp = s.data_ptr<T>();
   if (softmax) {
     const at::Tensor gs = G * inv_n;                                  // [K]
     s.sub_(a).exp_();                                                 // p_ij
     const at::Tensor beta = at::mv(s, gs);                            // [rows]
-    s.mul_(gs.unsqueeze(0) - beta.unsqueeze(1));
+    const T* g = gs.data_ptr<T>();
+    const T* bt = beta.data_ptr<T>();
+    for (int64_t i = 0; i < rows; ++i) {
+      T* si = sp + i * K;
+      const T b = bt[i];
+#pragma omp simd
+      for (int64_t j = 0; j < K; ++j) si[j] = si[j] * (g[j] - b);
+    }
   } else {
     const at::Tensor gd = G.to(at::kDouble);
     const at::Tensor p = s.sub_(a).sigmoid_().to(at::kDouble);
     at::Tensor h = gd * p * (1.0 - p);                                // G p (1 - p)
     s.copy_(h.sub_(h.mean({1}, /*keepdim=*/true)).mul_(inv_n));
   }
-  const at::Tensor cs = s.sum({0}, /*keepdim=*/false, at::kDouble);
-  const double* c = cs.data_ptr<double>();
-  for (int64_t j = 0; j < cs.numel(); ++j) col[j] += c[j];
+  add_column_sums(sp, rows, K, col);
 }
 
 template <typename T>
@@ -164,6 +203,8 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
     at::Tensor r_buf = at::empty({b.rows, D}, opts);
     at::Tensor s_buf = at::empty({b.rows, K}, opts);
     T* r = r_buf.data_ptr<T>();
+    std::vector<double> stat(static_cast<size_t>(b.rows));
+    double* st = stat.data();
     double* my = acc.data() + tid * L * K;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * b.rows, rows = std::min(b.rows, N - i0);
@@ -172,8 +213,7 @@ void cu_forward(const T* z, const int64_t* codes, const T* cb, int64_t N, int64_
       for (int64_t l = 0; l < L; ++l) {
         at::mm_out(s_view, r_view, cb_t[l].t());
         tile_logits(s_view, cn_over_t[l], inv_t);
-        const at::Tensor stat = tile_probs(s_view, softmax, my + l * K);
-        const double* st = stat.data_ptr<double>();
+        tile_probs<T>(s_view, softmax, my + l * K, st);
         for (int64_t i = 0; i < rows; ++i) {
           aux[(i0 + i) * L + l] = static_cast<T>(st[i]);
           const T* c = cb + (l * K + codes[(i0 + i) * L + l]) * D;
@@ -231,7 +271,7 @@ void cu_backward(const T* grad_rho, const T* z, const int64_t* codes, const T* c
         at::mm_out(s_view, r_view, cb_t[l].t());
         tile_logits(s_view, cn_over_t[l], inv_t);
         const at::Tensor a = aux_t.narrow(0, i0, rows).select(1, l).unsqueeze(1);  // [rows, 1]
-        tile_grad(s_view, a, grad_rho_t[l], inv_n, softmax, mycol + l * K);
+        tile_grad<T>(s_view, a, grad_rho_t[l], inv_n, softmax, mycol + l * K);
         at::Tensor gr_view = gr_buf[l].narrow(0, 0, rows);
         at::mm_out(gr_view, s_view, cb_t[l]);
         my_g[l].addmm_(s_view.t(), r_view);

@@ -43,6 +43,8 @@ namespace {
 constexpr int64_t kBlockRows = 256;
 constexpr int64_t kMaxBlockRows = 4096;
 constexpr int64_t kTileElems = 65536;
+// Largest backward accumulation buffer (doubles) kept per thread between calls: 4 MiB.
+constexpr size_t kReuseDoubles = size_t(1) << 19;
 
 int threads_for(int64_t work_items) {
   const int t = std::max(1, at::get_num_threads());
@@ -204,7 +206,13 @@ void rq_backward(const T* gq, const T* gr, const T* x, const T* cb, const int64_
   const int64_t nchunks = std::max<int64_t>(
       1, std::min<int64_t>({(N + chunk_rows - 1) / chunk_rows, static_cast<int64_t>(at::get_num_threads()),
                             max_buffers}));
-  std::vector<double> acc(static_cast<size_t>(nchunks * lkd), 0.0);
+  // The buffers are reused across calls on this thread while small (a fresh zeroed allocation of a few hundred KiB
+  // is page-faulted in on every call, which cost more than the whole backward at N = 128).
+  thread_local std::vector<double> cached;
+  std::vector<double> fresh;
+  const size_t need = static_cast<size_t>(nchunks * lkd);
+  std::vector<double>& acc = need <= kReuseDoubles ? cached : fresh;
+  acc.assign(need, 0.0);
   const int threads = threads_for(nchunks);
 
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
@@ -242,6 +250,7 @@ void rq_backward(const T* gq, const T* gr, const T* x, const T* cb, const int64_
     for (int64_t p = 0; p < nchunks; ++p) s += acc[p * lkd + e];
     gcb[e] = static_cast<T>(s);
   }
+  if (need > kReuseDoubles) std::vector<double>().swap(fresh);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_quantize_fwd_cpu(const at::Tensor& x,
@@ -289,8 +298,13 @@ std::tuple<at::Tensor, at::Tensor> residual_quantize_bwd_cpu(const at::Tensor& g
               ", ", L, "], got ", codes.sizes());
   TORCH_CHECK(codes.scalar_type() == at::kLong, op, ": codes must be int64, got ", codes.scalar_type());
   const at::Tensor cc = codes.contiguous();
-  if (N > 0) {
-    const int64_t lo = cc.min().item<int64_t>(), hi = cc.max().item<int64_t>();
+  if (N > 0) {  // one scalar pass (two ATen reductions cost more than the backward itself at small N)
+    const int64_t* cp = cc.data_ptr<int64_t>();
+    int64_t lo = cp[0], hi = cp[0];
+    for (int64_t e = 1; e < N * L; ++e) {
+      lo = std::min(lo, cp[e]);
+      hi = std::max(hi, cp[e]);
+    }
     TORCH_CHECK(lo >= 0 && hi < K, op, ": codes must lie in [0, K=", K, "), got values in [", lo, ", ", hi, "]");
   }
   const at::Tensor xc = x.contiguous();

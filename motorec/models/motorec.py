@@ -40,7 +40,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from motorec.models.base import Recommender, bpr_loss, loss_part
+from motorec.models.base import Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.tokenizer import MultimodalTokenizer
@@ -157,14 +157,16 @@ class MoToRec(Recommender):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
         latents, codes, outs = self.tokenizer.catalog_tokens()
-        id_part = self.item_emb * self.warm_mask.unsqueeze(1)
-        content = self.content_view(latents, codes, id_part if c.item_item_ids else None)
+        emb = self.item_emb
+        w = self.warm_mask.to(emb.dtype)  # [num_items] per-row factor of the ID embedding: 0 for cold items
+        content = self.content_view(latents, codes, emb * w.unsqueeze(1) if c.item_item_ids else None)
         if c.rarity_gate:
-            id_part = id_part * self.id_gate.unsqueeze(1)
+            w = w * self.id_gate
         if self.training and c.id_dropout > 0:
-            keep = (torch.rand(self.num_items, device=self.device) >= c.id_dropout).float()
-            id_part = id_part * keep.unsqueeze(1)
-        users, collab = self.lightgcn(self.graph, id_part + content)
+            w = w * (torch.rand(self.num_items, device=self.device) >= c.id_dropout).to(emb.dtype)
+        # layer 0 = h~ + w * ID in one op: the factors are folded into [num_items] values first (0/1 masks are
+        # exact), so the sum is the one the [num_items, dim] products used to give, bit for bit
+        users, collab = self.lightgcn(self.graph, torch.addcmul(content, emb, w.unsqueeze(1)))
         return users, collab, content, outs
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
@@ -176,7 +178,7 @@ class MoToRec(Recommender):
         """
         if self.config.warm_content_skip:
             return collab + content
-        return collab + content * (~self.warm_mask).unsqueeze(1).to(content.dtype)
+        return torch.addcmul(collab, content, (~self.warm_mask).to(content.dtype).unsqueeze(1))
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, collab, content, _ = self._forward()
@@ -188,7 +190,11 @@ class MoToRec(Recommender):
         Shapes:
             content: [N, dim] -> [N, dim].
         """
-        return content * (1.0 + 1.0 / (self.config.num_layers + 1))
+        return content * self._cold_scale
+
+    @property
+    def _cold_scale(self) -> float:
+        return 1.0 + 1.0 / (self.config.num_layers + 1)
 
     # ------------------------------------------------------------------ brand-new items
     @torch.no_grad()
@@ -238,22 +244,23 @@ class MoToRec(Recommender):
         ue = users.index_select(0, u)
         pn, b = torch.cat([p, n]), p.shape[0]
         ip, ineg = items.index_select(0, pn).split([b, n.shape[0]])
+        s = self._cold_scale  # the embedding the batch's items would get as cold items: s * h~ (cold_embedding)
         if c.cold_dropout > 0 or c.lambda_cold > 0:
-            # the embeddings the batch's items would get as cold items (content alone)
-            cold_p, cold_n = self.cold_embedding(content.index_select(0, pn)).split([b, n.shape[0]])
+            content_p, content_n = content.index_select(0, pn).split([b, n.shape[0]])
         if c.cold_dropout > 0:
             # Score some positives/negatives as if they were cold (content alone), so that content-only
             # embeddings are trained to compete with warm ones in the same ranking, as at test time.
             dp = torch.rand(p.shape, device=p.device) < c.cold_dropout
             dn = torch.rand(n.shape, device=n.device) < c.cold_dropout
-            ip = torch.where(dp.unsqueeze(1), cold_p, ip)
-            ineg = torch.where(dn.unsqueeze(1), cold_n, ineg)
+            ip = torch.where(dp.unsqueeze(1), content_p * s, ip)
+            ineg = torch.where(dn.unsqueeze(1), content_n * s, ineg)
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=(c.rarity_min, c.rarity_max))
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
         total = rank
         parts = {"bpr": loss_part(rank)}
         if c.lambda_cold > 0:
-            aux = bpr_loss((ue * cold_p).sum(1), (ue * cold_n).sum(1), w)
+            # scores of the cold embeddings s * h~: s times h~'s scores ([B] values scaled, not [2B, d] rows)
+            aux = bpr_loss(s * (ue * content_p).sum(1), s * (ue * content_n).sum(1), w)
             total = total + c.lambda_cold * aux
             parts["bpr_cold"] = loss_part(aux)
         if c.lambda_cl > 0:
@@ -263,11 +270,12 @@ class MoToRec(Recommender):
         rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
-        # reg_loss of the users' and the warm items' ID rows (a cold item's ID row is never trained): the 0/1
-        # mask weighs each item row's squared norm, [2B] values, instead of masking the [2B, d] rows
-        sq = self.item_emb.index_select(0, pn).pow(2).sum(1) * self.warm_mask.index_select(0, pn)
+        # reg_loss of the users' and the warm items' ID rows (a cold item's ID row is never trained): every
+        # item row's squared norm, weighed by the 0/1 warm mask, gathered as [2B] values (no [2B, d] gather of
+        # the ID table, whose backward would fill another [num_items, d] buffer)
+        sq = (row_sq_norms(self.item_emb) * self.warm_mask).index_select(0, pn)
         ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
-        reg = c.lambda_reg * (ue0.pow(2).sum() + sq.sum()) / max(b, 1)
+        reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         total = total + reg
         parts["reg"] = loss_part(reg)
         return total, parts

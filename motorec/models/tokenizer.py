@@ -176,9 +176,12 @@ class MultimodalTokenizer(nn.Module):
             else:
                 cache[m].index_copy_(0, items, outs[m].codes.long())
                 cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
-                # sum of each level's codeword (a gather per level: no [N, K] work, no code range read-back)
-                const = sum(cb[k].index_select(0, cache[m][:, k]) for k in range(cb.shape[0]))
-                lat[m] = const.index_copy(0, items, fresh[m])
+                num_levels, k = cb.shape[0], cb.shape[1]
+                # sum of each level's codeword, levels in order: one embedding_bag over the flattened codebooks
+                # (no [N, K] work, no code range read-back, one [N, latent] buffer instead of one per level)
+                offsets = torch.arange(num_levels, device=cb.device) * k
+                const = nn.functional.embedding_bag(cache[m] + offsets, cb.reshape(num_levels * k, -1), mode="sum")
+                lat[m] = const.index_copy_(0, items, fresh[m])
                 codes[m] = cache[m]
         return lat, codes, outs
 

@@ -138,3 +138,34 @@ def register_transpose_autograd(op) -> None:
         return (None, None, None, gx, None, None, None) + (None,) * len(ctx.args)
 
     op.register_autograd(backward, setup_context=setup)
+
+
+class _GraphOpEager(torch.autograd.Function):
+    """A raw graph op's kernel without the custom-op dispatch (:mod:`motorec.ops._eager`), with the same
+    autograd as :func:`register_transpose_autograd`: ``grad_x`` is this Function again over ``A^T`` (the same
+    CSR when symmetric), so double backward works as through the op."""
+
+    @staticmethod
+    def forward(ctx, kernel, x, rowptr, col, val, t_rowptr, t_col, t_val, args):
+        ctx.kernel, ctx.args, ctx.symmetric = kernel, args, t_rowptr is None
+        if ctx.symmetric:
+            ctx.save_for_backward(rowptr, col, val)
+        else:
+            ctx.save_for_backward(rowptr, col, val, t_rowptr, t_col, t_val)
+        return kernel(rowptr, col, val, x.contiguous(), *args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.symmetric:
+            rowptr, col, val = ctx.saved_tensors
+            gx = _GraphOpEager.apply(ctx.kernel, grad, rowptr, col, val, None, None, None, ctx.args)
+        else:
+            rowptr, col, val, t_rowptr, t_col, t_val = ctx.saved_tensors
+            gx = _GraphOpEager.apply(ctx.kernel, grad, t_rowptr, t_col, t_val, rowptr, col, val, ctx.args)
+        return None, gx, None, None, None, None, None, None, None
+
+
+def graph_op_eager(kernel, rowptr: Tensor, col: Tensor, val: Tensor, x: Tensor, t_rowptr: Optional[Tensor],
+                   t_col: Optional[Tensor], t_val: Optional[Tensor], *args) -> Tensor:
+    """``kernel(rowptr, col, val, x, *args)`` with the raw graph op's autograd, outside the dispatcher."""
+    return _GraphOpEager.apply(kernel, x, rowptr, col, val, t_rowptr, t_col, t_val, tuple(args))

@@ -15,6 +15,7 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.ops._common import c_cpu_float_check, check_float_matrix, triton_codebook_check, triton_interpreter_auto
+from motorec.ops._eager import eager
 from motorec.reference import code_usage as _ref
 
 _D = dispatcher("code_usage")
@@ -110,6 +111,28 @@ def _backward(ctx, grad_rho, grad_aux):
 code_usage_op.register_autograd(_backward, setup_context=_setup)
 
 
+class _CodeUsageEager(torch.autograd.Function):
+    """The op's forward and backward kernels without the custom-op dispatch (:mod:`motorec.ops._eager`)."""
+
+    @staticmethod
+    def forward(ctx, z_e, codes, codebooks, temperature, mode, backend):
+        rho, aux = _D.forward(backend)(z_e.contiguous(), codes.contiguous(), codebooks.contiguous(), temperature,
+                                       mode)
+        ctx.temperature, ctx.mode, ctx.backend = temperature, mode, backend
+        ctx.save_for_backward(z_e, codes, codebooks, aux)
+        ctx.mark_non_differentiable(aux)
+        return rho, aux
+
+    @staticmethod
+    def backward(ctx, grad_rho, grad_aux):
+        z_e, codes, codebooks, aux = ctx.saved_tensors
+        if grad_rho is None:
+            grad_rho = aux.new_zeros((codebooks.shape[0], codebooks.shape[1]))
+        gz, gc = _D.backward(ctx.backend)(grad_rho.to(aux.dtype).contiguous(), z_e.contiguous(), codes.contiguous(),
+                                          codebooks.contiguous(), aux.contiguous(), ctx.temperature, ctx.mode)
+        return gz, None, gc, None, None, None
+
+
 def code_usage(z_e: Tensor, codes: Tensor, codebooks: Tensor, temperature: float = 1.0, mode: str = "softmax",
                backend: str = "auto") -> Tensor:
     r"""Mean soft assignment of each level's residual input to every codeword, ``rho [L, K]``.
@@ -162,4 +185,6 @@ def code_usage(z_e: Tensor, codes: Tensor, codebooks: Tensor, temperature: float
         raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
     name = _D.select(backend, device=z_e.device.type, dtype=z_e.dtype, n=z_e.shape[0], dim=d, k=k,
                      levels=num_levels)
+    if eager(z_e, codes, codebooks):
+        return _CodeUsageEager.apply(z_e, codes.long(), codebooks, float(temperature), mode, name)[0]
     return code_usage_op(z_e, codes.long(), codebooks, float(temperature), mode, name)[0]

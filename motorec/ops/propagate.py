@@ -14,12 +14,14 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.graph import Graph, cached_merge_path
+from motorec.ops._eager import eager
 from motorec.ops._graph import (
     c_cpu_auto_check,
     c_cpu_check,
     check_graph_input,
     cuda_check,
     cuda_kernel,
+    graph_op_eager,
     graph_operands,
     merge_items,
     register_transpose_autograd,
@@ -98,4 +100,6 @@ def propagate(graph: Graph, x: Tensor, num_layers: int, backend: str = "auto") -
         raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
     name = _D.select(backend, **select_inputs(graph, x))
     rowptr, col, val, t_rowptr, t_col, t_val = graph_operands(graph, x)
+    if eager(x, rowptr, col, val, t_rowptr, t_col, t_val):
+        return graph_op_eager(_D.forward(name), rowptr, col, val, x, t_rowptr, t_col, t_val, num_layers)
     return propagate_op(rowptr, col, val, x, t_rowptr, t_col, t_val, num_layers, name)

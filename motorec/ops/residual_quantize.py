@@ -6,7 +6,7 @@ and its gradients are defined in :mod:`motorec.reference.residual_quantize`; eve
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ from torch import Tensor
 from motorec import _ext
 from motorec._dispatch import Backend, dispatcher
 from motorec.ops._common import c_cpu_float_check, check_float_matrix, triton_codebook_check, triton_interpreter_auto
+from motorec.ops._eager import eager
 from motorec.reference import residual_quantize as _ref
 
 _D = dispatcher("residual_quantize")
@@ -119,17 +120,44 @@ def _setup(ctx, inputs, output):
     ctx.res_dtype = output[2].dtype
 
 
-def _backward(ctx, grad_codes, grad_q, grad_r):
-    x, codebooks, codes = ctx.saved_tensors
+def _incoming(x: Tensor, codes: Tensor, grad_q: Optional[Tensor], grad_r: Optional[Tensor], res_dtype: torch.dtype
+              ) -> Tuple[Tensor, Tensor]:
+    """The backward's incoming gradients, zeros for an output that got none, residual_sq's in its dtype."""
     if grad_q is None:
         grad_q = torch.zeros_like(x)
     if grad_r is None:
-        grad_r = x.new_zeros(codes.shape, dtype=ctx.res_dtype)
-    gx, gc = residual_quantize_backward_op(grad_q, grad_r.to(ctx.res_dtype), x, codebooks, codes, ctx.backend)
+        grad_r = x.new_zeros(codes.shape, dtype=res_dtype)
+    return grad_q, grad_r.to(res_dtype)
+
+
+def _backward(ctx, grad_codes, grad_q, grad_r):
+    x, codebooks, codes = ctx.saved_tensors
+    grad_q, grad_r = _incoming(x, codes, grad_q, grad_r, ctx.res_dtype)
+    gx, gc = residual_quantize_backward_op(grad_q, grad_r, x, codebooks, codes, ctx.backend)
     return gx, gc, None
 
 
 residual_quantize_op.register_autograd(_backward, setup_context=_setup)
+
+
+class _ResidualQuantizeEager(torch.autograd.Function):
+    """The op's forward and backward kernels without the custom-op dispatch (:mod:`motorec.ops._eager`)."""
+
+    @staticmethod
+    def forward(ctx, x, codebooks, backend):
+        codes, q, r = _D.forward(backend)(x.contiguous(), codebooks.contiguous())
+        ctx.backend, ctx.res_dtype = backend, r.dtype
+        ctx.save_for_backward(x, codebooks, codes)
+        ctx.mark_non_differentiable(codes)
+        return codes, q, r
+
+    @staticmethod
+    def backward(ctx, grad_codes, grad_q, grad_r):
+        x, codebooks, codes = ctx.saved_tensors
+        grad_q, grad_r = _incoming(x, codes, grad_q, grad_r, ctx.res_dtype)
+        gx, gc = _D.backward(ctx.backend)(grad_q.contiguous(), grad_r.contiguous(), x.contiguous(),
+                                          codebooks.contiguous(), codes.contiguous())
+        return gx, gc, None
 
 
 def residual_quantize(x: Tensor, codebooks: Tensor, backend: str = "auto") -> RQOutput:
@@ -161,4 +189,6 @@ def residual_quantize(x: Tensor, codebooks: Tensor, backend: str = "auto") -> RQ
     if x.device != codebooks.device:
         raise ValueError(f"x is on {x.device} but codebooks are on {codebooks.device}")
     name = _D.select(backend, device=x.device.type, dtype=x.dtype, n=x.shape[0], dim=d, k=k, levels=num_levels)
+    if eager(x, codebooks):
+        return RQOutput(*_ResidualQuantizeEager.apply(x, codebooks, name))
     return RQOutput(*residual_quantize_op(x, codebooks, name))

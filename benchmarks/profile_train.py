@@ -31,7 +31,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch.autograd.profiler import record_function
 
-from benchmarks.harness import DEFAULT_OUT, device_slug
+from benchmarks.harness import DEFAULT_OUT, device_slug, git_sha
 
 # (attribute path prefix of a submodule, component label); the first match (longest prefix first) wins
 _PARTS = ("tokenizer", "token_level", "item_item", "fusion", "feature_residual", "lightgcn")
@@ -175,7 +175,9 @@ def main(argv=None) -> int:
     bes = list(results)
     lines = [f"Per-component self CPU time of one MoToRec training step (forward + its backward), ms per step; "
              f"{args.users} users / {args.items} items / {args.interactions} interactions, {args.steps} "
-             f"profiled steps, device {args.device}, torch {torch.__version__}.", "",
+             f"profiled steps, device {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+             f"git {git_sha()}. Rerun: `python -m benchmarks.profile_train --users {args.users} --items "
+             f"{args.items} --interactions {args.interactions} --steps {args.steps}`.", "",
              "| component | " + " | ".join(f"{b} ms | {b} share" for b in bes) + " |",
              "|---|" + "---|---|" * len(bes)]
     for k in shown + (["(rest)"] if rest else []):

@@ -250,7 +250,6 @@ void rq_backward(const T* gq, const T* gr, const T* x, const T* cb, const int64_
     for (int64_t p = 0; p < nchunks; ++p) s += acc[p * lkd + e];
     gcb[e] = static_cast<T>(s);
   }
-  if (need > kReuseDoubles) std::vector<double>().swap(fresh);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_quantize_fwd_cpu(const at::Tensor& x,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from motorec.config import ModelConfig
+from motorec.models.content import token_sum
 from motorec.models.features import ItemFeatures
 from motorec.nn.rqvae import RQVAE, RQVAEOutput
 
@@ -177,10 +178,10 @@ class MultimodalTokenizer(nn.Module):
                 cache[m].index_copy_(0, items, outs[m].codes.long())
                 cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
                 num_levels, k = cb.shape[0], cb.shape[1]
-                # sum of each level's codeword, levels in order: one embedding_bag over the flattened codebooks
-                # (no [N, K] work, no code range read-back, one [N, latent] buffer instead of one per level)
+                # sum of each level's codeword, levels in order: one token_sum (embedding_bag) over the flattened
+                # codebooks (no [N, K] work, no code range read-back, one [N, latent] buffer, not one per level)
                 offsets = torch.arange(num_levels, device=cb.device) * k
-                const = nn.functional.embedding_bag(cache[m] + offsets, cb.reshape(num_levels * k, -1), mode="sum")
+                const = token_sum(cb.reshape(num_levels * k, -1), cache[m] + offsets)
                 lat[m] = const.index_copy_(0, items, fresh[m])
                 codes[m] = cache[m]
         return lat, codes, outs

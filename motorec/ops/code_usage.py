@@ -7,7 +7,7 @@ Triton backends recompute the distance tiles in the backward and never hold an [
 from __future__ import annotations
 
 from functools import partial
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -99,12 +99,17 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(z_e, codes, codebooks, output[1])
 
 
+def _incoming(grad_rho: Optional[Tensor], aux: Tensor, codebooks: Tensor) -> Tensor:
+    """The backward's incoming gradient of rho, zeros when it got none, in aux's dtype."""
+    if grad_rho is None:
+        return aux.new_zeros((codebooks.shape[0], codebooks.shape[1]))
+    return grad_rho.to(aux.dtype)
+
+
 def _backward(ctx, grad_rho, grad_aux):
     z_e, codes, codebooks, aux = ctx.saved_tensors
-    if grad_rho is None:
-        grad_rho = aux.new_zeros((codebooks.shape[0], codebooks.shape[1]))
-    gz, gc = code_usage_backward_op(grad_rho.to(aux.dtype), z_e, codes, codebooks, aux, ctx.temperature,
-                                    ctx.mode, ctx.backend)
+    gz, gc = code_usage_backward_op(_incoming(grad_rho, aux, codebooks), z_e, codes, codebooks, aux,
+                                    ctx.temperature, ctx.mode, ctx.backend)
     return gz, None, gc, None, None, None
 
 
@@ -126,10 +131,9 @@ class _CodeUsageEager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rho, grad_aux):
         z_e, codes, codebooks, aux = ctx.saved_tensors
-        if grad_rho is None:
-            grad_rho = aux.new_zeros((codebooks.shape[0], codebooks.shape[1]))
-        gz, gc = _D.backward(ctx.backend)(grad_rho.to(aux.dtype).contiguous(), z_e.contiguous(), codes.contiguous(),
-                                          codebooks.contiguous(), aux.contiguous(), ctx.temperature, ctx.mode)
+        gz, gc = _D.backward(ctx.backend)(_incoming(grad_rho, aux, codebooks).contiguous(), z_e.contiguous(),
+                                          codes.contiguous(), codebooks.contiguous(), aux.contiguous(),
+                                          ctx.temperature, ctx.mode)
         return gz, None, gc, None, None, None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["Config", "ModelConfig", "TrainConfig", "DataConfig", "ConfigError", "MODEL_NAMES", "DEFAULT_MODELS",
-           "SELECT_RULES"]
+           "SELECT_RULES", "BASELINE_MODEL_KEYS", "MOTOREC_ONLY_MODEL_KEYS"]
 
 MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content", "knn", "aldi")
 # what `motorec train` trains without --model (the cold-start baselines knn/aldi are asked for by name)
@@ -33,6 +33,14 @@ SELECT_RULES = ("warm_cold_mean", "warm", "cold", "hybrid")
 # keys that older versions wrote and that were replaced: {section: {key: what replaced it}}
 REPLACED_KEYS = {"train": {"select_group": "train.select (default 'warm_cold_mean': the mean of validation warm "
                                            "and cold Recall@20, the same rule for every model)"}}
+
+
+# the ModelConfig keys some baseline reads (besides ``name``); every other model key is read by MoToRec alone
+# (MOTOREC_ONLY_MODEL_KEYS below; tests/test_config.py checks that changing those leaves every baseline exactly
+# as it was). `motorec compare` reuses a baseline's tuning and runs across changes of MoToRec-only keys.
+BASELINE_MODEL_KEYS = ("dim", "num_layers", "lambda_reg", "content_hidden", "cold_calibration",
+                       "cold_calibration_scope", "cold_score_shift", "knn_cold_k", "aldi_alpha", "aldi_beta",
+                       "aldi_gamma", "aldi_supervised", "aldi_tws", "aldi_tws_m")
 
 
 class ConfigError(ValueError):
@@ -97,6 +105,11 @@ class ModelConfig:
     # catalog mean); every other item keeps its tokens from the last refresh (each epoch start, plus the
     # sampled rows after each step). 0: the whole catalog every step (slow on large catalogs). docs/MODEL.md
     tokenizer_sample: int = 128
+    # joint training with the tokenizer frozen as pre-training left it: every item's latent and tokens are fixed
+    # (one pass without gradients per epoch), no tokenizer loss, and no ranking gradient reaches the encoder or
+    # the codebooks, so the codes the graph encoder builds on stop changing (code churn 0). false: the tokenizer
+    # keeps training in the joint stage (docs/MODEL.md, "The variants issue 17 asked for")
+    freeze_tokenizer: bool = False
     # drop an item's ID embedding with this probability in training, so the content path alone must rank
     # (how a cold item is scored at test time); 0 disables it.
     id_dropout: float = 0.0
@@ -105,6 +118,11 @@ class ModelConfig:
     # weight of an extra BPR term that scores the batch's positive and negative by their content-only (cold)
     # embeddings, so the content path is trained to rank on its own without taking terms from warm ranking
     lambda_cold: float = 0.2
+    # weight of ALDI's alignment terms (aldi_gamma * rating distribution + aldi_alpha * ranking + aldi_beta *
+    # identification; motorec.models.aldi.aldi_distill_losses) that teach the content-only (cold) embeddings of
+    # the batch's positive and negative to score as the model's own final warm embeddings do (the teacher,
+    # detached); 0: off. motorec only (docs/MODEL.md, "The variants issue 17 asked for")
+    cold_distill: float = 0.0
     # at scoring, move cold-item scores toward the mean/spread of warm-item scores (0: off, 1: full), for every
     # model that scores cold items from features (motorec, lightgcn_content, content, knn, aldi: ColdScorer).
     # null: the model's own default, 1.0 for motorec (tuned with it, docs/MODEL.md) and 0.0 (off) for the
@@ -143,7 +161,7 @@ class ModelConfig:
         for k in ("num_layers", "rarity_warmup_epochs", "tokenizer_sample"):
             _nonneg_int(self, k)
         for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_reg", "lambda_cold",
-                  "cold_score_shift", "aldi_alpha", "aldi_beta", "aldi_gamma", "aldi_supervised"):
+                  "cold_distill", "cold_score_shift", "aldi_alpha", "aldi_beta", "aldi_gamma", "aldi_supervised"):
             _nonneg_float(self, k)
         for k in ("tau", "sparse_temperature", "aldi_tws_m"):
             if _float(self, k) <= 0:
@@ -172,9 +190,13 @@ class ModelConfig:
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
                   "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "feature_residual",
-                  "aldi_tws"):
+                  "aldi_tws", "freeze_tokenizer"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
+
+
+MOTOREC_ONLY_MODEL_KEYS = tuple(f.name for f in fields(ModelConfig)
+                                if f.name != "name" and f.name not in BASELINE_MODEL_KEYS)
 
 
 @dataclass

@@ -400,6 +400,10 @@ def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str,
         raise CompareError(f"{path} chose {model}'s setting by train.select {entry.get('select')!r}, but this run's "
                          f"config selects by {base.train.select!r}; use the same --config or another --out")
     diff = [d for d in base.differences(entry.get("base_config") or {}) if "<missing>" not in d]
+    if model != "motorec":  # a baseline reads none of MoToRec's own keys: their defaults may change under it
+        from motorec.config import MOTOREC_ONLY_MODEL_KEYS
+
+        diff = [d for d in diff if d.split(":", 1)[0] not in {f"model.{k}" for k in MOTOREC_ONLY_MODEL_KEYS}]
     if diff:
         raise CompareError(f"{path} chose {model}'s setting under another --config ({'; '.join(diff[:3])}); use the "
                          "same --config or another --out")

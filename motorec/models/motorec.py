@@ -14,6 +14,7 @@ hierarchical graph encoder fuses content and collaborative signals:
 Objectives: BPR + lambda_cl * symmetric InfoNCE(collaborative view, content view)
 + lambda_cold * rarity-weighted BPR on the content-only (cold) embeddings (``rarity_terms="all"`` weights the
 first BPR term too)
++ cold_distill * ALDI's alignment of the content-only embeddings' scores to the final embeddings' (detached)
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
 + lambda_reg * squared norm of the batch's layer-0 embeddings.
 
@@ -40,6 +41,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from motorec.models.aldi import aldi_distill_losses
 from motorec.models.base import Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
@@ -98,9 +100,21 @@ class MoToRec(Recommender):
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
                           stacklevel=2)
+        # freeze_tokenizer: this epoch's catalog tokens (on_epoch_start); they belong to the weights and the
+        # device they came from, so loading weights, moving the model or switching mode drops them
+        self._frozen_tokens: Optional[Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]] = None
+        self.register_load_state_dict_post_hook(_drop_frozen_tokens)
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
+
+    def train(self, mode: bool = True):
+        self._frozen_tokens = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._frozen_tokens = None
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def item_emb(self) -> Tensor:
@@ -156,7 +170,14 @@ class MoToRec(Recommender):
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
-        latents, codes, outs = self.tokenizer.catalog_tokens()
+        if c.freeze_tokenizer:
+            # the tokens as pre-training left them: this epoch's catalog pass when training (on_epoch_start),
+            # a fresh one (same weights, so the same values) otherwise; no tokenizer outputs, no tokenizer loss
+            frozen = self._frozen_tokens if self.training else None
+            latents, codes = frozen if frozen is not None else self.tokenizer.encode_catalog()
+            outs = None
+        else:
+            latents, codes, outs = self.tokenizer.catalog_tokens()
         emb = self.item_emb
         w = self.warm_mask.to(emb.dtype)  # [num_items] per-row factor of the ID embedding: 0 for cold items
         content = self.content_view(latents, codes, emb * w.unsqueeze(1) if c.item_item_ids else None)
@@ -245,7 +266,7 @@ class MoToRec(Recommender):
         pn, b = torch.cat([p, n]), p.shape[0]
         ip, ineg = items.index_select(0, pn).split([b, n.shape[0]])
         s = self._cold_scale  # the embedding the batch's items would get as cold items: s * h~ (cold_embedding)
-        if c.cold_dropout > 0 or c.lambda_cold > 0:
+        if c.cold_dropout > 0 or c.lambda_cold > 0 or c.cold_distill > 0:
             content_p, content_n = content.index_select(0, pn).split([b, n.shape[0]])
         if c.cold_dropout > 0:
             # Score some positives/negatives as if they were cold (content alone), so that content-only
@@ -263,13 +284,22 @@ class MoToRec(Recommender):
             aux = bpr_loss(s * (ue * content_p).sum(1), s * (ue * content_n).sum(1), w)
             total = total + c.lambda_cold * aux
             parts["bpr_cold"] = loss_part(aux)
+        if c.cold_distill > 0:
+            # ALDI's alignment terms with this model as its own teacher: the cold embeddings s * h~ of the batch's
+            # items learn to score as their final (warm) embeddings do; teacher user and items are detached, so
+            # the gradient reaches the content path alone
+            d = aldi_distill_losses(ue, ip, ineg, s * content_p, s * content_n)
+            distill = c.aldi_gamma * d["rating"] + c.aldi_alpha * d["ranking"] + c.aldi_beta * d["identification"]
+            total = total + c.cold_distill * distill
+            parts["distill"] = loss_part(distill)
         if c.lambda_cl > 0:
             cl = contrastive_loss(collab, content, p, w if c.rarity_contrastive else None, c.tau, c.cl_items)
             total = total + c.lambda_cl * cl
             parts["cl"] = loss_part(cl)
-        rq, rq_parts = self.tokenizer.losses(outs)
-        total = total + rq
-        parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
+        if outs is not None:  # (a frozen tokenizer has no loss in the joint stage)
+            rq, rq_parts = self.tokenizer.losses(outs)
+            total = total + rq
+            parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
         # reg_loss of the users' and the warm items' ID rows (a cold item's ID row is never trained): every
         # item row's squared norm, weighed by the 0/1 warm mask, gathered as [2B] values (no [2B, d] gather of
         # the ID table, whose backward would fill another [num_items, d] buffer)
@@ -293,16 +323,23 @@ class MoToRec(Recommender):
         super().on_epoch_start(epoch)
         c = self.config
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
-        sampling = self.tokenizer.sampling()
+        sampling = self.tokenizer.sampling() and not c.freeze_tokenizer
         self._epoch_stats = {}
-        if not (rebuild or sampling):
+        self._frozen_tokens = None
+        if not (rebuild or sampling or c.freeze_tokenizer):
             return
         latents, codes = self.tokenizer.encode_catalog()
         self._epoch_stats = {f"churn_{m}": v for m, v in self.tokenizer.code_churn(codes).items()}
+        if c.freeze_tokenizer:
+            self._frozen_tokens = (latents, codes)
         if sampling:
             self.tokenizer.set_cache(latents, codes)
         if rebuild:
             self.rebuild_item_graphs(latents)
+
+def _drop_frozen_tokens(module: MoToRec, _incompatible) -> None:
+    module._frozen_tokens = None
+
 
 def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float,
                      max_items: int) -> Tensor:

@@ -256,3 +256,50 @@ def test_cli_selects_them_by_name_and_leaves_the_default_list_alone():
     assert args.model == ["knn", "aldi"]
     assert {"knn", "aldi"} <= set(MODEL_NAMES) and not {"knn", "aldi"} & set(DEFAULT_MODELS)
     assert set(DEFAULT_MODELS) == set(MODEL_NAMES) - {"knn", "aldi"}
+
+
+# --------------------------------------------------------------------------- MoToRec-only keys
+# a valid non-default value for every key that MoToRec alone reads (config.MOTOREC_ONLY_MODEL_KEYS)
+MOTOREC_ONLY_OTHER = dict(
+    latent_dim=8, hidden_dims=(16, 8), num_levels=2, codebook_size=7, commitment=0.5, sparse_weight=0.3,
+    sparse_mode="sigmoid", sparse_temperature=2.0, continuous=True, ema=True, kmeans_init=False,
+    token_embeddings=False, rarity=False, rarity_min=0.9, rarity_max=1.5, rarity_warmup_epochs=0,
+    rarity_contrastive=True, rarity_gate=True, rarity_terms="all", item_item=False, knn_k=3, knn_rebuild_every=2,
+    item_item_ids=True, lambda_cl=0.7, tau=0.9, cl_items=3, lambda_rq=0.1, tokenizer_sample=5,
+    freeze_tokenizer=True, id_dropout=0.5, cold_dropout=0.5, lambda_cold=3.0, cold_distill=2.0,
+    warm_content_skip=True, feature_residual=True,
+)
+
+
+def test_motorec_only_keys_are_exactly_the_keys_no_baseline_reads():
+    from motorec.config import MOTOREC_ONLY_MODEL_KEYS
+
+    assert set(MOTOREC_ONLY_OTHER) == set(MOTOREC_ONLY_MODEL_KEYS)
+    defaults = ModelConfig()
+    assert all(getattr(defaults, k) != v for k, v in MOTOREC_ONLY_OTHER.items())
+    ModelConfig(**MOTOREC_ONLY_OTHER).validate()
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "content", "lightgcn_content", "knn", "aldi"])
+def test_baselines_ignore_every_motorec_only_key(ds, name):
+    """`motorec compare` reuses a baseline's tuning across changes of these keys: the baseline built with all of
+    them changed has the same weights, loss and scores."""
+    a, b = _build(ds, name), _build(ds, name, **MOTOREC_ONLY_OTHER)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.equal(sa[k], sb[k]), k
+    batch = _batch(ds)
+    for m in (a, b):
+        m.train()
+        m.on_epoch_start(3)
+    torch.manual_seed(5)
+    la, pa = a.loss(batch)
+    torch.manual_seed(5)
+    lb, pb = b.loss(batch)
+    assert torch.equal(la, lb) and pa.keys() == pb.keys()
+    for m in (a, b):
+        m.eval()
+    users = torch.arange(7)
+    assert torch.equal(a.score(users), b.score(users))

@@ -11,6 +11,7 @@ import torch
 from motorec.config import Config, ConfigError, ModelConfig
 from motorec.data import synthetic
 from motorec.models import MODELS, MoToRec, bpr_loss, build_model, info_nce, item_degrees, rarity_weights
+from motorec.models.aldi import aldi_distill_losses
 from motorec.train import BPRSampler
 
 SMALL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=16, knn_k=5, content_hidden=32)
@@ -172,18 +173,24 @@ def test_ablation_switches(ds, switch):
     assert torch.isfinite(m.score(torch.arange(4))).all()
 
 
+def _loss_pair(ds, batch, over0, over1):
+    """Two MoToRecs built alike but for ``over0`` / ``over1``, each's ``(model, loss, parts)`` on ``batch`` at
+    joint epoch 0 with the same random draws."""
+    out = []
+    for over in (over0, over1):
+        m = _model(ds, "motorec", **over)
+        m.train()
+        m.on_epoch_start(0)
+        torch.manual_seed(1)
+        out.append((m, *m.loss(batch)))
+    return out
+
+
 def test_lambda_cold_adds_content_only_bpr_term(ds):
     """lambda_cold adds `lambda_cold * BPR(u . cold(p), u . cold(n))` and trains the content path through it."""
     b = _batch(ds)
-    m0 = _model(ds, "motorec", lambda_cold=0.0, lambda_cl=0.0, cold_dropout=0.0)
-    m1 = _model(ds, "motorec", lambda_cold=0.7, lambda_cl=0.0, cold_dropout=0.0)
-    for m in (m0, m1):
-        m.train()
-        m.on_epoch_start(0)
-    torch.manual_seed(1)
-    t0, p0 = m0.loss(b)
-    torch.manual_seed(1)
-    t1, p1 = m1.loss(b)
+    kw = dict(lambda_cl=0.0, cold_dropout=0.0)
+    (m0, t0, p0), (m1, t1, p1) = _loss_pair(ds, b, dict(lambda_cold=0.0, **kw), dict(lambda_cold=0.7, **kw))
     assert "bpr_cold" not in p0 and p1["bpr_cold"] > 0
     users, _, content, _ = m1._forward()
     cold = m1.cold_embedding(content)
@@ -192,6 +199,82 @@ def test_lambda_cold_adds_content_only_bpr_term(ds):
     expected = bpr_loss((ue * cold[b["pos"]]).sum(1), (ue * cold[b["neg"]]).sum(1), w)
     assert math.isclose(p1["bpr_cold"], float(expected.detach()), rel_tol=1e-5)
     assert math.isclose(float((t1 - t0).detach()), 0.7 * float(expected.detach()), rel_tol=1e-4, abs_tol=1e-6)
+
+
+def test_cold_distill_aligns_content_only_scores_to_the_models_own_and_trains_only_the_content_path(ds):
+    """cold_distill adds ALDI's alignment terms between the cold embeddings' scores and the final embeddings'
+    (the teacher, detached): its gradient reaches the content path, never the ID tables."""
+    b = _batch(ds)
+    kw = dict(lambda_cold=0.0, lambda_cl=0.0, cold_dropout=0.0, rarity=False)
+    (m0, t0, p0), (m1, t1, p1) = _loss_pair(
+        ds, b, kw, dict(cold_distill=0.6, aldi_alpha=0.9, aldi_beta=0.05, aldi_gamma=0.1, **kw))
+    assert "distill" not in p0 and p1["distill"] > 0
+    users, collab, content, _ = m1._forward()
+    items, cold = m1._final_items(collab, content), m1.cold_embedding(content)
+    d = aldi_distill_losses(users[b["users"]], items[b["pos"]], items[b["neg"]], cold[b["pos"]], cold[b["neg"]])
+    expected = float((0.1 * d["rating"] + 0.9 * d["ranking"] + 0.05 * d["identification"]).detach())
+    assert math.isclose(p1["distill"], expected, rel_tol=1e-5)
+    assert math.isclose(float((t1 - t0).detach()), 0.6 * expected, rel_tol=1e-4, abs_tol=1e-6)
+    # the term's gradient reaches the content path and never the ID tables (the teacher is detached)
+    t0.backward()
+    t1.backward()
+    for name in ("lightgcn.user_embedding.weight", "lightgcn.item_embedding.weight"):
+        g0, g1 = m0.get_parameter(name).grad, m1.get_parameter(name).grad
+        torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7, msg=name)
+    assert any(not torch.allclose(a.grad, b.grad) for a, b in
+               zip(m0.token_level.parameters(), m1.token_level.parameters()) if a.grad is not None)
+
+
+def test_freeze_tokenizer_keeps_tokens_fixed_and_trains_everything_else(ds):
+    """freeze_tokenizer: the joint stage reads the tokens from one catalog pass (no tokenizer loss, no gradient
+    into the encoder or codebooks), training-mode and eval-mode embeddings see the same tokens, and optimizer
+    steps leave the tokenizer's weights and every item's tokens unchanged while the rest trains."""
+    b = _batch(ds)
+    m = _model(ds, "motorec", freeze_tokenizer=True)
+    def tok_tensors():
+        return {k: v.detach().clone() for k, v in [*m.tokenizer.named_parameters(), *m.tokenizer.named_buffers()]}
+
+    before_tok = tok_tensors()
+    codes0 = m.tokenize()
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    emb0 = m.lightgcn.item_embedding.weight.detach().clone()
+    for epoch in range(2):
+        m.train()
+        m.on_epoch_start(epoch)
+        assert m._frozen_tokens is not None
+        total, parts = m.loss(b)
+        assert "rq" not in parts and "sparse" not in parts
+        opt.zero_grad()
+        total.backward()
+        assert all(p.grad is None for p in m.tokenizer.parameters())
+        assert m.token_level.token_proj[m.tokenizer.modalities[0]].weight.grad is not None
+        opt.step()
+        if epoch == 1:
+            assert m.epoch_stats()[f"churn_{m.tokenizer.modalities[0]}"] == 0.0
+    after_tok = tok_tensors()
+    for k, v in before_tok.items():
+        torch.testing.assert_close(after_tok[k], v, rtol=0, atol=0, msg=k)
+    for mod, c in m.tokenize().items():
+        assert torch.equal(c, codes0[mod])
+    assert not torch.equal(m.lightgcn.item_embedding.weight, emb0)
+    # training-mode forward (the cached pass) and eval-mode forward (a fresh pass) agree
+    m.train()
+    m.on_epoch_start(2)
+    with torch.no_grad():
+        _, _, content_train, _ = m._forward()
+        m.eval()
+        _, _, content_eval, _ = m._forward()
+    torch.testing.assert_close(content_train, content_eval)
+    # the cached pass is dropped when weights are loaded or the mode changes
+    m.train()
+    m.on_epoch_start(3)
+    m.load_state_dict(m.state_dict())
+    assert m._frozen_tokens is None
+
+
+def test_cold_distill_must_be_non_negative():
+    with pytest.raises(ConfigError, match="cold_distill"):
+        ModelConfig(cold_distill=-0.1).validate()
 
 
 @pytest.mark.parametrize("terms", ["all", "content"])

@@ -36,8 +36,8 @@ REPLACED_KEYS = {"train": {"select_group": "train.select (default 'warm_cold_mea
 
 
 # the ModelConfig keys some baseline reads (besides ``name``); every other model key is read by MoToRec alone
-# (MOTOREC_ONLY_MODEL_KEYS below; tests/test_config.py checks that changing those leaves every baseline exactly
-# as it was). `motorec compare` reuses a baseline's tuning and runs across changes of MoToRec-only keys.
+# (MOTOREC_ONLY_MODEL_KEYS below; tests/models/test_cold_baselines.py checks that changing those leaves every
+# baseline exactly as it was). `motorec compare` reuses a baseline's tuning and runs across changes of MoToRec-only keys.
 BASELINE_MODEL_KEYS = ("dim", "num_layers", "lambda_reg", "content_hidden", "cold_calibration",
                        "cold_calibration_scope", "cold_score_shift", "knn_cold_k", "aldi_alpha", "aldi_beta",
                        "aldi_gamma", "aldi_supervised", "aldi_tws", "aldi_tws_m")
@@ -118,7 +118,8 @@ class ModelConfig:
     # weight of an extra BPR term that scores the batch's positive and negative by their content-only (cold)
     # embeddings, so the content path is trained to rank on its own without taking terms from warm ranking.
     # 1.0 since 2026-12-01 (was 0.2): under the issue-17 protocol, with lr 5e-3 it raised MoToRec's validation
-    # selection score on 5 of 6 draw x seed runs and was no worse at lr 1e-3 (docs/MODEL.md, "Validation screen")
+    # selection score on 5 of 6 draw x seed runs and was neutral at lr 1e-3 on MovieLens-100k, but lost cold recall
+    # on a weak-feature synthetic catalog at lr 1e-3 (one draw; docs/MODEL.md, "Validation screen", to recheck)
     lambda_cold: float = 1.0
     # weight of ALDI's alignment terms (aldi_gamma * rating distribution + aldi_alpha * ranking + aldi_beta *
     # identification; motorec.models.aldi.aldi_distill_losses) that teach the content-only (cold) embeddings of

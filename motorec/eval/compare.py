@@ -403,7 +403,8 @@ def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str,
     if model != "motorec":  # a baseline reads none of MoToRec's own keys: their defaults may change under it
         from motorec.config import MOTOREC_ONLY_MODEL_KEYS
 
-        diff = [d for d in diff if d.split(":", 1)[0] not in {f"model.{k}" for k in MOTOREC_ONLY_MODEL_KEYS}]
+        ignored = {f"model.{k}" for k in MOTOREC_ONLY_MODEL_KEYS}
+        diff = [d for d in diff if d.split(":", 1)[0] not in ignored]
     if diff:
         raise CompareError(f"{path} chose {model}'s setting under another --config ({'; '.join(diff[:3])}); use the "
                          "same --config or another --out")

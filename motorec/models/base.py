@@ -179,7 +179,7 @@ class Recommender(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self.graph = self.graph.to(self.train_pairs.device)
-        self._cache = None
+        self.drop_caches()
         return out
 
     @property
@@ -201,8 +201,13 @@ class Recommender(nn.Module):
         self.epoch = float(epoch)
 
     def train(self, mode: bool = True):
-        self._cache = None
+        self.drop_caches()
         return super().train(mode)
+
+    def drop_caches(self) -> None:
+        """Forget what was computed from the current weights, device or mode (called on ``train()``/``eval()``,
+        device moves and ``load_state_dict``); a subclass with caches of its own extends it."""
+        self._cache = None
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
@@ -276,4 +281,4 @@ class Recommender(nn.Module):
 
 
 def _drop_cache(module: Recommender, incompatible_keys) -> None:
-    module._cache = None
+    module.drop_caches()

@@ -100,21 +100,15 @@ class MoToRec(Recommender):
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
                           stacklevel=2)
-        # freeze_tokenizer: this epoch's catalog tokens (on_epoch_start); they belong to the weights and the
-        # device they came from, so loading weights, moving the model or switching mode drops them
+        # freeze_tokenizer: this epoch's catalog tokens (on_epoch_start); dropped with the base class's caches
         self._frozen_tokens: Optional[Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]] = None
-        self.register_load_state_dict_post_hook(_drop_frozen_tokens)
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
 
-    def train(self, mode: bool = True):
+    def drop_caches(self) -> None:
+        super().drop_caches()
         self._frozen_tokens = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._frozen_tokens = None
-        return super()._apply(fn, *args, **kwargs)
 
     @property
     def item_emb(self) -> Tensor:
@@ -336,9 +330,6 @@ class MoToRec(Recommender):
             self.tokenizer.set_cache(latents, codes)
         if rebuild:
             self.rebuild_item_graphs(latents)
-
-def _drop_frozen_tokens(module: MoToRec, _incompatible) -> None:
-    module._frozen_tokens = None
 
 
 def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float,

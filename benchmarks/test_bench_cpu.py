@@ -18,6 +18,7 @@ import torch
 from benchmarks import harness
 from benchmarks.bench_propagate import PropagateBench
 from benchmarks.bench_residual_quantize import ResidualQuantizeBench
+from benchmarks.bench_source_attention import SourceAttentionBench
 from benchmarks.bench_spmm import SpmmBench
 from benchmarks.bench_train import TrainBench
 from motorec import BackendUnavailable
@@ -26,6 +27,7 @@ CPU = torch.device("cpu")
 GRAPH = {"nodes": 1501, "nnz": 12_000, "D": 33}
 RQ = {"N": 1000, "D": 48, "K": 100, "L": 3}
 TRAIN = {"users": 800, "items": 500, "interactions": 6_000}
+SA = {"M": 3, "N": 1027, "d": 33}
 
 _STATES = {}
 
@@ -98,6 +100,12 @@ def test_residual_quantize_forward(benchmark, provider):
 @pytest.mark.parametrize("provider", _RQ_PROVIDERS)
 def test_residual_quantize_full(benchmark, provider):
     case = _checked_case(ResidualQuantizeBench(), RQ, provider, "full")
+    benchmark(case.run, 0)
+
+
+@pytest.mark.parametrize("provider", SourceAttentionBench.providers)
+def test_source_attention_full(benchmark, provider):
+    case = _checked_case(SourceAttentionBench(), SA, provider, "full")
     benchmark(case.run, 0)
 
 

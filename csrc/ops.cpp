@@ -47,6 +47,16 @@ TORCH_LIBRARY(motorec_C, m) {
   m.def(
       "code_usage_bwd(Tensor grad_rho, Tensor z_e, Tensor codes, Tensor codebooks, Tensor aux, float temperature, "
       "bool softmax) -> (Tensor, Tensor)");
+  // Attention over M sources (definition in motorec/reference/source_attention.py):
+  // a_im = softmax_m(query . tanh(weight h_im + bias)), out_i = sum_m a_im h_im. hs M x [N, d] float32|float64,
+  // weight [d, d], bias [d], query [d] (dtype of hs) -> out [N, d], attn [N, M].
+  m.def("source_attention_fwd(Tensor[] hs, Tensor weight, Tensor bias, Tensor query) -> (Tensor, Tensor)");
+  // Backward of source_attention_fwd: grad_out [N, d], grad_attn [N, M] or none, ..., attn (the forward's) ->
+  // grad_hs [M, N, d] (one tensor; source m's gradient is its slice m), grad_weight [d, d], grad_bias [d],
+  // grad_query [d].
+  m.def(
+      "source_attention_bwd(Tensor grad_out, Tensor? grad_attn, Tensor[] hs, Tensor weight, Tensor bias, "
+      "Tensor query, Tensor attn) -> (Tensor, Tensor, Tensor, Tensor)");
   // Per user, the top k items of s_ui = (u . i) * item_scale_i + item_shift_i over all items, the warm items
   // (cold false) and the cold items, excluded items never listed, ties to the lower index (definition in
   // motorec/reference/rank_topk.py): users [B, d], items [I, d], item_scale / item_shift [I] or none,

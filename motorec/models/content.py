@@ -48,7 +48,9 @@ class TokenEncoder(nn.Module):
             hm = proj(z)
             if self.use_tokens:
                 offset = torch.arange(self.num_levels, device=z.device) * self.codebook_size
-                hm = hm + token_sum(self.token_emb[m].weight, codes[m].long() + offset)
+                # in place: the projection's backward does not read its output, and at catalog scale every
+                # [N, d] temporary is a fresh allocation the OS faults in (same values as hm + token_sum)
+                hm = hm.add_(token_sum(self.token_emb[m].weight, codes[m].long() + offset))
             h[m] = hm
         return h
 
@@ -120,7 +122,10 @@ class ItemItemEncoder(nn.Module):
     def forward(self, h: Dict[str, Tensor], ids: Optional[Tensor] = None) -> List[Tensor]:
         if ids is None:
             return [ops.propagate(self.graphs[m], h[m], 1, backend=self.backend) for m in self.modalities]
-        return [0.5 * (h[m] + ops.spmm(self.graphs[m], h[m] + ids, backend=self.backend)) for m in self.modalities]
+        # (A (h + ids) + h) * 0.5 in place on the product (its backward reads neither its output nor the sum):
+        # the same values as 0.5 * (h + A (h + ids)), two fewer [num_items, d] temporaries per modality
+        return [ops.spmm(self.graphs[m], h[m] + ids, backend=self.backend).add_(h[m]).mul_(0.5)
+                for m in self.modalities]
 
     def get_extra_state(self) -> Dict[str, Dict[str, Tensor]]:
         return {m: {"rowptr": g.rowptr, "col": g.col, "val": g.val} for m, g in self.graphs.items()}
@@ -148,56 +153,21 @@ class ItemItemEncoder(nn.Module):
 class SourceAttention(nn.Module):
     """Attention over sources: ``a_m = softmax_m(q . tanh(W h^m + b))``; ``h~ = sum_m a_m h^m``.
 
-    Computed as ``softmax_m((2q) . sigmoid(2(W h^m + b)))``: ``tanh(y) = 2 sigmoid(2y) - 1``, and the constant
-    ``-sum(q)`` it leaves is the same for every source, so the softmax drops it. The same weights (up to float
-    rounding), at a quarter of the cost on CPU, where ATen's ``tanh`` is about 4x its ``sigmoid``.
+    :func:`motorec.ops.source_attention` (``backend`` as every op: the C++ kernel on CPU, the torch path
+    elsewhere), which computes it in the sigmoid form ``softmax_m((2q) . sigmoid(2(W h^m + b)))``: the same
+    weights up to float rounding, at a quarter of the cost on CPU, where ATen's ``tanh`` is about 4x its
+    ``sigmoid``.
 
     Shapes:
-        hs: [M, N, d] -> ([N, d], weights [N, M]).
+        hs: M tensors [N, d] (a list, or one [M, N, d] tensor) -> ([N, d], weights [N, M]).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, backend: str = "auto") -> None:
         super().__init__()
+        self.backend = backend
         self.proj = nn.Linear(dim, dim)
         self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
 
-    def forward(self, hs: Tensor) -> Tuple[Tensor, Tensor]:
-        out, w = _SourceAttentionFn.apply(hs, 2.0 * self.proj.weight, 2.0 * self.proj.bias, 2.0 * self.query)
-        return out, w.t()
-
-
-class _SourceAttentionFn(torch.autograd.Function):
-    """:class:`SourceAttention` forward and backward by hand, with three [M, N, d] buffers in all (autograd's
-    graph of the same ops holds about ten): at catalog scale each is a fresh allocation the OS page-faults in,
-    which cost as much as the arithmetic. ``w2, b2, q2`` are the doubled ``W, b, q`` of the sigmoid form.
-
-    Shapes:
-        hs: [M, N, d], w2: [d, d], b2: [d], q2: [d] -> (out [N, d], weights [M, N]).
-    """
-
-    @staticmethod
-    def forward(ctx, hs: Tensor, w2: Tensor, b2: Tensor, q2: Tensor) -> Tuple[Tensor, Tensor]:
-        m, n, d = hs.shape
-        s = torch.addmm(b2, hs.reshape(m * n, d), w2.t()).sigmoid_()  # [M N, d]
-        w = torch.softmax((s @ q2).view(m, n), dim=0)  # [M, N]
-        out = hs[0] * w[0].unsqueeze(1)
-        for i in range(1, m):
-            out.addcmul_(hs[i], w[i].unsqueeze(1))
-        ctx.save_for_backward(hs, w2, q2, s, w)
-        return out, w
-
-    @staticmethod
-    def backward(ctx, g_out: Tensor, g_w: Tensor):
-        hs, w2, q2, s, w = ctx.saved_tensors
-        m, n, d = hs.shape
-        # d/dw: the output's share (g_out . h_m) plus the weights' own gradient
-        gw = torch.stack([torch.linalg.vecdot(hs[i], g_out) for i in range(m)]) + g_w  # [M, N]
-        g_logits = w * (gw - (w * gw).sum(0, keepdim=True))  # softmax backward over M
-        gl = g_logits.reshape(m * n, 1)
-        g_q2 = s.t() @ gl.squeeze(1)  # [d]
-        g_y = s.neg().add_(1.0).mul_(s).mul_(q2).mul_(gl)  # d/dy = g_logits q2 s (1 - s): [M N, d]
-        g_w2 = g_y.t() @ hs.reshape(m * n, d)
-        g_b2 = g_y.sum(0)
-        g_hs = torch.mm(g_y, w2).view(m, n, d)
-        g_hs.addcmul_(w.unsqueeze(-1), g_out.unsqueeze(0))
-        return g_hs, g_w2, g_b2, g_q2
+    def forward(self, hs) -> Tuple[Tensor, Tensor]:
+        hs = list(hs.unbind(0)) if isinstance(hs, Tensor) else list(hs)
+        return ops.source_attention(hs, self.proj.weight, self.proj.bias, self.query, backend=self.backend)

@@ -91,7 +91,7 @@ class MoToRec(Recommender):
         self.tokenizer = MultimodalTokenizer(feats, c, self.backend).to(dev)
         self.token_level = TokenEncoder(mods, c, device=dev)
         self.item_item = ItemItemEncoder(mods, self.num_items, c.knn_k, self.backend).to(dev)
-        self.fusion = SourceAttention(c.dim).to(dev)
+        self.fusion = SourceAttention(c.dim, self.backend).to(dev)
         self.feature_residual = (FeatureEncoder(feats.dims(), c.content_hidden, c.dim).to(dev)
                                  if c.feature_residual else None)
         self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
@@ -158,7 +158,7 @@ class MoToRec(Recommender):
             hs = self.item_item(h, ids)
         else:
             hs = [h[m] for m in self.tokenizer.modalities]
-        fused, _ = self.fusion(torch.stack(hs))
+        fused, _ = self.fusion(hs)
         return fused
 
     def _forward(self):

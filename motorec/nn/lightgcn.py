@@ -215,7 +215,10 @@ class LightGCN(nn.Module):
     def forward(self, graph: GraphLike, item_input: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``(user_emb [U, d], item_emb [I, d])`` after propagation and layer-mean readout."""
         out = self.get_embedding(graph, item_input)
-        return out[: self.num_users], out[self.num_users:]
+        # split, not two slices: the backward of two slices fills a [U + I, d] zero buffer per slice and adds
+        # them; split's backward is one cat of the two gradients (the same values, half the memory traffic)
+        users, items = out.split([self.num_users, self.num_items])
+        return users, items
 
     @torch.no_grad()
     def recommend(self, graph: GraphLike, users: Tensor, k: int,

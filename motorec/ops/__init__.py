@@ -5,6 +5,7 @@
 * :func:`propagate` — multi-layer LightGCN readout (mean over layers).
 * :func:`code_usage` — per-codeword mean soft assignment of residual quantization (the sparsity term), fused.
 * :func:`rank_topk` — per-user top-k items (all, warm, cold) with exclusions, without the [B, I] scores.
+* :func:`source_attention` — attention over M [N, d] sources (MoToRec's modality fusion), with no [M, N, d] temporaries.
 * :func:`explain` — a table of every backend of an op and why it can or cannot serve here.
 """
 from motorec._dispatch import BackendUnavailable, dispatcher, registered_ops
@@ -12,9 +13,11 @@ from motorec.ops.code_usage import code_usage
 from motorec.ops.propagate import propagate
 from motorec.ops.rank_topk import RankTopK, rank_topk
 from motorec.ops.residual_quantize import RQOutput, residual_quantize
+from motorec.ops.source_attention import source_attention
 from motorec.ops.spmm import spmm
 
-__all__ = ["residual_quantize", "RQOutput", "code_usage", "spmm", "propagate", "rank_topk", "RankTopK", "explain",
+__all__ = ["residual_quantize", "RQOutput", "code_usage", "spmm", "propagate", "rank_topk", "RankTopK",
+           "source_attention", "explain",
            "select_backend", "BackendUnavailable"]
 
 

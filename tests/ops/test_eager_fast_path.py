@@ -50,6 +50,16 @@ def test_code_usage_paths_agree(monkeypatch, device, backend):
         _assert_same(fast, op)
 
 
+@pytest.mark.parametrize("device,backend", backend_params("source_attention", torch.float32))
+def test_source_attention_paths_agree(monkeypatch, device, backend):
+    hs = [torch.randn(33, 8, device=device) for _ in range(3)]
+    w, b, q = torch.randn(8, 8, device=device) / 3, torch.randn(8, device=device), torch.randn(8, device=device)
+    fast, op = _both_paths(monkeypatch, lambda w, b, q, *hs: motorec.ops.source_attention(list(hs), w, b, q,
+                                                                                          backend=backend),
+                           w, b, q, *hs)
+    _assert_same(fast, op)
+
+
 @pytest.mark.parametrize("directed", [False, True])
 @pytest.mark.parametrize("op", ["spmm", "propagate"])
 def test_graph_ops_paths_agree(monkeypatch, op, directed):

@@ -35,11 +35,27 @@ _NO_GPU_KERNEL = ("no GPU kernel for source_attention: its cost is three dense [
                   "which the torch path runs through cuBLAS")
 _D.register(Backend("triton", static_reason=_NO_GPU_KERNEL))
 _D.register(Backend("cuda", static_reason=_NO_GPU_KERNEL))
+# Below this many elements (N * M * d) auto keeps the torch path: its [M, N, d] buffers are cheap there, and it
+# runs one product per source where the kernel runs one per row block plus the backward's recomputation.
+# Measured, one thread, this project's CPU (benchmarks/bench_source_attention.py, 2026-12-01): forward +
+# backward 0.98x-1.08x at M=2, N=15k, d=64 (1.9M elements), 1.25x-1.33x at N=100k (12.8M).
+CPU_AUTO_MIN_ELEMENTS = 1 << 22
+
+
+def _cpu_auto_check(**inputs):
+    n, d, m = inputs.get("n"), inputs.get("dim"), inputs.get("sources")
+    if n is not None and d is not None and m is not None and n * d * m < CPU_AUTO_MIN_ELEMENTS:
+        return (f"N * M * d = {n * d * m} < {CPU_AUTO_MIN_ELEMENTS}: the torch path is as fast at this size "
+                "(backend='cpu' still runs the kernel)")
+    return None
+
+
 _D.register(Backend("cpu", forward=_c_fwd, backward=_c_bwd,
                     static_reason=None if _ext.c_has_op("source_attention_fwd")
                     else (_ext.C_REASON or "motorec._C has no source_attention (built before it was added: rebuild)"),
-                    input_check=c_cpu_float_check,
-                    note="blocked OpenMP C++ kernel (motorec._C): cache-sized row blocks, recomputed in the backward"))
+                    input_check=c_cpu_float_check, auto_check=_cpu_auto_check,
+                    note="blocked OpenMP C++ kernel (motorec._C): cache-sized row blocks, recomputed in the backward; "
+                         "auto from N * M * d >= 4M elements"))
 _D.register(Backend("torch", forward=_ref.source_attention_forward, backward=_ref.source_attention_backward,
                     note="sigmoid-form reference (saves s: [M, N, d])"))
 

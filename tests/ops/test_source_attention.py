@@ -219,3 +219,17 @@ def test_explain_names_every_backend():
     for name in ("torch", "cpu", "triton", "cuda"):
         assert name in text
     assert "no GPU kernel for source_attention" in text
+
+
+@pytest.mark.skipif("cpu" not in backends_here(OP, "cpu"), reason=_ext.C_REASON or "motorec._C has no source_attention")
+def test_auto_takes_the_kernel_from_catalog_size(no_backend_env):
+    """``auto`` runs the C++ kernel from N * M * d = 4M elements and the torch path below (as fast there)."""
+    from motorec.ops.source_attention import CPU_AUTO_MIN_ELEMENTS
+
+    pick = motorec.ops.select_backend
+    assert pick(OP, device="cpu", dtype=torch.float32, n=100_000, dim=64, sources=2) == "cpu"
+    assert pick(OP, device="cpu", dtype=torch.float32, n=CPU_AUTO_MIN_ELEMENTS // 128, dim=64, sources=2) == "cpu"
+    assert pick(OP, device="cpu", dtype=torch.float32, n=CPU_AUTO_MIN_ELEMENTS // 128 - 1, dim=64,
+                sources=2) == "torch"
+    assert pick(OP, "cpu", device="cpu", dtype=torch.float32, n=10, dim=64, sources=2) == "cpu"
+    assert pick(OP, device="cpu", dtype=torch.float16, n=100_000, dim=64, sources=2) == "torch"

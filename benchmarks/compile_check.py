@@ -51,6 +51,9 @@ class CompileSpec:
             are filled in from ``constexprs``.
         constexprs: values of the ``tl.constexpr`` arguments.
         num_warps, num_stages: launch options as the launcher passes them (``num_stages=None``: Triton's).
+        maxnreg: the register cap the launcher passes (``maxnreg=`` launch option, ptxas's ``.maxnreg``), or None.
+            A capped kernel meets its register budget by construction, so its spill bytes are what the gate
+            checks: ptxas spills rather than exceed the cap.
         max_regs: registers per thread allowed (255 = the hardware limit, i.e. no budget beyond 0 spills).
         max_spill_bytes: spill stores + loads allowed (bytes, ptxas's figures).
         min_tensor_share: least share of tensor-core instructions in the tile loop (0 = not gated).
@@ -64,6 +67,7 @@ class CompileSpec:
     constexprs: Dict[str, Any]
     num_warps: int = 4
     num_stages: Optional[int] = None
+    maxnreg: Optional[int] = None
     max_regs: int = 255
     max_spill_bytes: int = 0
     min_tensor_share: float = 0.0
@@ -170,6 +174,8 @@ def compile_triton(spec: CompileSpec) -> Dict[str, Any]:
     options = {"num_warps": spec.num_warps}
     if spec.num_stages is not None:
         options["num_stages"] = spec.num_stages
+    if spec.maxnreg is not None:
+        options["maxnreg"] = spec.maxnreg
     t0 = time.time()
     # A launch with torch tensors specializes every 16-byte-aligned pointer (tt.divisibility = 16), which
     # decides vector widths and layouts: compile what the launcher gets.

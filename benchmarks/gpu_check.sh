@@ -114,6 +114,10 @@ stage "op tests" "$OUT/tests.log" "$(cap 130 220)" \
 stage "bench --quick" "$OUT/bench.log" "$(cap 170 110)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot \
     --only residual_quantize,propagate,train,spmm
 
+# 4a. issue 18: the quantizer search without its 128-register cap (MOTOREC_RQ_MAXNREG=0), for the A/B against the
+# capped rows above (same codes; the cap was chosen offline, on register and spill figures alone)
+ALLOW_TIMEOUT=1 stage "quantizer uncapped A/B" "$OUT/bench.log" "$(cap 60 90)" \
+    env MOTOREC_RQ_MAXNREG=0 "$PY" -m benchmarks.run --quick --out "$OUT/rq_uncapped" --no-plot --only residual_quantize
 # 4b. issue 18: merge-path SpMM/propagate (items per part) beside the row kernel and cuSPARSE, each output
 # checked first; the quantizer's fair baselines (torch_tf32, torch_compile[_tf32]) are rows of --quick above.
 ALLOW_TIMEOUT=1 stage "merge-path sweep" "$OUT/bench.log" "$(cap 90 60)" \

@@ -14,7 +14,10 @@ Forward (:func:`residual_quantize_fwd`), two launches, no host sync:
   bits) certifies a row when the runner-up trails by more than ``2 B``: the winner is then the exact
   argmin of ``||r - c_j||^2``. Duplicated codewords are masked (their lowest-index copy stands for them),
   so they do not spoil the gap. A row that fails is appended (one atomic per row) to a queue as
-  ``row * L + level``; its later levels in this kernel are ignored;
+  ``row * L + level``; its later levels in this kernel are ignored. Only the residual's split is live across the
+  tile loop: after it, the residual is rebuilt from ``x`` and the codes stored so far (the same float32
+  subtractions in the same order, so the same bits), which keeps the kernel within 128 registers per thread
+  with no spills (two 8-warp programs per SM; see ``_fwd_maxnreg``);
 * the exact per-row pass (``_rq_exact_kernel``): a fixed grid walks the queue (its length stays on the
   device) ``BLOCK_Q`` rows at a time, replays the stored codes of the levels before the failed one (the
   same float32 operations, so the same residual bits) and scans every codeword from there with the exact
@@ -61,9 +64,32 @@ _PRECISIONS = ("tf32x3", "tf32", "ieee")
 # the benchmark's data: 80% of rows; tf32x3: about 2%), see benchmarks/results/GPU_NOTES.md.
 _DEFAULT_PRECISION = "tf32x3"
 _BLOCK_Q = 16  # rows per step of the exact per-row pass
-# Search launch (benchmarks/compile_check.py, sm_90, D = 64, K = 256): tf32x3 at 8 warps, 1 stage: 176 registers,
-# no spills (4 warps: over 200; 2 stages: 180); tf32: 130. The budget is 128: see benchmarks/results/GPU_NOTES.md.
-_FWD_WARPS, _FWD_STAGES = 8, 1
+# Search launch (benchmarks/compile_check.py, sm_90, D = 64, K = 256, tf32x3): 8 warps, 1 stage, ptxas held to
+# 128 registers per thread (two blocks of 8 warps per SM), which the kernel meets with 0 spill bytes because only
+# the residual's hi/lo split is live across the tile loop (unconstrained ptxas takes 172; before the residual was
+# rebuilt after the loop: 176, and 24-44 spill bytes at 128). See benchmarks/results/GPU_NOTES.md.
+_FWD_WARPS, _FWD_STAGES, _FWD_MAXNREG = 8, 1, 128
+
+
+def _fwd_maxnreg(block_d: int, precision: str) -> Optional[int]:
+    """The search's register cap: 128 where the kernel fits it without spilling (tensor-core modes, BLOCK_D <= 64;
+    compiled offline for sm_90: fp32/fp16 x, tf32x3/tf32, D 32-64), else None (ptxas's choice: at BLOCK_D = 128 the
+    cap would spill 224 B, with ``ieee`` over 2 KB). ``MOTOREC_RQ_MAXNREG`` overrides it: a register count, or 0 for
+    no cap (for A/B timing on a GPU; codes are the same either way)."""
+    env = os.environ.get("MOTOREC_RQ_MAXNREG")
+    if env is not None:
+        try:
+            cap = int(env)
+        except ValueError:
+            raise ValueError(f"MOTOREC_RQ_MAXNREG must be an integer (0 = no cap), got {env!r}") from None
+        if cap != 0 and not 32 <= cap <= 255:
+            raise ValueError(f"MOTOREC_RQ_MAXNREG must be 0 or in [32, 255], got {cap}")
+        return cap or None
+    return _default_maxnreg(block_d, precision)
+
+
+def _default_maxnreg(block_d: int, precision: str) -> Optional[int]:
+    return _FWD_MAXNREG if block_d <= 64 and precision != "ieee" else None
 
 # Relative error of one product r_i * c_i in the tl.dot candidate search, with a 2x margin: tf32 keeps 10
 # mantissa bits (hardware may truncate: 2^-10 per operand); tf32x3 drops only lo*lo terms and the rounding of
@@ -108,18 +134,22 @@ def _rq_fwd_kernel(
     PRECISION: tl.constexpr, BOUND_REL: tl.constexpr, IDX_BITS: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    rmask = rows < N
+    # Offsets inside the block are int32 (BLOCK_N * D is small); the block's base is one int64 scalar per pointer.
+    row0 = pid.to(tl.int64) * BLOCK_N
+    lr = tl.arange(0, BLOCK_N)
+    rmask = lr < N - row0
+    x_blk = x_ptr + row0 * D
+    codes_blk = codes_ptr + row0 * L
+    rsq_blk = rsq_ptr + row0 * L
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < D
     m2 = rmask[:, None] & dmask[None, :]
     kk = tl.arange(0, BLOCK_K)
-    r = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+    r = tl.load(x_blk + lr[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
     failed = tl.zeros([BLOCK_N], dtype=tl.int32)  # 1: the row is already queued for the exact pass
     for lvl in range(L):
         mu = tl.load(mu_ptr + lvl * D + dcols, mask=dmask, other=0.0)
         rc = tl.where(m2, r - mu[None, :], 0.0)  # centred residual: smaller operands, smaller dot error
-        rn2 = tl.sum(rc * rc, axis=1)
         if PRECISION == "tf32x3":
             rc_hi = (rc.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # 10 mantissa bits
             rc_lo = rc - rc_hi
@@ -159,6 +189,20 @@ def _rq_fwd_kernel(
             # bound of each other, so such a row is not certified and the exact pass breaks the tie.
             i1 = tl.where(t1 < k1, k0 + (t1 & ((1 << IDX_BITS) - 1)), i1)
             k1 = tl.minimum(k1, t1)
+        tl.store(codes_blk + lr * L + lvl, i1.to(tl.int64), mask=rmask)
+        # Nothing but the split of the centred residual is kept across the tile loop (r, ||r - mu||^2 and the
+        # earlier levels' codes would cost registers there: the budget is 128 per thread). The residual is rebuilt
+        # from x and the codes stored so far with the same float32 subtractions in the same order as everywhere
+        # else (the exact pass, the backward), so its bits are the same. The barrier makes this program's code
+        # stores visible to all of its threads.
+        tl.debug_barrier()
+        r = tl.load(x_blk + lr[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+        for j in range(lvl):
+            cj = tl.load(codes_blk + lr * L + j, mask=rmask, other=0).to(tl.int32)
+            c = tl.load(cb_ptr + j * K * D + cj[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+            r = r - c
+        rc = tl.where(m2, r - mu[None, :], 0.0)
+        rn2 = tl.sum(rc * rc, axis=1)
         m1 = _key_value(k1, IDX_BITS)
         m2v = _key_value(k2, IDX_BITS)
         # Every computed a_j is within `bound` of its exact value, so when the runner-up trails by more than
@@ -167,15 +211,13 @@ def _rq_fwd_kernel(
         bound = BOUND_REL * (2.0 * tl.sqrt(rn2 * cnmax) + cnmax + rn2)
         uncertified = rmask & (m2v - m1 <= 2.0 * bound) & (failed == 0)
         slot = tl.atomic_add(count_ptr + tl.zeros([BLOCK_N], dtype=tl.int32), 1, mask=uncertified, sem="relaxed")
-        tl.store(queue_ptr + slot, rows * L + lvl, mask=uncertified)
+        tl.store(queue_ptr + slot, (row0 + lr) * L + lvl, mask=uncertified)
         failed = failed | uncertified.to(tl.int32)
-        c = tl.load(cb_ptr + lvl * K * D + i1.to(tl.int64)[:, None] * D + dcols[None, :], mask=m2,
-                    other=0.0).to(tl.float32)
+        c = tl.load(cb_ptr + lvl * K * D + i1[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
         r = r - c
-        tl.store(codes_ptr + rows * L + lvl, i1.to(tl.int64), mask=rmask)
-        tl.store(rsq_ptr + rows * L + lvl, tl.sum(r * r, axis=1), mask=rmask)
-    x = tl.load(x_ptr + rows[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
-    tl.store(q_ptr + rows[:, None] * D + dcols[None, :], (x - r).to(q_ptr.dtype.element_ty), mask=m2)
+        tl.store(rsq_blk + lr * L + lvl, tl.sum(r * r, axis=1), mask=rmask)
+    x = tl.load(x_blk + lr[:, None] * D + dcols[None, :], mask=m2, other=0.0).to(tl.float32)
+    tl.store(q_ptr + row0 * D + lr[:, None] * D + dcols[None, :], (x - r).to(q_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -353,6 +395,7 @@ def residual_quantize_fwd(x: Tensor, codebooks: Tensor, *, precision: Optional[s
         x, codebooks, cbc, mu, cn, cnmax, codes, quantized, residual_sq, queue, count, n,
         D=d, K=k, L=num_levels, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd,
         PRECISION=precision, BOUND_REL=bound_rel, IDX_BITS=idx_bits, num_warps=_FWD_WARPS, num_stages=_FWD_STAGES,
+        maxnreg=_fwd_maxnreg(bd, precision),
     )
     bq = _BLOCK_Q
     _rq_exact_kernel[(min(triton.cdiv(n, bq), _exact_programs(x.device)),)](
@@ -421,6 +464,7 @@ def compile_specs():
 
     d, k, levels = 64, 256, 3
     bn, bk, bd = _block_sizes(d, k)
+    bn128, bk128, bd128 = _block_sizes(128, 1024)
     prec = _DEFAULT_PRECISION
     f32 = "*fp32"
     return [
@@ -430,7 +474,17 @@ def compile_specs():
                      "N": "i32"},
                     {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "PRECISION": prec,
                      "BOUND_REL": _bound_rel(prec, d) + 2.0 ** (_idx_bits(bk) - 22), "IDX_BITS": _idx_bits(bk)},
-                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, max_regs=176, target_regs=128,
+                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, maxnreg=_default_maxnreg(bd, prec), max_regs=128,
+                    min_tensor_share=0.02),
+        # Wider rows run uncapped (ptxas's choice of registers): gated on spills only.
+        CompileSpec("fwd f32 D128 K1024 L3", _rq_fwd_kernel,
+                    {"x_ptr": f32, "cb_ptr": f32, "cbc_ptr": f32, "mu_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32,
+                     "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32, "queue_ptr": "*i64", "count_ptr": "*i32",
+                     "N": "i32"},
+                    {"D": 128, "K": 1024, "L": levels, "BLOCK_N": bn128, "BLOCK_K": bk128, "BLOCK_D": bd128,
+                     "PRECISION": prec, "BOUND_REL": _bound_rel(prec, 128) + 2.0 ** (_idx_bits(bk128) - 22),
+                     "IDX_BITS": _idx_bits(bk128)},
+                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, maxnreg=_default_maxnreg(bd128, prec),
                     min_tensor_share=0.02),
         CompileSpec("fwd_exact f32 D64 K256 L3", _rq_exact_kernel,
                     {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32,

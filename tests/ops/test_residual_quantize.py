@@ -584,3 +584,24 @@ def test_triton_launchers_have_no_host_sync():
     codes = kern.residual_quantize_fwd(x, cb)[0]
     args = (torch.randn(40, 12, device=device), torch.randn(40, 2, device=device), x, cb, codes)
     assert _host_syncing_ops(kern.residual_quantize_bwd, *args) == []
+
+
+def test_triton_search_register_cap(monkeypatch):
+    """The search runs under a 128-register cap where it fits without spilling (the compile-time gate checks the
+    spills), uncapped elsewhere; MOTOREC_RQ_MAXNREG overrides it (0 = no cap) and refuses what is not a count."""
+    pytest.importorskip("triton")
+    from motorec.kernels import residual_quantize as kern
+
+    monkeypatch.delenv("MOTOREC_RQ_MAXNREG", raising=False)
+    assert kern._fwd_maxnreg(64, "tf32x3") == 128
+    assert kern._fwd_maxnreg(32, "tf32") == 128
+    assert kern._fwd_maxnreg(128, "tf32x3") is None
+    assert kern._fwd_maxnreg(64, "ieee") is None
+    monkeypatch.setenv("MOTOREC_RQ_MAXNREG", "0")
+    assert kern._fwd_maxnreg(64, "tf32x3") is None
+    monkeypatch.setenv("MOTOREC_RQ_MAXNREG", "168")
+    assert kern._fwd_maxnreg(128, "tf32x3") == 168
+    for bad in ("many", "16", "300"):
+        monkeypatch.setenv("MOTOREC_RQ_MAXNREG", bad)
+        with pytest.raises(ValueError, match="MOTOREC_RQ_MAXNREG"):
+            kern._fwd_maxnreg(64, "tf32x3")

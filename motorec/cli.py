@@ -94,6 +94,7 @@ def _grid_arg(key: str):
 def build_parser() -> argparse.ArgumentParser:
     from motorec import __version__
     from motorec.config import DEFAULT_MODELS, MODEL_NAMES
+    from motorec.data.synthetic import SYNTHETIC_SPEC
 
     p = _Parser(prog="motorec", description="MoToRec: multimodal tokenization for cold-start recommendation.")
     p.add_argument("--version", action="version", version=f"motorec {__version__}")
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="{train,evaluate,compare,tokenize,recommend,bench}")
 
     t = sub.add_parser("train", help="train MoToRec and/or baselines; print and save metrics")
-    t.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
+    t.add_argument("--data", metavar="DIR", help="MMRec-format folder, or synthetic[:key=value,...] (a topic-model catalog whose "
+                   "features carry more or less of the signal; keys " + ", ".join(SYNTHETIC_SPEC) +
+                   "; default: bundled MovieLens-100k)")
     t.add_argument("--model", choices=MODEL_NAMES, action="append",
                    help="model to train (repeatable; default: " + ", ".join(DEFAULT_MODELS) + ")")
     t.add_argument("--config", metavar="FILE", help="YAML config (sections model/train/data)")
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate the best checkpoint(s) of a run")
     e.add_argument("run", metavar="RUN_DIR", help="a directory written by 'motorec train'")
     e.add_argument("--model", choices=MODEL_NAMES, action="append", help="model(s) to evaluate (default: all)")
-    e.add_argument("--data", metavar="DIR", help="evaluate on this MMRec folder instead of the run's data")
+    e.add_argument("--data", metavar="DIR", help="evaluate on this MMRec folder (or synthetic spec) instead of the "
+                   "run's data")
     e.add_argument("--device", help="cpu, cuda or cuda:N")
     e.add_argument("--quiet", action="store_true")
 
@@ -136,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="training seeds per draw: 0..N-1 (default 1)")
     c.add_argument("--model", choices=MODEL_NAMES, action="append",
                    help="model to compare (repeatable; default: " + ", ".join(COMPARE_MODELS) + ")")
-    c.add_argument("--data", metavar="DIR", help="MMRec-format folder (default: bundled MovieLens-100k)")
+    c.add_argument("--data", metavar="DIR", help="MMRec-format folder, or synthetic[:key=value,...] (a topic-model catalog whose "
+                   "features carry more or less of the signal; keys " + ", ".join(SYNTHETIC_SPEC) +
+                   "; default: bundled MovieLens-100k)")
     c.add_argument("--config", metavar="FILE", help="YAML config for every run (e.g. model.cold_calibration "
                    "for every model)")
     c.add_argument("--epochs", type=int, help="joint training epochs (overrides the config)")
@@ -206,14 +212,31 @@ class _LogFile(logging.FileHandler):
         pass
 
 
+def data_arg(data: Optional[str]) -> Optional[str]:
+    """What ``--data`` names, as recorded in a run (an absolute folder path, or the synthetic spec as given);
+    raises :class:`UserError` for a folder that does not exist or a bad synthetic spec."""
+    from motorec.data import parse_synthetic_spec
+
+    if data is None:
+        return None
+    if parse_synthetic_spec(data) is not None:  # a bad spec raises DataError (a user error)
+        return data
+    if not Path(data).is_dir():
+        raise UserError(f"--data {data!r} is not a directory (expected an MMRec folder with <name>.inter and "
+                        "*_feat.npy, or synthetic[:key=value,...])")
+    return str(Path(data).resolve())
+
+
 def load_data(data: Optional[str], split: str, seed: int):
-    """The dataset named on the command line (``None``: bundled MovieLens-100k)."""
+    """The dataset named on the command line (``None``: bundled MovieLens-100k; an MMRec folder; or a
+    ``synthetic[:key=value,...]`` spec, :func:`motorec.data.load_synthetic_spec`), split with ``seed``."""
     from motorec import data as mdata
 
     if data is None:
         return mdata.load_movielens100k(split=split, seed=seed)
-    if not Path(data).is_dir():
-        raise UserError(f"--data {data!r} is not a directory (expected an MMRec folder with <name>.inter and *_feat.npy)")
+    if mdata.parse_synthetic_spec(data) is not None:
+        return mdata.load_synthetic_spec(data, split=split, seed=seed)
+    data_arg(data)
     return mdata.load_mmrec(data, split=split, seed=seed)
 
 
@@ -284,7 +307,7 @@ def cmd_train(args) -> Outcome:
                         "and one process (not torchrun)")
 
     ds = load_data(args.data, cfg.data.split, cfg.data.seed)
-    run.prepare(cfg, {"data": None if args.data is None else str(Path(args.data).resolve()), "dataset": ds.name,
+    run.prepare(cfg, {"data": data_arg(args.data), "dataset": ds.name,
                       "split": cfg.data.split, "data_seed": cfg.data.seed, "dataset_fingerprint": ds.fingerprint(),
                       "models": models}, resume=args.resume, write=main)
     log = _setup_logging(run.log_path if main else None, args.quiet or not main)
@@ -374,8 +397,7 @@ def cmd_compare(args) -> Outcome:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.epochs is not None and args.epochs < 0:
         raise UserError(f"--epochs must be >= 0, got {args.epochs}")
-    if args.data is not None and not Path(args.data).is_dir():
-        raise UserError(f"--data {args.data!r} is not a directory (expected an MMRec folder)")
+    data = data_arg(args.data)  # a missing folder or a bad synthetic spec is refused before any run
     if args.config is not None:
         _load_config(args.config)  # a bad config is refused here, not once per run
     if not args.tune:
@@ -389,7 +411,7 @@ def cmd_compare(args) -> Outcome:
                   tune_reference=args.tune_reference) if args.tune else {}
     try:
         run_compare(out, models=models, draws=args.draws, seeds=args.seeds,
-                    data=None if args.data is None else str(Path(args.data).resolve()),
+                    data=data,
                     config=None if args.config is None else str(Path(args.config).resolve()), epochs=args.epochs,
                     threads=args.threads, jobs=args.jobs, backend=args.backend, device=args.device,
                     progress=not args.quiet, **tuning)

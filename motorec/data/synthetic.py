@@ -25,10 +25,10 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import Tensor
 
-from motorec.data.dataset import SPLITS, Dataset
+from motorec.data.dataset import SPLITS, DataError, Dataset
 from motorec.data.split import cold_start_split, per_user_labels, warm_split
 
-__all__ = ["synthetic"]
+__all__ = ["synthetic", "SYNTHETIC_SPEC", "parse_synthetic_spec", "load_synthetic_spec"]
 
 _PREF_SCALE = 2.5
 _CHUNK = 1 << 20
@@ -67,7 +67,7 @@ def _draw(num: int, user_w: Tensor, pref: Tensor, topic_start: Tensor, topic_cou
 
 def synthetic(num_users: int, num_items: int, *, num_interactions: Optional[int] = None, num_topics: int = 16,
               modalities: Mapping[str, int] = None, alpha: float = 1.0, noise: float = 1.0, seed: int = 0,
-              split: str = "cold", cold_ratio: float = 0.2) -> Dataset:
+              split: str = "cold", cold_ratio: float = 0.2, split_seed: Optional[int] = None) -> Dataset:
     """Generate a :class:`Dataset` from latent topics (see the module docstring for the model).
 
     Args:
@@ -78,7 +78,10 @@ def synthetic(num_users: int, num_items: int, *, num_interactions: Optional[int]
         modalities: ``{name: dim}``, default ``{"image": 64, "text": 32}``.
         alpha: Pareto tail parameter of user activity and item popularity (smaller = heavier tail).
         noise: feature noise relative to the topic signal (0 = features are exactly the topic centroid).
-        seed: seeds generation and the split. split, cold_ratio: as in :func:`~motorec.data.load_mmrec`.
+        seed: seeds generation (and the split, unless ``split_seed`` is given). split, cold_ratio: as in
+            :func:`~motorec.data.load_mmrec`.
+        split_seed: seed of the split alone (the cold-item draw, or the warm split's labels), so that one catalog
+            can be split several ways; ``None``: ``seed``.
 
     ``info["item_topic"]`` ([num_items] int64, CPU) holds each item's latent topic.
 
@@ -141,12 +144,75 @@ def synthetic(num_users: int, num_items: int, *, num_interactions: Optional[int]
             f.add_(torch.randn(num_items, d, generator=g), alpha=float(noise) / d ** 0.5)
         features[m] = f
 
+    sseed = int(seed if split_seed is None else split_seed)
     if split == "cold":
-        res = cold_start_split(pairs, num_users, num_items, cold_ratio=cold_ratio, seed=seed)
+        res = cold_start_split(pairs, num_users, num_items, cold_ratio=cold_ratio, seed=sseed)
     else:
-        labels = per_user_labels(pairs[:, 0], generator=torch.Generator().manual_seed(int(seed)))
+        labels = per_user_labels(pairs[:, 0], generator=torch.Generator().manual_seed(sseed))
         res = warm_split(pairs, labels, num_users, num_items)
     info = dict(res.info, item_topic=item_topic, num_generated=int(pairs.shape[0]))
     return Dataset(num_users=num_users, num_items=num_items, train=res.train, valid=res.valid, test=res.test,
                    features=features, name="synthetic", split=split, cold_valid_items=res.cold_valid_items,
                    cold_test_items=res.cold_test_items, info=info)
+
+
+# ``synthetic[:key=value,...]`` (``motorec train --data``): key -> (type, default). ``seed`` seeds the catalog; the
+# split's draw is given separately (``--split-seed``), so one catalog can be split several ways.
+SYNTHETIC_SPEC = {"users": (int, 1500), "items": (int, 1200), "interactions": (int, 40000), "topics": (int, 24),
+                  "noise": (float, 1.0), "alpha": (float, 1.0), "image": (int, 64), "text": (int, 32),
+                  "seed": (int, 0)}
+
+
+def parse_synthetic_spec(data: str) -> Optional[Dict[str, float]]:
+    """``{key: value}`` (every key of :data:`SYNTHETIC_SPEC`, defaults filled in) of a data spec
+    ``synthetic[:key=value,...]``, e.g. ``synthetic:noise=3,seed=1``; ``None`` when ``data`` is not one.
+
+    Raises:
+        DataError: an unknown key, a part without ``=``, or a value of the wrong type.
+    """
+    name, _, rest = str(data).partition(":")
+    if name != "synthetic":
+        return None
+    spec = {k: d for k, (_, d) in SYNTHETIC_SPEC.items()}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in SYNTHETIC_SPEC:
+            raise DataError(f"data {data!r}: expected synthetic:key=value,... with keys among "
+                            f"{', '.join(SYNTHETIC_SPEC)}; got {part!r}")
+        typ = SYNTHETIC_SPEC[key][0]
+        try:
+            spec[key] = typ(value.strip())
+        except ValueError:
+            raise DataError(f"data {data!r}: {key} must be {'an int' if typ is int else 'a number'}, "
+                            f"got {value!r}") from None
+    for key in ("users", "items", "interactions", "topics", "image", "text"):
+        if spec[key] < 1:
+            raise DataError(f"data {data!r}: {key} must be >= 1, got {spec[key]}")
+    if not spec["noise"] >= 0 or not spec["alpha"] > 0:
+        raise DataError(f"data {data!r}: noise must be >= 0 and alpha > 0, got {spec['noise']} and {spec['alpha']}")
+    if spec["interactions"] > spec["users"] * spec["items"] // 2:
+        raise DataError(f"data {data!r}: interactions={spec['interactions']} is over half of all "
+                        f"{spec['users'] * spec['items']} user-item pairs")
+    return spec
+
+
+def load_synthetic_spec(data: str, *, split: str = "cold", seed: int = 0) -> Dataset:
+    """The :func:`synthetic` catalog a ``synthetic[:key=value,...]`` spec names, split with ``seed`` (the cold-item
+    draw; the catalog itself comes from the spec's ``seed``).
+
+    Raises:
+        DataError: a bad spec (:func:`parse_synthetic_spec`) or values :func:`synthetic` refuses.
+    """
+    spec = parse_synthetic_spec(data)
+    if spec is None:
+        raise DataError(f"data {data!r} is not a synthetic[:key=value,...] spec")
+    try:
+        return synthetic(spec["users"], spec["items"], num_interactions=spec["interactions"], num_topics=spec["topics"],
+                         modalities={"image": spec["image"], "text": spec["text"]}, alpha=spec["alpha"],
+                         noise=spec["noise"], seed=spec["seed"], split=split, split_seed=seed)
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(f"data {data!r}: {e}") from None
+

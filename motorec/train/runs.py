@@ -132,14 +132,16 @@ class RunDir:
         return model, cfg
 
     def load_dataset(self, data: Optional[str | Path] = None):
-        """The dataset the run was trained on: ``data`` (an MMRec folder), else the folder in ``run.json``, else
-        the bundled MovieLens-100k; with the run's split and split seed."""
+        """The dataset the run was trained on: ``data`` (an MMRec folder or a synthetic spec), else what
+        ``run.json`` names, else the bundled MovieLens-100k; with the run's split and split seed."""
         from motorec import data as mdata
 
         info = self.read_info()
         folder = data if data is not None else info["data"]
         if folder is None:
             return mdata.load_movielens100k(split=info["split"], seed=info["data_seed"])
+        if mdata.parse_synthetic_spec(str(folder)) is not None:
+            return mdata.load_synthetic_spec(str(folder), split=info["split"], seed=info["data_seed"])
         if not Path(folder).is_dir():
             raise mdata.DataError(f"the run's data folder {str(folder)!r} does not exist (pass data=...)")
         return mdata.load_mmrec(folder, split=info["split"], seed=info["data_seed"])

@@ -78,7 +78,9 @@ def test_train_notes_models_the_epoch_cap_cut_off(tmp_path):
     (["train", "--model", "nope"], "invalid choice"),
     (["train", "--epochs", "many"], "invalid int value"),
     (["train", "--threads", "0"], "--threads must be >= 1"),
-], ids=["unknown-flag", "bad-model", "bad-int", "bad-threads"])
+    (["train", "--data", "synthetic:noise=x"], "noise must be a number"),
+    (["compare", "--out", "o", "--data", "synthetic:size=3"], "keys among"),
+], ids=["unknown-flag", "bad-model", "bad-int", "bad-threads", "bad-synthetic", "compare-bad-synthetic"])
 def test_bad_flags_exit_2_one_line(tmp_path, args, match):
     p = _motorec(args, tmp_path)
     assert p.returncode == 2
@@ -334,3 +336,24 @@ def test_load_run_gives_back_the_trained_model(run, tmp_path):
     assert torch.equal(again.score(torch.arange(5)), model.score(torch.arange(5)))
     with pytest.raises(CheckpointError, match="not a motorec run directory"):
         load_run(tmp_path)
+
+
+def test_train_and_evaluate_on_a_synthetic_spec(tmp_path, capsys):
+    """--data synthetic:...: the catalog from the spec's seed, the cold draw from --split-seed; run.json keeps the
+    spec, so evaluate (and load_run) rebuild the same dataset."""
+    from motorec.cli import main
+    from motorec.train.runs import load_run
+
+    spec = "synthetic:users=120,items=90,interactions=1500,noise=2,seed=3"
+    out = tmp_path / "o"
+    assert main(["train", "--data", spec, "--model", "lightgcn_content", "--epochs", "1", "--split-seed", "4",
+                 "--quiet", "--out", str(out)]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"] == spec and info["dataset"] == "synthetic" and info["data_seed"] == 4
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--quiet"]) == 0
+    assert "lightgcn_content" in capsys.readouterr().out
+    _, ds = load_run(out, "lightgcn_content")
+    from motorec.data import load_synthetic_spec
+
+    assert ds.fingerprint() == load_synthetic_spec(spec, seed=4).fingerprint() == info["dataset_fingerprint"]

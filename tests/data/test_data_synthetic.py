@@ -96,3 +96,32 @@ def test_bad_arguments(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         synthetic(args.pop("num_users"), args.pop("num_items"), **args)
+
+
+def test_split_seed_draws_other_cold_items_of_the_same_catalog():
+    a = synthetic(300, 200, num_interactions=4000, seed=2)
+    b = synthetic(300, 200, num_interactions=4000, seed=2, split_seed=2)
+    c = synthetic(300, 200, num_interactions=4000, seed=2, split_seed=7)
+    assert torch.equal(a.cold_test_items, b.cold_test_items) and torch.equal(a.train, b.train)
+    assert torch.equal(a.features["image"], c.features["image"])  # the same catalog...
+    assert not torch.equal(a.cold_test_items, c.cold_test_items)  # ...another draw of its cold items
+    pairs = lambda d: torch.cat([d.train, d.valid, d.test]).tolist()  # noqa: E731
+    assert sorted(map(tuple, pairs(a))) == sorted(map(tuple, pairs(c)))
+
+
+def test_synthetic_spec_parses_defaults_and_refuses_bad_parts():
+    from motorec.data import DataError, SYNTHETIC_SPEC, load_synthetic_spec, parse_synthetic_spec
+
+    assert parse_synthetic_spec("/some/folder") is None
+    assert parse_synthetic_spec("synthetic") == {k: d for k, (_, d) in SYNTHETIC_SPEC.items()}
+    spec = parse_synthetic_spec("synthetic:noise=3, users=300,items=200,interactions=4000,seed=2")
+    assert (spec["noise"], spec["users"], spec["items"], spec["seed"], spec["text"]) == (3.0, 300, 200, 2, 32)
+    d = load_synthetic_spec("synthetic:users=300,items=200,interactions=4000,seed=2", seed=7)
+    ref = synthetic(300, 200, num_interactions=4000, seed=2, split_seed=7, num_topics=24)
+    assert torch.equal(d.train, ref.train) and torch.equal(d.features["text"], ref.features["text"])
+    for bad, match in (("synthetic:nois=2", "keys among"), ("synthetic:noise", "keys among"),
+                       ("synthetic:users=1.5", "users must be an int"), ("synthetic:noise=-1", "noise must be"),
+                       ("synthetic:items=0", "items must be >= 1"),
+                       ("synthetic:users=10,items=10,interactions=60", "over half")):
+        with pytest.raises(DataError, match=match):
+            parse_synthetic_spec(bad)

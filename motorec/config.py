@@ -87,6 +87,9 @@ class ModelConfig:
     rarity_terms: str = "content"
     # graph encoder (section 3)
     item_item: bool = True
+    # how the modality views are fused into the content view h~: "attention" (softmax over modalities of
+    # q . tanh(W h_m + b), motorec.ops.source_attention) or "mean" (their plain mean, no parameters)
+    fusion: str = "attention"
     knn_k: int = 10
     knn_rebuild_every: int = 5
     # the item-item layer also passes the neighbours' ID embeddings (an item's own ID left out)
@@ -185,6 +188,8 @@ class ModelConfig:
         if self.cold_calibration_scope not in ("global", "user"):
             raise ConfigError(f"model.cold_calibration_scope must be 'global' or 'user', got "
                               f"{self.cold_calibration_scope!r}")
+        if self.fusion not in ("attention", "mean"):
+            raise ConfigError(f"model.fusion must be 'attention' or 'mean', got {self.fusion!r}")
         if self.sparse_mode not in ("softmax", "sigmoid"):
             raise ConfigError(f"model.sparse_mode must be 'softmax' or 'sigmoid', got {self.sparse_mode!r}")
         if not isinstance(self.hidden_dims, (tuple, list)) or not all(

@@ -24,7 +24,7 @@ scale.
 
 Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.tokenizer.MultimodalTokenizer`),
 ``token_level`` (:class:`~motorec.models.content.TokenEncoder`), ``item_item``
-(:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`),
+(:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`; None with ``fusion: mean``),
 ``feature_residual`` (:class:`~motorec.models.features.FeatureEncoder`, option), ``lightgcn``
 (:class:`motorec.nn.LightGCN`: user/item ID tables and the collaborative level) and ``cold``
 (:class:`~motorec.models.cold.ColdScorer`).
@@ -91,7 +91,8 @@ class MoToRec(Recommender):
         self.tokenizer = MultimodalTokenizer(feats, c, self.backend).to(dev)
         self.token_level = TokenEncoder(mods, c, device=dev)
         self.item_item = ItemItemEncoder(mods, self.num_items, c.knn_k, self.backend).to(dev)
-        self.fusion = SourceAttention(c.dim, self.backend).to(dev)
+        # "mean" fusion has no parameters (and makes no random draws: the later parts' initial weights differ)
+        self.fusion = SourceAttention(c.dim, self.backend).to(dev) if c.fusion == "attention" else None
         self.feature_residual = (FeatureEncoder(feats.dims(), c.content_hidden, c.dim).to(dev)
                                  if c.feature_residual else None)
         self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
@@ -158,6 +159,11 @@ class MoToRec(Recommender):
             hs = self.item_item(h, ids)
         else:
             hs = [h[m] for m in self.tokenizer.modalities]
+        if self.fusion is None:  # model.fusion "mean"
+            fused = hs[0]
+            for h in hs[1:]:
+                fused = fused + h
+            return fused if len(hs) == 1 else fused / len(hs)
         fused, _ = self.fusion(hs)
         return fused
 

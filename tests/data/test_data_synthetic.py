@@ -110,7 +110,7 @@ def test_split_seed_draws_other_cold_items_of_the_same_catalog():
 
 
 def test_synthetic_spec_parses_defaults_and_refuses_bad_parts():
-    from motorec.data import DataError, SYNTHETIC_SPEC, load_synthetic_spec, parse_synthetic_spec
+    from motorec.data import SYNTHETIC_SPEC, DataError, load_synthetic_spec, parse_synthetic_spec
 
     assert parse_synthetic_spec("/some/folder") is None
     assert parse_synthetic_spec("synthetic") == {k: d for k, (_, d) in SYNTHETIC_SPEC.items()}

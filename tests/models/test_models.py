@@ -551,6 +551,27 @@ def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
     assert torch.isfinite(m.score(torch.arange(4))).all()
 
 
+def test_fusion_mean_is_the_plain_mean_of_the_modality_views(ds):
+    """``fusion: mean``: the content view is the mean of the modality views (after the item-item level), with no
+    fusion parameters; training and scoring work as with attention; a bad value is refused."""
+    m = _model(ds, "motorec", fusion="mean")
+    assert m.fusion is None and not any(k.startswith("fusion.") for k in m.state_dict())
+    m.train()
+    m.on_epoch_start(0)
+    outs = m.tokenizer()
+    lat, codes = m.tokenizer.latents(outs), {k: o.codes for k, o in outs.items()}
+    views = m.item_item(m.token_level(lat, codes), None)
+    assert len(views) == len(ds.features) == 2
+    torch.testing.assert_close(m.content_view(lat, codes), (views[0] + views[1]) / 2)
+    total, _ = m.loss(_batch(ds))
+    total.backward()
+    assert all(p.grad is not None for p in m.token_level.parameters())
+    m.eval()
+    assert torch.isfinite(m.score(torch.arange(4))).all()
+    with pytest.raises(ConfigError, match="model.fusion"):
+        ModelConfig(fusion="max").validate()
+
+
 # ---------------------------------------------------------------------------------------------- brand-new items
 def _cold_last(ds):
     """``ds`` with item ids permuted so that every item without a training interaction comes last, and the same
@@ -571,7 +592,8 @@ def _cold_last(ds):
     return full, trunc, n_warm
 
 
-@pytest.mark.parametrize("over", [{}, {"cold_calibration": 1.0}, {"feature_residual": True, "cold_score_shift": 0.3}])
+@pytest.mark.parametrize("over", [{}, {"cold_calibration": 1.0}, {"feature_residual": True, "cold_score_shift": 0.3},
+                                  {"fusion": "mean"}])
 def test_with_new_items_equals_having_them_in_the_catalog(ds, over):
     full, trunc, n_warm = _cold_last(ds)
     assert full.num_items - n_warm >= 5

@@ -523,7 +523,7 @@ def test_gram_and_mean_chunked_matches_direct():
 def test_feature_residual_adds_feature_mlp_to_token_level(ds, residual):
     """``feature_residual`` adds ``MLP_m(normalize(f_m))`` to each modality's token-level embedding; without it
     the token level is a function of the codes alone, so features that quantize alike embed alike."""
-    m = _model(ds, "motorec", feature_residual=residual)
+    m = _model(ds, "motorec", feature_residual=residual, fusion="attention")
     m.train()
     m.on_epoch_start(0)
     outs = m.tokenizer()
@@ -593,7 +593,7 @@ def _cold_last(ds):
 
 
 @pytest.mark.parametrize("over", [{}, {"cold_calibration": 1.0}, {"feature_residual": True, "cold_score_shift": 0.3},
-                                  {"fusion": "mean"}])
+                                  {"fusion": "attention"}])
 def test_with_new_items_equals_having_them_in_the_catalog(ds, over):
     full, trunc, n_warm = _cold_last(ds)
     assert full.num_items - n_warm >= 5

@@ -463,29 +463,25 @@ def compile_specs():
     from benchmarks.compile_check import CompileSpec
 
     d, k, levels = 64, 256, 3
-    bn, bk, bd = _block_sizes(d, k)
-    bn128, bk128, bd128 = _block_sizes(128, 1024)
+    bn, _, bd = _block_sizes(d, k)
     prec = _DEFAULT_PRECISION
     f32 = "*fp32"
+
+    def search(dim: int, size: int, **budget):
+        block_n, block_k, block_d = _block_sizes(dim, size)
+        return CompileSpec(
+            f"fwd f32 D{dim} K{size} L{levels}", _rq_fwd_kernel,
+            {"x_ptr": f32, "cb_ptr": f32, "cbc_ptr": f32, "mu_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32,
+             "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32, "queue_ptr": "*i64", "count_ptr": "*i32", "N": "i32"},
+            {"D": dim, "K": size, "L": levels, "BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_D": block_d,
+             "PRECISION": prec, "BOUND_REL": _bound_rel(prec, dim) + 2.0 ** (_idx_bits(block_k) - 22),
+             "IDX_BITS": _idx_bits(block_k)},
+            num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, maxnreg=_default_maxnreg(block_d, prec),
+            min_tensor_share=0.02, **budget)
+
     return [
-        CompileSpec("fwd f32 D64 K256 L3", _rq_fwd_kernel,
-                    {"x_ptr": f32, "cb_ptr": f32, "cbc_ptr": f32, "mu_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32,
-                     "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32, "queue_ptr": "*i64", "count_ptr": "*i32",
-                     "N": "i32"},
-                    {"D": d, "K": k, "L": levels, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "PRECISION": prec,
-                     "BOUND_REL": _bound_rel(prec, d) + 2.0 ** (_idx_bits(bk) - 22), "IDX_BITS": _idx_bits(bk)},
-                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, maxnreg=_default_maxnreg(bd, prec), max_regs=128,
-                    min_tensor_share=0.02),
-        # Wider rows run uncapped (ptxas's choice of registers): gated on spills only.
-        CompileSpec("fwd f32 D128 K1024 L3", _rq_fwd_kernel,
-                    {"x_ptr": f32, "cb_ptr": f32, "cbc_ptr": f32, "mu_ptr": f32, "cn_ptr": f32, "cnmax_ptr": f32,
-                     "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32, "queue_ptr": "*i64", "count_ptr": "*i32",
-                     "N": "i32"},
-                    {"D": 128, "K": 1024, "L": levels, "BLOCK_N": bn128, "BLOCK_K": bk128, "BLOCK_D": bd128,
-                     "PRECISION": prec, "BOUND_REL": _bound_rel(prec, 128) + 2.0 ** (_idx_bits(bk128) - 22),
-                     "IDX_BITS": _idx_bits(bk128)},
-                    num_warps=_FWD_WARPS, num_stages=_FWD_STAGES, maxnreg=_default_maxnreg(bd128, prec),
-                    min_tensor_share=0.02),
+        search(d, k, max_regs=128),
+        search(128, 1024),  # wider rows run uncapped (ptxas's choice of registers): gated on spills only
         CompileSpec("fwd_exact f32 D64 K256 L3", _rq_exact_kernel,
                     {"x_ptr": f32, "cb_ptr": f32, "codes_ptr": "*i64", "q_ptr": f32, "rsq_ptr": f32,
                      "queue_ptr": "*i64", "count_ptr": "*i32"},

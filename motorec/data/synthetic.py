@@ -65,6 +65,33 @@ def _draw(num: int, user_w: Tensor, pref: Tensor, topic_start: Tensor, topic_cou
     return torch.stack([users, sorted_items[idx]], dim=1)
 
 
+def _checked_args(num_users, num_items, num_interactions, num_topics, modalities, alpha, noise, split) -> int:
+    """:func:`synthetic`'s argument checks (ValueError naming the argument); the number of interactions to draw
+    (``num_interactions``, or its default). No generation: a spec is checked with it before any run."""
+    for v, name in ((num_users, "num_users"), (num_items, "num_items"), (num_topics, "num_topics")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not isinstance(modalities, Mapping) or not modalities:
+        raise ValueError(f"modalities must be a non-empty {{name: dim}} mapping, got {modalities!r}")
+    for m, d in modalities.items():
+        if not isinstance(m, str) or not m or isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"modalities must map names to positive int dims, got {m!r}: {d!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    capacity = num_users * num_items
+    if num_interactions is None:
+        num_interactions = min(20 * num_users, max(1, capacity // 4))
+    if isinstance(num_interactions, bool) or not isinstance(num_interactions, int) or num_interactions < 1:
+        raise ValueError(f"num_interactions must be a positive int, got {num_interactions!r}")
+    if num_interactions > capacity // 2:
+        raise ValueError(f"num_interactions={num_interactions} is over half of all {capacity} user-item pairs")
+    return num_interactions
+
+
 def synthetic(num_users: int, num_items: int, *, num_interactions: Optional[int] = None, num_topics: int = 16,
               modalities: Mapping[str, int] = None, alpha: float = 1.0, noise: float = 1.0, seed: int = 0,
               split: str = "cold", cold_ratio: float = 0.2, split_seed: Optional[int] = None) -> Dataset:
@@ -90,27 +117,8 @@ def synthetic(num_users: int, num_items: int, *, num_interactions: Optional[int]
     """
     if modalities is None:
         modalities = {"image": 64, "text": 32}
-    for v, name in ((num_users, "num_users"), (num_items, "num_items"), (num_topics, "num_topics")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not isinstance(modalities, Mapping) or not modalities:
-        raise ValueError(f"modalities must be a non-empty {{name: dim}} mapping, got {modalities!r}")
-    for m, d in modalities.items():
-        if not isinstance(m, str) or not m or isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"modalities must map names to positive int dims, got {m!r}: {d!r}")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, got {noise!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    capacity = num_users * num_items
-    if num_interactions is None:
-        num_interactions = min(20 * num_users, max(1, capacity // 4))
-    if isinstance(num_interactions, bool) or not isinstance(num_interactions, int) or num_interactions < 1:
-        raise ValueError(f"num_interactions must be a positive int, got {num_interactions!r}")
-    if num_interactions > capacity // 2:
-        raise ValueError(f"num_interactions={num_interactions} is over half of all {capacity} user-item pairs")
+    num_interactions = _checked_args(num_users, num_items, num_interactions, num_topics, modalities, alpha, noise,
+                                     split)
 
     g = torch.Generator().manual_seed(int(seed))
     tail = 1.0 + float(alpha)
@@ -168,7 +176,8 @@ def parse_synthetic_spec(data: str) -> Optional[Dict[str, float]]:
     ``synthetic[:key=value,...]``, e.g. ``synthetic:noise=3,seed=1``; ``None`` when ``data`` is not one.
 
     Raises:
-        DataError: an unknown key, a part without ``=``, or a value of the wrong type.
+        DataError: an unknown key, a part without ``=``, a value of the wrong type, or values :func:`synthetic`
+            refuses (its own checks, without generating anything).
     """
     name, _, rest = str(data).partition(":")
     if name != "synthetic":
@@ -186,15 +195,17 @@ def parse_synthetic_spec(data: str) -> Optional[Dict[str, float]]:
         except ValueError:
             raise DataError(f"data {data!r}: {key} must be {'an int' if typ is int else 'a number'}, "
                             f"got {value!r}") from None
-    for key in ("users", "items", "interactions", "topics", "image", "text"):
-        if spec[key] < 1:
-            raise DataError(f"data {data!r}: {key} must be >= 1, got {spec[key]}")
-    if not spec["noise"] >= 0 or not spec["alpha"] > 0:
-        raise DataError(f"data {data!r}: noise must be >= 0 and alpha > 0, got {spec['noise']} and {spec['alpha']}")
-    if spec["interactions"] > spec["users"] * spec["items"] // 2:
-        raise DataError(f"data {data!r}: interactions={spec['interactions']} is over half of all "
-                        f"{spec['users'] * spec['items']} user-item pairs")
+    try:
+        _checked_args(*_synthetic_args(spec), "cold")
+    except ValueError as e:
+        raise DataError(f"data {data!r}: {e}") from None
     return spec
+
+
+def _synthetic_args(spec: Dict[str, float]):
+    """(num_users, num_items, num_interactions, num_topics, modalities, alpha, noise) of a parsed spec."""
+    return (spec["users"], spec["items"], spec["interactions"], spec["topics"],
+            {"image": spec["image"], "text": spec["text"]}, spec["alpha"], spec["noise"])
 
 
 def load_synthetic_spec(data: str, *, split: str = "cold", seed: int = 0) -> Dataset:
@@ -202,17 +213,12 @@ def load_synthetic_spec(data: str, *, split: str = "cold", seed: int = 0) -> Dat
     draw; the catalog itself comes from the spec's ``seed``).
 
     Raises:
-        DataError: a bad spec (:func:`parse_synthetic_spec`) or values :func:`synthetic` refuses.
+        DataError: a bad spec (:func:`parse_synthetic_spec`); ValueError: a ``split`` :func:`synthetic` refuses.
     """
-    spec = parse_synthetic_spec(data)
+    spec = parse_synthetic_spec(data)  # every argument checked here
     if spec is None:
         raise DataError(f"data {data!r} is not a synthetic[:key=value,...] spec")
-    try:
-        return synthetic(spec["users"], spec["items"], num_interactions=spec["interactions"], num_topics=spec["topics"],
-                         modalities={"image": spec["image"], "text": spec["text"]}, alpha=spec["alpha"],
-                         noise=spec["noise"], seed=spec["seed"], split=split, split_seed=seed)
-    except DataError:
-        raise
-    except ValueError as e:
-        raise DataError(f"data {data!r}: {e}") from None
+    users, items, interactions, topics, modalities, alpha, noise = _synthetic_args(spec)
+    return synthetic(users, items, num_interactions=interactions, num_topics=topics, modalities=modalities,
+                     alpha=alpha, noise=noise, seed=spec["seed"], split=split, split_seed=seed)
 

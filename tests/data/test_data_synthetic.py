@@ -121,7 +121,7 @@ def test_synthetic_spec_parses_defaults_and_refuses_bad_parts():
     assert torch.equal(d.train, ref.train) and torch.equal(d.features["text"], ref.features["text"])
     for bad, match in (("synthetic:nois=2", "keys among"), ("synthetic:noise", "keys among"),
                        ("synthetic:users=1.5", "users must be an int"), ("synthetic:noise=-1", "noise must be"),
-                       ("synthetic:items=0", "items must be >= 1"),
+                       ("synthetic:items=0", "num_items must be a positive int"),
                        ("synthetic:users=10,items=10,interactions=60", "over half")):
         with pytest.raises(DataError, match=match):
             parse_synthetic_spec(bad)

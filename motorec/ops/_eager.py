@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _ENV = "MOTOREC_OP_FASTPATH"
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def fast_path_enabled() -> bool:
@@ -43,6 +44,8 @@ def eager(*tensors) -> bool:
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     for t in tensors:
-        if t is not None and (type(t) is not Tensor or torch._C._functorch.is_functorch_wrapped_tensor(t)):
+        # a plain tensor or an nn.Parameter (which disables __torch_function__: it dispatches as a plain tensor;
+        # modules pass their weights as Parameters); any other subclass may override dispatch
+        if t is not None and (type(t) not in _PLAIN or torch._C._functorch.is_functorch_wrapped_tensor(t)):
             return False
     return True

@@ -118,3 +118,27 @@ def test_fast_path_off_for_subclasses_and_transforms():
     assert seen == [False]
     f = torch.compile(lambda t: t * (2 if eager(t) else 3), backend="eager", fullgraph=True)
     assert torch.equal(f(torch.ones(1)), torch.full((1,), 3.0))
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_parameters_take_the_fast_path_other_subclasses_do_not():
+    """Modules pass their weights as ``nn.Parameter`` (e.g. the RQ-VAE's codebooks to ``code_usage``): a
+    Parameter dispatches as a plain tensor, so it must not send the call through the custom op; any other
+    subclass may override dispatch and still does."""
+    x = torch.randn(3)
+    assert eager(x, torch.nn.Parameter(torch.randn(2)))
+    assert not eager(x, torch.randn(2).as_subclass(_Sub))
+
+
+def test_rqvae_sparsity_term_uses_the_fast_path():
+    from motorec.nn import RQVAE
+
+    rq = RQVAE(input_dim=6, latent_dim=4, hidden_dims=[8], num_levels=2, codebook_size=5, kmeans_init=False)
+    assert isinstance(rq.quantizer.codebooks, torch.nn.Parameter)
+    with torch.profiler.profile() as prof:
+        rq(torch.randn(7, 6)).losses.total.backward()
+    names = {e.name for e in prof.events()}
+    assert "_CodeUsageEager" in names and "motorec::code_usage" not in names

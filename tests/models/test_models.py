@@ -14,7 +14,8 @@ from motorec.models import MODELS, MoToRec, bpr_loss, build_model, info_nce, ite
 from motorec.models.aldi import aldi_distill_losses
 from motorec.train import BPRSampler
 
-SMALL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=16, knn_k=5, content_hidden=32)
+# tokenizer_sample 0: the whole (90-item) catalog every step, as these tests compare against full-catalog forwards
+SMALL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=16, knn_k=5, content_hidden=32, tokenizer_sample=0)
 
 
 @pytest.fixture(scope="module")

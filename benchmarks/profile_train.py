@@ -62,7 +62,25 @@ def _instrument(model: torch.nn.Module) -> list:
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
+        sampled = getattr(mod, "forward_sampled", None)  # the token level of a sampled step is not a forward call
+        if sampled is not None:
+            def wrapped(*args, _f=sampled, _label=label, **kwargs):
+                with record_function(f"component::{_label}"):
+                    return _f(*args, **kwargs)
+
+            mod.forward_sampled = wrapped
+            handles.append(_Unwrap(mod, "forward_sampled"))
     return handles
+
+
+class _Unwrap:
+    """A handle whose ``remove()`` drops an instance attribute that shadows a method."""
+
+    def __init__(self, mod: torch.nn.Module, name: str) -> None:
+        self.mod, self.name = mod, name
+
+    def remove(self) -> None:
+        self.mod.__dict__.pop(self.name, None)
 
 
 def _charge(events) -> Dict[str, float]:

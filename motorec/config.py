@@ -112,7 +112,8 @@ class ModelConfig:
     # catalog mean); every other item keeps its tokens from the last refresh (each epoch start, plus the
     # sampled rows after each step). 0: the whole catalog every step (slow on large catalogs). 64 since 2026-12-01
     # (was 128): a MovieLens-100k epoch ~12% shorter; test cold recall equal or higher and warm ~1% lower on
-    # MovieLens-100k and on synthetic catalogs (docs/MODEL.md, "The sparsity term's custom-op detour, and a 64-item tokenizer sample")
+    # MovieLens-100k and on synthetic catalogs (docs/MODEL.md, "The sparsity term's custom-op detour, and a
+    # 64-item tokenizer sample")
     tokenizer_sample: int = 64
     # joint training with the tokenizer frozen as pre-training left it: every item's latent and tokens are fixed
     # (one pass without gradients per epoch), no tokenizer loss, and no ranking gradient reaches the encoder or

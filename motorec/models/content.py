@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,31 @@ from motorec import ops
 from motorec.config import ModelConfig
 from motorec.graph import Graph
 
-__all__ = ["TokenEncoder", "ItemItemEncoder", "SourceAttention"]
+__all__ = ["TokenEncoder", "ItemItemEncoder", "SourceAttention", "SampledTokens"]
+
+
+class SampledTokens(NamedTuple):
+    """One modality's tokenizer state in a sampled training step (:meth:`MultimodalTokenizer.sampled_tokens`):
+    what the token level needs, without an [num_items, latent] tensor of every item's latent.
+
+    Attributes:
+        codes: [N, L] int64, every item's tokens (the cache, with the sampled rows fresh).
+        items: [M] int64, the sampled items (distinct).
+        fresh: [M, latent], their straight-through quantized latents (carry the tokenizer's gradient).
+        codebooks: [L, K, latent], detached: every other item's latent is the sum of its tokens' codewords.
+    """
+
+    codes: Tensor
+    items: Tensor
+    fresh: Tensor
+    codebooks: Tensor
+
+    def latents(self) -> Tensor:
+        """[N, latent]: the codewords' sum for every item, the fresh latent for the sampled ones."""
+        num_levels, k = self.codebooks.shape[0], self.codebooks.shape[1]
+        offsets = torch.arange(num_levels, device=self.codebooks.device) * k
+        const = token_sum(self.codebooks.reshape(num_levels * k, -1), self.codes + offsets)
+        return const.index_copy_(0, self.items, self.fresh)
 
 
 class TokenEncoder(nn.Module):
@@ -40,6 +64,36 @@ class TokenEncoder(nn.Module):
                 m: nn.Embedding(c.num_levels * c.codebook_size, c.dim) for m in modalities}).to(device)
             for e in self.token_emb.values():
                 nn.init.normal_(e.weight, std=0.01)
+
+    def forward_sampled(self, parts: Dict[str, SampledTokens]) -> Dict[str, Tensor]:
+        """The token level of a sampled step: the same function as ``forward(latents, codes)`` on
+        ``{m: parts[m].latents()}`` and ``{m: parts[m].codes}``, computed without the [N, latent] latents.
+
+        An item outside the sample has ``z = sum_l C_l[code_l]``, so ``W z + b + sum_l E[l, code_l] =
+        sum_l T[l, code_l] + b`` with the [L * K, d] table ``T = C W^T + E``: one lookup per item into a table
+        built once per step, where the direct form projects all N latents and, in the backward, multiplies two
+        [N, d] products to hand the [N, latent] gradient to the 64 sampled rows. The sampled rows are computed
+        from their fresh latents (the tokenizer's gradient path) and overwrite theirs. Equal up to float
+        rounding; the same gradients reach ``W``, ``b`` and ``E``, none reaches the codebooks through the
+        cached rows (they are detached, as in the direct form).
+
+        Shapes:
+            parts: {m: SampledTokens over N items, M sampled} -> {m: [N, dim]}.
+        """
+        h = {}
+        for m, proj in self.token_proj.items():
+            s = parts[m]
+            num_levels, k = s.codebooks.shape[0], s.codebooks.shape[1]
+            idx = s.codes + torch.arange(num_levels, device=s.codes.device) * k
+            table = s.codebooks.reshape(num_levels * k, -1) @ proj.weight.t()
+            if self.use_tokens:
+                table = table + self.token_emb[m].weight
+            hm = token_sum(table, idx).add_(proj.bias)
+            hs = proj(s.fresh)
+            if self.use_tokens:
+                hs = hs + token_sum(self.token_emb[m].weight, idx.index_select(0, s.items))
+            h[m] = hm.index_copy_(0, s.items, hs)
+        return h
 
     def forward(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> Dict[str, Tensor]:
         h = {}

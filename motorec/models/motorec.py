@@ -149,7 +149,11 @@ class MoToRec(Recommender):
         With ``ids`` ([num_items, dim], zero rows for cold items) the item-item layer also passes the
         neighbours' ID embeddings: ``(h_i + sum_j A_ij (h_j + e_j)) / 2``; an item's own ID is left out, so a
         warm item's view is built exactly as a cold item's (whose neighbours are found by its features)."""
-        h = self.token_level(latents, codes)
+        return self._fuse(self.token_level(latents, codes), ids)
+
+    def _fuse(self, h: Dict[str, Tensor], ids: Optional[Tensor]) -> Tensor:
+        """The content view from the token level's per-modality views ``h`` ({m: [num_items, dim]}): the
+        feature residual, the item-item level and the fusion of :meth:`content_view`."""
         if self.feature_residual is not None:
             extra = self.feature_residual.per_modality(self.tokenizer.features.as_dict())
             h = {m: h[m] + extra[m] for m in h}
@@ -170,17 +174,26 @@ class MoToRec(Recommender):
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
         c = self.config
+        parts = None
         if c.freeze_tokenizer:
             # the tokens as pre-training left them: this epoch's catalog pass when training (on_epoch_start),
             # a fresh one (same weights, so the same values) otherwise; no tokenizer outputs, no tokenizer loss
             frozen = self._frozen_tokens if self.training else None
             latents, codes = frozen if frozen is not None else self.tokenizer.encode_catalog()
             outs = None
+        elif self.tokenizer.sampling() and not c.continuous:
+            # a sampled step: the token level reads the token cache and the sample's fresh latents directly
+            # (TokenEncoder.forward_sampled), never every item's latent
+            parts, outs = self.tokenizer.sampled_tokens()
         else:
             latents, codes, outs = self.tokenizer.catalog_tokens()
         emb = self.item_emb
         w = self.warm_mask.to(emb.dtype)  # [num_items] per-row factor of the ID embedding: 0 for cold items
-        content = self.content_view(latents, codes, emb * w.unsqueeze(1) if c.item_item_ids else None)
+        ids = emb * w.unsqueeze(1) if c.item_item_ids else None
+        if parts is not None:
+            content = self._fuse(self.token_level.forward_sampled(parts), ids)
+        else:
+            content = self.content_view(latents, codes, ids)
         if c.rarity_gate:
             w = w * self.id_gate
         if self.training and c.id_dropout > 0:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from motorec.config import ModelConfig
-from motorec.models.content import token_sum
+from motorec.models.content import SampledTokens
 from motorec.models.features import ItemFeatures
 from motorec.nn.rqvae import RQVAE, RQVAEOutput
 
@@ -134,6 +134,33 @@ class MultimodalTokenizer(nn.Module):
         outs = self()
         return self.latents(outs), {m: o.codes for m, o in outs.items()}, outs
 
+    def sampled_tokens(self) -> Tuple[Dict[str, SampledTokens], Dict[str, RQVAEOutput]]:
+        """A sampled step's tokenizer pass (:meth:`sampling` must hold, discrete tokens only): the tokenizer
+        runs on ``tokenizer_sample`` items drawn uniformly without repeats, their fresh tokens are written to the
+        cache, and each modality's state is handed on as :class:`SampledTokens` (what
+        :meth:`TokenEncoder.forward_sampled` reads), with the outputs that carry the tokenizer losses.
+        :meth:`catalog_tokens` is the same step with every item's latent materialized.
+
+        Shapes:
+            -> ({m: SampledTokens(codes [N, L], items [M], fresh [M, latent], codebooks [L, K, latent])},
+            {m: RQVAEOutput over the M items}).
+        """
+        if not self.sampling() or self.config.continuous:
+            raise RuntimeError("sampled_tokens() needs a sampling step (training, 0 < tokenizer_sample < num_items) "
+                               "of a discrete (not continuous) tokenizer")
+        if self._cache is None:
+            self._cache = self.refresh_cache()  # (encode_catalog's train/eval switch clears self._cache)
+        dev = self.features[self.modalities[0]].device
+        items = torch.randperm(self.features.num_items, device=dev)[: self.sample_size]
+        outs = self(items)
+        fresh = self.latents(outs)
+        parts = {}
+        for m in self.modalities:
+            self._cache[m].index_copy_(0, items, outs[m].codes.long())
+            cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
+            parts[m] = SampledTokens(self._cache[m], items, fresh[m], cb)
+        return parts, outs
+
     def set_cache(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> None:
         """Use an :meth:`encode_catalog` result the caller already has as the token cache."""
         self._cache = {m: latents[m] if codes[m] is None else codes[m] for m in self.modalities}
@@ -177,12 +204,9 @@ class MultimodalTokenizer(nn.Module):
             else:
                 cache[m].index_copy_(0, items, outs[m].codes.long())
                 cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
-                num_levels, k = cb.shape[0], cb.shape[1]
-                # sum of each level's codeword, levels in order: one token_sum (embedding_bag) over the flattened
-                # codebooks (no [N, K] work, no code range read-back, one [N, latent] buffer, not one per level)
-                offsets = torch.arange(num_levels, device=cb.device) * k
-                const = token_sum(cb.reshape(num_levels * k, -1), cache[m] + offsets)
-                lat[m] = const.index_copy_(0, items, fresh[m])
+                # sum of each level's codeword (SampledTokens.latents: one embedding_bag over the flattened
+                # codebooks, no [N, K] work, no code range read-back), the fresh rows copied over
+                lat[m] = SampledTokens(cache[m], items, fresh[m], cb).latents()
                 codes[m] = cache[m]
         return lat, codes, outs
 

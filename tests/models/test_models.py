@@ -767,3 +767,39 @@ def test_loss_backward_sums_repeated_rows_without_atomics(ds, name):
         loss, _ = model.loss(batch)
         loss.backward()
     assert rec.bad == [], f"{name}: {rec.bad}"
+
+
+@pytest.mark.parametrize("token_embeddings", [True, False])
+def test_sampled_token_level_matches_the_direct_form(ds, token_embeddings):
+    """TokenEncoder.forward_sampled (one lookup per item into C W^T + E, the sample's rows from their fresh
+    latents) computes the direct token level on the materialized latents: same values, same gradients of the
+    projection, the token embeddings and (through the fresh rows) the tokenizer; float64 to compare tightly."""
+    m = _model(ds, tokenizer_sample=16, token_embeddings=token_embeddings).double()
+    m.train()
+    m.on_epoch_start(0)
+    torch.manual_seed(5)
+    parts, _ = m.tokenizer.sampled_tokens()
+    assert all(p.items.numel() == 16 and p.codes.shape == (ds.num_items, m.config.num_levels) for p in parts.values())
+    gen = torch.Generator().manual_seed(1)
+    weights = {mod: torch.randn(ds.num_items, m.config.dim, generator=gen, dtype=torch.float64) for mod in parts}
+    params = [p for p in m.token_level.parameters()] + [p for p in m.tokenizer.parameters() if p.requires_grad]
+
+    def grads(h):
+        loss = sum((h[mod] * weights[mod]).sum() for mod in h)
+        return [torch.zeros_like(p) if g is None else g
+                for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))]
+
+    fast = m.token_level.forward_sampled(parts)
+    direct = m.token_level({mod: p.latents() for mod, p in parts.items()}, {mod: p.codes for mod, p in parts.items()})
+    for mod in parts:
+        torch.testing.assert_close(fast[mod], direct[mod], rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads(fast), grads(direct)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert any(g.abs().sum() > 0 for g in grads(fast)[len(list(m.token_level.parameters())):])  # tokenizer reached
+
+
+def test_sampled_tokens_refuses_outside_a_sampling_step(ds):
+    m = _model(ds, tokenizer_sample=0)
+    m.train()
+    with pytest.raises(RuntimeError, match="sampling step"):
+        m.tokenizer.sampled_tokens()

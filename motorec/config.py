@@ -149,6 +149,12 @@ class ModelConfig:
     # add the content view h~ to a warm item's final embedding as well (cold items always get it: their
     # readout alone is h~ / (L + 1)); false: a warm item's final embedding is its LightGCN readout
     warm_content_skip: bool = False
+    # add the content view h~ to a warm item's layer 0 (ID + h~); false: a warm item's layer 0 is its ID embedding
+    # alone and only cold items start from h~, so the collaborative level of warm items is plain LightGCN and the
+    # content path is trained by the content-only and contrastive terms (a decoupled variant). On: with it off,
+    # validation rose at lr 5e-3 and fell at lr 1e-3 on MovieLens-100k (docs/MODEL.md, "Warm items without content
+    # at layer 0")
+    warm_content_layer0: bool = True
     # the token level also adds an MLP of the raw (L2-normalized) features:
     # h_i^m = W_m z_q^m + sum_k E_m[code_k] + MLP_m(f_m); false: codes alone (the paper's token level)
     feature_residual: bool = False
@@ -204,7 +210,7 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "feature_residual",
+                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "warm_content_layer0", "feature_residual",
                   "aldi_tws", "freeze_tokenizer"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")

@@ -200,7 +200,11 @@ class MoToRec(Recommender):
             w = w * (torch.rand(self.num_items, device=self.device) >= c.id_dropout).to(emb.dtype)
         # layer 0 = h~ + w * ID in one op: the factors are folded into [num_items] values first (0/1 masks are
         # exact), so the sum is the one the [num_items, dim] products used to give, bit for bit
-        users, collab = self.lightgcn(self.graph, torch.addcmul(content, emb, w.unsqueeze(1)))
+        if c.warm_content_layer0:
+            layer0 = torch.addcmul(content, emb, w.unsqueeze(1))
+        else:  # warm rows: w * ID alone; cold rows: h~ alone
+            layer0 = torch.addcmul(emb * w.unsqueeze(1), content, (~self.warm_mask).to(emb.dtype).unsqueeze(1))
+        users, collab = self.lightgcn(self.graph, layer0)
         return users, collab, content, outs
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:

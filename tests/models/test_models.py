@@ -505,6 +505,38 @@ def test_warm_content_skip_final_item_embeddings(ds, skip):
     assert torch.isfinite(total)
 
 
+@pytest.mark.parametrize("layer0", [True, False])
+def test_warm_content_layer0_sets_what_warm_items_start_from(ds, layer0):
+    """warm_content_layer0 (default true): a warm item's layer 0 is its ID embedding plus h~; false: its ID
+    embedding alone, so its readout is plain LightGCN's and h~ gets no gradient through the main BPR term.
+    Cold items start from h~ either way."""
+    m = _model(ds, "motorec", warm_content_layer0=layer0, lambda_cold=0.0, lambda_cl=0.0, lambda_rq=0.0,
+               sparse_weight=0.0)
+    m.on_epoch_start(0)
+    seen = {}
+    real = m.lightgcn.forward
+
+    def spy(graph, ego):
+        seen["layer0"] = ego
+        return real(graph, ego)
+
+    m.lightgcn.forward = spy
+    m.eval()
+    with torch.no_grad():
+        _, _, content, _ = m._forward()
+    warm = ds.warm_items()
+    ids = m.item_emb.detach()
+    expect_warm = ids[warm] + content[warm] if layer0 else ids[warm]
+    torch.testing.assert_close(seen["layer0"][warm], expect_warm)
+    torch.testing.assert_close(seen["layer0"][~warm], content[~warm])
+    m.train()
+    total, _ = m.loss(_batch(ds))
+    total.backward()
+    token_grad = sum(float(p.grad.abs().sum()) for p in m.token_level.parameters() if p.grad is not None)
+    # with only the main BPR term (and the ID regularizer), the content path learns through warm items' layer 0
+    assert (token_grad > 0) == layer0
+
+
 def test_gram_and_mean_chunked_matches_direct():
     from motorec.models.cold import gram_and_mean
 

@@ -36,12 +36,15 @@ class SampledTokens(NamedTuple):
     fresh: Tensor
     codebooks: Tensor
 
+    def token_index(self) -> Tensor:
+        """[N, L] rows of the flattened [L * K, ...] tables: ``codes[:, l] + l * K``."""
+        num_levels, k = self.codebooks.shape[0], self.codebooks.shape[1]
+        return self.codes + torch.arange(num_levels, device=self.codes.device) * k
+
     def latents(self) -> Tensor:
         """[N, latent]: the codewords' sum for every item, the fresh latent for the sampled ones."""
-        num_levels, k = self.codebooks.shape[0], self.codebooks.shape[1]
-        offsets = torch.arange(num_levels, device=self.codebooks.device) * k
-        const = token_sum(self.codebooks.reshape(num_levels * k, -1), self.codes + offsets)
-        return const.index_copy_(0, self.items, self.fresh)
+        flat = self.codebooks.reshape(-1, self.codebooks.shape[2])
+        return token_sum(flat, self.token_index()).index_copy_(0, self.items, self.fresh)
 
 
 class TokenEncoder(nn.Module):
@@ -83,9 +86,8 @@ class TokenEncoder(nn.Module):
         h = {}
         for m, proj in self.token_proj.items():
             s = parts[m]
-            num_levels, k = s.codebooks.shape[0], s.codebooks.shape[1]
-            idx = s.codes + torch.arange(num_levels, device=s.codes.device) * k
-            table = s.codebooks.reshape(num_levels * k, -1) @ proj.weight.t()
+            idx = s.token_index()
+            table = s.codebooks.reshape(-1, s.codebooks.shape[2]) @ proj.weight.t()
             if self.use_tokens:
                 table = table + self.token_emb[m].weight
             hm = token_sum(table, idx).add_(proj.bias)

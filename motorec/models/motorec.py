@@ -165,8 +165,8 @@ class MoToRec(Recommender):
             hs = [h[m] for m in self.tokenizer.modalities]
         if self.fusion is None:  # model.fusion "mean"
             fused = hs[0]
-            for h in hs[1:]:
-                fused = fused + h
+            for view in hs[1:]:
+                fused = fused + view
             return fused if len(hs) == 1 else fused / len(hs)
         fused, _ = self.fusion(hs)
         return fused

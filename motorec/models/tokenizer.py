@@ -125,12 +125,7 @@ class MultimodalTokenizer(nn.Module):
             -> ({m: [num_items, latent]}, {m: [num_items, L] int64 or None}, {m: RQVAEOutput}).
         """
         if self.sampling():
-            if self._cache is None:
-                cache = self.refresh_cache()  # (encode_catalog's train/eval switch clears self._cache)
-                self._cache = cache
-            dev = self.features[self.modalities[0]].device
-            items = torch.randperm(self.features.num_items, device=dev)[: self.sample_size]
-            return self.sampled(items, self._cache)
+            return self.sampled(*self._draw_sample())
         outs = self()
         return self.latents(outs), {m: o.codes for m, o in outs.items()}, outs
 
@@ -148,17 +143,26 @@ class MultimodalTokenizer(nn.Module):
         if not self.sampling() or self.config.continuous:
             raise RuntimeError("sampled_tokens() needs a sampling step (training, 0 < tokenizer_sample < num_items) "
                                "of a discrete (not continuous) tokenizer")
+        return self._sampled_parts(*self._draw_sample())
+
+    def _draw_sample(self) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(items, cache)`` for a sampled step: ``tokenizer_sample`` items drawn uniformly without repeats, and
+        the token cache (refreshed from the whole catalog when there is none)."""
         if self._cache is None:
             self._cache = self.refresh_cache()  # (encode_catalog's train/eval switch clears self._cache)
         dev = self.features[self.modalities[0]].device
-        items = torch.randperm(self.features.num_items, device=dev)[: self.sample_size]
+        return torch.randperm(self.features.num_items, device=dev)[: self.sample_size], self._cache
+
+    def _sampled_parts(self, items: Tensor, cache: Dict[str, Tensor]
+                       ) -> Tuple[Dict[str, SampledTokens], Dict[str, RQVAEOutput]]:
+        """The tokenizer on ``items``; their fresh tokens written into ``cache`` (discrete tokens only)."""
         outs = self(items)
         fresh = self.latents(outs)
         parts = {}
         for m in self.modalities:
-            self._cache[m].index_copy_(0, items, outs[m].codes.long())
+            cache[m].index_copy_(0, items, outs[m].codes.long())
             cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
-            parts[m] = SampledTokens(self._cache[m], items, fresh[m], cb)
+            parts[m] = SampledTokens(cache[m], items, fresh[m], cb)
         return parts, outs
 
     def set_cache(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> None:
@@ -192,23 +196,18 @@ class MultimodalTokenizer(nn.Module):
             items: [M] int64 distinct; cache: {m: [N, L] int64 or [N, latent]}
             -> ({m: [N, latent]}, {m: [N, L] int64 or None}, {m: RQVAEOutput over the M items}).
         """
+        if not self.config.continuous:
+            parts, outs = self._sampled_parts(items, cache)
+            # every item's latent: its tokens' codewords (SampledTokens.latents, one embedding_bag, no [N, K] work,
+            # no code range read-back), the fresh rows copied over
+            return {m: p.latents() for m, p in parts.items()}, {m: p.codes for m, p in parts.items()}, outs
         outs = self(items)
         fresh = self.latents(outs)
         lat: Dict[str, Tensor] = {}
-        codes: Dict[str, Optional[Tensor]] = {}
         for m in self.modalities:
-            if self.config.continuous:
-                lat[m] = cache[m].index_copy(0, items, fresh[m])
-                cache[m].index_copy_(0, items, fresh[m].detach())
-                codes[m] = None
-            else:
-                cache[m].index_copy_(0, items, outs[m].codes.long())
-                cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
-                # sum of each level's codeword (SampledTokens.latents: one embedding_bag over the flattened
-                # codebooks, no [N, K] work, no code range read-back), the fresh rows copied over
-                lat[m] = SampledTokens(cache[m], items, fresh[m], cb).latents()
-                codes[m] = cache[m]
-        return lat, codes, outs
+            lat[m] = cache[m].index_copy(0, items, fresh[m])
+            cache[m].index_copy_(0, items, fresh[m].detach())
+        return lat, {m: None for m in self.modalities}, outs
 
     def latents(self, outs: Dict[str, RQVAEOutput]) -> Dict[str, Tensor]:
         """Each modality's item representation: the quantized latent ``z_q`` (``z_e`` when continuous)."""

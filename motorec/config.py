@@ -210,8 +210,8 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_dims must be a list of positive ints, got {self.hidden_dims!r}")
         self.hidden_dims = tuple(self.hidden_dims)
         for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "rarity_contrastive",
-                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "warm_content_layer0", "feature_residual",
-                  "aldi_tws", "freeze_tokenizer"):
+                  "rarity_gate", "item_item", "item_item_ids", "warm_content_skip", "warm_content_layer0",
+                  "feature_residual", "aldi_tws", "freeze_tokenizer"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"model.{k} must be true or false, got {getattr(self, k)!r}")
 

@@ -24,7 +24,8 @@ scale.
 
 Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.tokenizer.MultimodalTokenizer`),
 ``token_level`` (:class:`~motorec.models.content.TokenEncoder`), ``item_item``
-(:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`; None with ``fusion: mean``),
+(:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`;
+None with ``fusion: mean``),
 ``feature_residual`` (:class:`~motorec.models.features.FeatureEncoder`, option), ``lightgcn``
 (:class:`motorec.nn.LightGCN`: user/item ID tables and the collaborative level) and ``cold``
 (:class:`~motorec.models.cold.ColdScorer`).

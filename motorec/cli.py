@@ -326,6 +326,8 @@ def cmd_train(args) -> Outcome:
         metrics[name] = {"valid": res["valid"], "test": res["test"], "seconds_per_epoch": res["seconds_per_epoch"],
                          "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
                          "early_stopped": res["early_stopped"]}
+        if res["selected_epochs"] is not None:
+            metrics[name]["selected_epochs"] = res["selected_epochs"]
         _dist.on_main(dctx, lambda: run.write_metrics(metrics))
         log.info("%s test: %s", name, "  ".join(f"{g} R@20={res['test'][g]['recall@20']:.4f}"
                                                 for g in SETTINGS))

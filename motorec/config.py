@@ -105,6 +105,10 @@ class ModelConfig:
     # subset when there are more; exact below): bounds its [n x n] logits. 256 since 2026-11-30 (was 512): a
     # sixth less time per MovieLens-100k step, and the same quality on five runs (docs/MODEL.md, "The training step")
     cl_items: int = 256
+    # the collaborative view the contrastive term aligns the content view with: "joint" (the model's own LightGCN
+    # readout) or "id" (the ID branch's readout, detached: a pure collaborative target, as in CLCRec / ALDI; needs
+    # warm_scorer "id" or "sum")
+    cl_target: str = "joint"
     lambda_rq: float = 1.0
     lambda_reg: float = 1e-4
     # joint training: the tokenizer's losses (reconstruction, codebook, commitment, sparsity) and its fresh
@@ -155,6 +159,14 @@ class ModelConfig:
     # validation rose at lr 5e-3 and fell at lr 1e-3 on MovieLens-100k (docs/MODEL.md, "Warm items without content
     # at layer 0")
     warm_content_layer0: bool = True
+    # what scores warm items: "id" (a pure-ID LightGCN branch trained beside the model in the same step, with its
+    # own user and item ID tables and its own BPR term, sharing nothing with the content path: warm items are
+    # ranked as by LightGCN, cold items by the content path, as in the decoupled cold-start models; the trainer
+    # then selects the two parts' epochs apart), "joint" (the model's own final embeddings, content in them: the
+    # default until 2026-12-01) or "sum" (both scores added). With "id" / "sum" the ID tables are 2 * dim wide:
+    # columns [:dim] the joint model's, [dim:] the branch's (one propagation for both). docs/MODEL.md, "Warm items
+    # scored by a pure-ID branch"
+    warm_scorer: str = "id"
     # the token level also adds an MLP of the raw (L2-normalized) features:
     # h_i^m = W_m z_q^m + sum_k E_m[code_k] + MLP_m(f_m); false: codes alone (the paper's token level)
     feature_residual: bool = False
@@ -201,6 +213,13 @@ class ModelConfig:
         if self.cold_calibration_scope not in ("global", "user"):
             raise ConfigError(f"model.cold_calibration_scope must be 'global' or 'user', got "
                               f"{self.cold_calibration_scope!r}")
+        if self.warm_scorer not in ("joint", "id", "sum"):
+            raise ConfigError(f"model.warm_scorer must be 'joint', 'id' or 'sum', got {self.warm_scorer!r}")
+        if self.cl_target not in ("joint", "id"):
+            raise ConfigError(f"model.cl_target must be 'joint' or 'id', got {self.cl_target!r}")
+        if self.cl_target == "id" and self.warm_scorer == "joint":
+            raise ConfigError("model.cl_target 'id' aligns with the ID branch, which needs model.warm_scorer 'id' or "
+                              "'sum' (got 'joint')")
         if self.fusion not in ("attention", "mean"):
             raise ConfigError(f"model.fusion must be 'attention' or 'mean', got {self.fusion!r}")
         if self.sparse_mode not in ("softmax", "sigmoid"):

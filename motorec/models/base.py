@@ -11,7 +11,7 @@ plus the float ``epoch`` (for schedules such as the rarity ramp).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -195,6 +195,18 @@ class Recommender(nn.Module):
 
     def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} has no tokenizer to pre-train")
+
+    def separable_selection(self) -> bool:
+        """Whether this model's warm-setting scores and cold-setting scores come from disjoint state (a decoupled
+        model: warm items scored by one part, cold items by another), so that under ``train.select:
+        warm_cold_mean`` the trainer keeps each setting's best epoch and restores :meth:`merge_selected` of the two
+        (the mean of two separable terms is maximized term by term). False unless a model says otherwise."""
+        return False
+
+    def merge_selected(self, warm_state: Dict[str, Any], cold_state: Dict[str, Any]) -> Dict[str, Any]:
+        """The state dict whose warm-setting scores are ``warm_state``'s and cold-setting scores ``cold_state``'s
+        (only for a model whose :meth:`separable_selection` is true)."""
+        raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each training epoch (schedules, graph rebuilds)."""

@@ -18,6 +18,13 @@ first BPR term too)
 + lambda_rq * (reconstruction + codebook + commitment) + sparse_weight * sparsity KL
 + lambda_reg * squared norm of the batch's layer-0 embeddings.
 
+Warm items are scored by a pure-ID LightGCN branch (``warm_scorer: id``, the default): its own user and item ID
+tables (columns ``[dim:]`` of the two tables, propagated in the same pass), trained by its own BPR term and L2,
+nothing shared with the content path, so warm items rank as under LightGCN while cold items are scored by the
+content path above; the trainer selects the two parts' epochs apart (:meth:`separable_selection`).
+``warm_scorer: joint`` scores warm items by the final embeddings above instead (the paper's single model), and
+``sum`` adds both scores. Objective with the branch: the terms above + BPR of the branch.
+
 Scoring: cold items' scores go through one affine map onto the warm items' score distribution
 (:class:`~motorec.models.cold.ColdScorer`), so content-only scores compete with collaborative ones on the same
 scale.
@@ -27,7 +34,8 @@ Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.token
 (:class:`~motorec.models.content.ItemItemEncoder`), ``fusion`` (:class:`~motorec.models.content.SourceAttention`;
 None with ``fusion: mean``),
 ``feature_residual`` (:class:`~motorec.models.features.FeatureEncoder`, option), ``lightgcn``
-(:class:`motorec.nn.LightGCN`: user/item ID tables and the collaborative level) and ``cold``
+(:class:`motorec.nn.LightGCN`: user/item ID tables, the ID branch's columns among them, and the collaborative
+level) and ``cold``
 (:class:`~motorec.models.cold.ColdScorer`).
 
 Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 + d_i)``, normalized to mean
@@ -37,7 +45,7 @@ Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -73,8 +81,8 @@ def rarity_weights(degree: Tensor, pos: Tensor, *, ramp: float, clip: Tuple[floa
 class MoToRec(Recommender):
     """The MoToRec model; see the module docstring. Config: :class:`motorec.config.ModelConfig`.
 
-    Shapes:
-        embeddings() -> (users [U, dim], items [I, dim]); score(users [B]) -> [B, I];
+    Shapes (``D`` = 2 * dim with the ID branch, ``warm_scorer`` "id" or "sum"; dim with "joint"):
+        embeddings() -> (users [U, D], items [I, D]); score(users [B]) -> [B, I];
         tokenize() -> {modality: codes [I, num_levels] int64}.
     """
 
@@ -96,7 +104,10 @@ class MoToRec(Recommender):
         self.fusion = SourceAttention(c.dim, self.backend).to(dev) if c.fusion == "attention" else None
         self.feature_residual = (FeatureEncoder(feats.dims(), c.content_hidden, c.dim).to(dev)
                                  if c.feature_residual else None)
-        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim, num_layers=c.num_layers,
+        # warm_scorer "id"/"sum": the ID tables are [*, 2 * dim], columns [dim:] the pure-ID branch's; LightGCN's
+        # propagation acts on every column alike, so one pass gives both models exactly
+        width = c.dim * (2 if self.has_id_branch else 1)
+        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=width, num_layers=c.num_layers,
                                  init_std=0.1, backend=self.backend, device=dev)
         if c.rarity and c.rarity_terms == "content" and c.lambda_cold == 0 and not c.rarity_contrastive:
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
@@ -113,9 +124,31 @@ class MoToRec(Recommender):
         self._frozen_tokens = None
 
     @property
+    def has_id_branch(self) -> bool:
+        """Whether a pure-ID LightGCN branch scores warm items (``model.warm_scorer`` "id" or "sum")."""
+        return self.config.warm_scorer != "joint"
+
+    def separable_selection(self) -> bool:
+        """With ``warm_scorer: id`` warm items are scored by the ID branch's columns alone and cold items by the
+        rest, so the trainer selects each part's epoch on its own setting (:meth:`Recommender.separable_selection`).
+        """
+        return self.config.warm_scorer == "id"
+
+    def merge_selected(self, warm_state: Dict[str, Any], cold_state: Dict[str, Any]) -> Dict[str, Any]:
+        """``cold_state`` with the ID branch's columns (``[:, dim:]`` of the two ID tables) from ``warm_state``."""
+        if not self.separable_selection():
+            return super().merge_selected(warm_state, cold_state)
+        d, state = self.config.dim, dict(cold_state)
+        for key in ("lightgcn.user_embedding.weight", "lightgcn.item_embedding.weight"):
+            state[key] = torch.cat([cold_state[key][:, :d], warm_state[key][:, d:]], dim=1)
+        return state
+
+    @property
     def item_emb(self) -> Tensor:
-        """[num_items, dim] item ID embeddings (cold items' rows are never used)."""
-        return self.lightgcn.item_embedding.weight
+        """[num_items, dim] the joint model's item ID embeddings (cold items' rows are never used); with the ID
+        branch, columns ``[:dim]`` of the table."""
+        w = self.lightgcn.item_embedding.weight
+        return w[:, : self.config.dim] if self.has_id_branch else w
 
     # ------------------------------------------------------------------ tokenizer
     def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -174,6 +207,11 @@ class MoToRec(Recommender):
 
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users, LightGCN item readout, ``h~``."""
+        return self._forward_all()[:4]
+
+    def _forward_all(self):
+        """:meth:`_forward`'s four values and the ID branch's ``(users [U, dim], items [num_items, dim])``
+        readouts (``None`` without it)."""
         c = self.config
         parts = None
         if c.freeze_tokenizer:
@@ -205,8 +243,14 @@ class MoToRec(Recommender):
             layer0 = torch.addcmul(content, emb, w.unsqueeze(1))
         else:  # warm rows: w * ID alone; cold rows: h~ alone
             layer0 = torch.addcmul(emb * w.unsqueeze(1), content, (~self.warm_mask).to(emb.dtype).unsqueeze(1))
-        users, collab = self.lightgcn(self.graph, layer0)
-        return users, collab, content, outs
+        if not self.has_id_branch:
+            users, collab = self.lightgcn(self.graph, layer0)
+            return users, collab, content, outs, None
+        # the branch's layer 0: warm items' own ID rows (no dropout, no gate), zero rows for cold items
+        d = c.dim
+        branch0 = self.lightgcn.item_embedding.weight[:, d:] * self.warm_mask.to(emb.dtype).unsqueeze(1)
+        users, collab = self.lightgcn(self.graph, torch.cat([layer0, branch0], dim=1))
+        return users[:, :d], collab[:, :d], content, outs, (users[:, d:], collab[:, d:])
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
         """Final item embeddings: readout + ``h~`` (warm items: readout only when ``warm_content_skip`` is
@@ -220,8 +264,16 @@ class MoToRec(Recommender):
         return torch.addcmul(collab, content, (~self.warm_mask).to(content.dtype).unsqueeze(1))
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        users, collab, content, _ = self._forward()
-        return users, self._final_items(collab, content)
+        """Final ``(users [U, D], items [num_items, D])``; ``D`` = dim, or 2 * dim with the ID branch, whose
+        scores are then ``<users[:, :dim], items[:, :dim]> + <users[:, dim:], items[:, dim:]>``: the joint model's
+        (cold items; warm items too with "sum") plus the branch's (warm items; its cold rows are exactly 0)."""
+        users, collab, content, _, branch = self._forward_all()
+        items = self._final_items(collab, content)
+        if branch is None:
+            return users, items
+        if self.config.warm_scorer == "id":
+            items = items * (~self.warm_mask).to(items.dtype).unsqueeze(1)
+        return torch.cat([users, branch[0]], dim=1), torch.cat([items, branch[1]], dim=1)
 
     def cold_embedding(self, content: Tensor) -> Tensor:
         """The final embedding an item gets without ID or edges: readout ``h~ / (L + 1)`` plus ``h~``.
@@ -275,7 +327,7 @@ class MoToRec(Recommender):
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
-        users, collab, content, outs = self._forward()
+        users, collab, content, outs, branch = self._forward_all()
         items = self._final_items(collab, content)
         # Positives and negatives in one gather per table (each gather's backward fills a [num_items, dim]
         # buffer). index_select, not [] indexing: its backward (index_add_) sums repeated rows in a fixed order,
@@ -311,9 +363,17 @@ class MoToRec(Recommender):
             total = total + c.cold_distill * distill
             parts["distill"] = loss_part(distill)
         if c.lambda_cl > 0:
-            cl = contrastive_loss(collab, content, p, w if c.rarity_contrastive else None, c.tau, c.cl_items)
+            target = collab if c.cl_target == "joint" else branch[1].detach()
+            cl = contrastive_loss(target, content, p, w if c.rarity_contrastive else None, c.tau, c.cl_items)
             total = total + c.lambda_cl * cl
             parts["cl"] = loss_part(cl)
+        if branch is not None:
+            # the ID branch's own BPR term (plain LightGCN's): its columns get no other gradient but the L2 below
+            bu = branch[0].index_select(0, u)
+            bp, bn = branch[1].index_select(0, pn).split([b, n.shape[0]])
+            rank_id = bpr_loss((bu * bp).sum(1), (bu * bn).sum(1))
+            total = total + rank_id
+            parts["bpr_id"] = loss_part(rank_id)
         if outs is not None:  # (a frozen tokenizer has no loss in the joint stage)
             rq, rq_parts = self.tokenizer.losses(outs)
             total = total + rq
@@ -321,7 +381,8 @@ class MoToRec(Recommender):
         # reg_loss of the users' and the warm items' ID rows (a cold item's ID row is never trained): every
         # item row's squared norm, weighed by the 0/1 warm mask, gathered as [2B] values (no [2B, d] gather of
         # the ID table, whose backward would fill another [num_items, d] buffer)
-        sq = (row_sq_norms(self.item_emb) * self.warm_mask).index_select(0, pn)
+        # (with the ID branch the whole [*, 2 * dim] rows: LightGCN's own L2 on the branch's columns)
+        sq = (row_sq_norms(self.lightgcn.item_embedding.weight) * self.warm_mask).index_select(0, pn)
         ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
         reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         total = total + reg

@@ -102,6 +102,12 @@ class Trainer:
     (:func:`motorec.eval.evaluate`). Each evaluated ``history`` row also holds ``valid_cold_recall@20``,
     ``valid_warm_recall@20``, ``valid_hybrid_recall@20`` and ``select_score``: what ``train.select`` makes of
     them (:func:`select_score`), which early stopping compares; all from one evaluation pass.
+
+    A model whose warm and cold scores come from disjoint parts (``Recommender.separable_selection``, e.g. MoToRec
+    with ``warm_scorer: id``) is selected part by part under ``warm_cold_mean``: each part keeps the epoch of its
+    own setting's best validation Recall@20, the restored model merges the two (``merge_selected``), early stopping
+    waits until neither part has improved for ``patience`` evaluations, and ``selected_epochs`` says which epochs
+    (``None`` for every other model).
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -165,6 +171,9 @@ class Trainer:
 
         epoch, best, best_epoch, bad, stopped = 0, -1.0, -1, 0, False
         best_snap: Optional[Dict[str, Any]] = None
+        # a model with separable warm and cold parts under warm_cold_mean: each setting's best (score, epoch,
+        # snapshot), merged into best_snap (Recommender.separable_selection)
+        parts_best: Optional[Dict[str, Any]] = None
         history: list = []
         train_seconds: list = []
         if resume:
@@ -179,6 +188,7 @@ class Trainer:
             epoch, best, best_epoch, bad, stopped = (state["epoch"], state["best"], state["best_epoch"],
                                                      state["bad_epochs"], state["stopped"])
             best_snap = state["best_state"]
+            parts_best = state.get("parts_best")
             history = list(state["history"])
             train_seconds = list(state["train_seconds"])
             self.log.info("resumed %s from %s at epoch %d", cfg.model.name, path, epoch)
@@ -205,9 +215,19 @@ class Trainer:
                     for st in ("cold", "warm", "hybrid"):
                         row[f"valid_{st}_{SELECT_METRIC}"] = valid[st][SELECT_METRIC]
                     row["select_score"] = score
-                    if score > best:
-                        best, best_epoch, bad = score, epoch, 0
-                        best_snap = self._snapshot()
+                    if self._separable(model, valid):
+                        improved, parts_best = self._select_parts(model, valid, epoch, parts_best)
+                        if improved:
+                            best, best_epoch = parts_best["score"], epoch
+                            best_snap = {"model": model.merge_selected(parts_best["warm"]["snap"]["model"],
+                                                                       parts_best["cold"]["snap"]["model"])}
+                    else:
+                        improved = score > best
+                        if improved:
+                            best, best_epoch = score, epoch
+                            best_snap = self._snapshot()
+                    if improved:
+                        bad = 0
                     else:
                         bad += 1
                         if tc.patience and bad >= tc.patience:
@@ -223,6 +243,7 @@ class Trainer:
                         "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                         "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
+                        "parts_best": parts_best,
                         "train_seconds": train_seconds, "config": cfg.to_dict(),
                         "config_fingerprint": cfg.fingerprint(), "dataset_fingerprint": fingerprint,
                         "model_name": cfg.model.name,
@@ -246,10 +267,39 @@ class Trainer:
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
         valid, test = self.evaluate("valid"), self.evaluate("test")
+        if parts_best is not None:
+            self.log.info("%s: warm part selected at epoch %d (valid warm %s %.4f), cold part at epoch %d "
+                          "(valid cold %s %.4f)", cfg.model.name, parts_best["warm"]["epoch"], SELECT_METRIC,
+                          parts_best["warm"]["score"], parts_best["cold"]["epoch"], SELECT_METRIC,
+                          parts_best["cold"]["score"])
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
+                "selected_epochs": ({st: parts_best[st]["epoch"] for st in ("warm", "cold")}
+                                    if parts_best is not None else None),
                 "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "history": history}
+
+    def _separable(self, model, valid: Dict[str, Dict[str, float]]) -> bool:
+        """Whether this run selects the warm and cold parts apart: ``train.select`` warm_cold_mean, a model with
+        :meth:`~motorec.models.base.Recommender.separable_selection`, and validation users in both settings."""
+        return (self.config.train.select == "warm_cold_mean" and model.separable_selection()
+                and bool(valid["warm"].get("num_users")) and bool(valid["cold"].get("num_users")))
+
+    def _select_parts(self, model, valid, epoch: int, parts_best: Optional[Dict[str, Any]]):
+        """One evaluation of the per-part selection: each setting keeps the epoch of its best validation Recall@20
+        (with its snapshot); the selected score is the mean of the two bests, which is the merged model's
+        ``warm_cold_mean`` since each setting's scores come from its own part. Returns ``(improved, parts_best)``.
+        """
+        parts_best = dict(parts_best or {st: {"score": -1.0, "epoch": -1, "snap": None} for st in ("warm", "cold")})
+        improved, snap = False, None
+        for st in ("warm", "cold"):
+            v = valid[st][SELECT_METRIC]
+            if v > parts_best[st]["score"]:
+                snap = snap or self._snapshot()
+                parts_best[st] = {"score": v, "epoch": epoch, "snap": snap}
+                improved = True
+        parts_best["score"] = 0.5 * (parts_best["warm"]["score"] + parts_best["cold"]["score"])
+        return improved, parts_best
 
     def _pretrain_epoch(self, model, opt, gen, epoch) -> Dict[str, float]:
         n = model.num_items

@@ -94,29 +94,32 @@ def test_interface_loss_backward_score(ds, name):
     s = m.score(users)
     assert s.shape == (3, ds.num_items) and torch.isfinite(s).all()
     u, i = m.user_embeddings(), m.item_embeddings()
-    assert u.shape == (ds.num_users, 16) and i.shape == (ds.num_items, 16)
+    width = 32 if name == "motorec" else 16  # MoToRec's default ID branch (warm_scorer "id"): [joint | branch]
+    assert u.shape == (ds.num_users, width) and i.shape == (ds.num_items, width)
     assert torch.allclose(s, u[users] @ i.t())
     s[:] = 0  # evaluate writes into the scores: they must not alias the cache
     assert torch.allclose(m.score(users), u[users] @ i.t())
 
 
+@pytest.mark.parametrize("scorer", ["id", "joint"])
 @pytest.mark.parametrize("item_item_ids", [False, True], ids=["content-only", "neighbour-ids"])
-def test_motorec_cold_items_ignore_id_embedding(ds, item_item_ids):
-    m = _model(ds, "motorec", item_item_ids=item_item_ids)
+def test_motorec_cold_items_ignore_id_embedding(ds, item_item_ids, scorer):
+    m = _model(ds, "motorec", item_item_ids=item_item_ids, warm_scorer=scorer)
     m.on_epoch_start(0)
     m.eval()
     before = m.item_embeddings().clone()
     cold = ds.cold_items()
     assert cold.any() and (~cold).any()
+    table = m.lightgcn.item_embedding.weight  # the joint model's ID columns and (with "id") the branch's
     with torch.no_grad():
-        m.item_emb[cold] += torch.randn(int(cold.sum()), m.item_emb.shape[1]) * 10
+        table[cold] += torch.randn(int(cold.sum()), table.shape[1]) * 10
     m.train()
     m.eval()
     after = m.item_embeddings()
     assert torch.allclose(after[cold], before[cold], atol=1e-6)  # features alone
     assert torch.allclose(after[~cold], before[~cold], atol=1e-6)  # cold ID never propagates either
     with torch.no_grad():
-        m.item_emb[~cold] += 1.0
+        table[~cold] += 1.0
     m.train()
     m.eval()
     assert not torch.allclose(m.item_embeddings()[~cold], before[~cold])
@@ -487,7 +490,7 @@ def test_cold_scoring_options_are_validated():
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_warm_content_skip_final_item_embeddings(ds, skip):
-    m = _model(ds, "motorec", warm_content_skip=skip)
+    m = _model(ds, "motorec", warm_content_skip=skip, warm_scorer="joint")  # the joint model's own final items
     m.on_epoch_start(0)
     m.eval()
     with torch.no_grad():
@@ -511,7 +514,7 @@ def test_warm_content_layer0_sets_what_warm_items_start_from(ds, layer0):
     embedding alone, so its readout is plain LightGCN's and h~ gets no gradient through the main BPR term.
     Cold items start from h~ either way."""
     m = _model(ds, "motorec", warm_content_layer0=layer0, lambda_cold=0.0, lambda_cl=0.0, lambda_rq=0.0,
-               sparse_weight=0.0)
+               sparse_weight=0.0, warm_scorer="joint")  # (the ID branch would widen layer 0)
     m.on_epoch_start(0)
     seen = {}
     real = m.lightgcn.forward
@@ -535,6 +538,63 @@ def test_warm_content_layer0_sets_what_warm_items_start_from(ds, layer0):
     token_grad = sum(float(p.grad.abs().sum()) for p in m.token_level.parameters() if p.grad is not None)
     # with only the main BPR term (and the ID regularizer), the content path learns through warm items' layer 0
     assert (token_grad > 0) == layer0
+
+
+@pytest.mark.parametrize("scorer", ["id", "sum"])
+def test_warm_scorer_id_branch_is_plain_lightgcn_beside_the_joint_model(ds, scorer):
+    """warm_scorer "id"/"sum": columns [dim:] of the ID tables are a pure-ID LightGCN trained by its own BPR term
+    in the same step. Its embeddings and loss equal a standalone LightGCNRec holding those columns; no other term
+    reaches them; the joint model's half is the joint model's; warm items score by the branch ("id") or by
+    both ("sum"), cold items by the content path alone."""
+    d = SMALL["dim"]
+    m = _model(ds, "motorec", warm_scorer=scorer)
+    assert m.lightgcn.item_embedding.weight.shape == (ds.num_items, 2 * d) and m.item_emb.shape == (ds.num_items, d)
+    with torch.no_grad():  # a warm-masked copy: a cold item's branch row is never read
+        m.lightgcn.item_embedding.weight[~ds.warm_items(), d:] = 5.0
+    ref = build_model(ds, ModelConfig(name="lightgcn", **SMALL))
+    with torch.no_grad():
+        ref.lightgcn.user_embedding.weight.copy_(m.lightgcn.user_embedding.weight[:, d:])
+        ref.lightgcn.item_embedding.weight.copy_(m.lightgcn.item_embedding.weight[:, d:])
+    m.on_epoch_start(0)
+    m.eval()
+    warm = ds.warm_items()
+    with torch.no_grad():
+        users, collab, content, _, branch = m._forward_all()
+        ru, ri = ref.embeddings()
+        torch.testing.assert_close(branch[0], ru)
+        torch.testing.assert_close(branch[1][warm], ri[warm])
+        assert torch.equal(branch[1][~warm], torch.zeros_like(branch[1][~warm]))
+        fu, fi = m.embeddings()
+        scores = fu @ fi.t()
+        joint = users @ m._final_items(collab, content).t()
+        own = ru @ ri.t()
+        expect_warm = own[:, warm] + (joint[:, warm] if scorer == "sum" else 0.0)
+        torch.testing.assert_close(scores[:, warm], expect_warm)
+        torch.testing.assert_close(scores[:, ~warm], joint[:, ~warm])
+    # the branch's BPR term is LightGCN's loss on the same batch, and the gradient the whole loss sends into the
+    # branch's columns is LightGCN's (its L2 included; a cold item's row, which LightGCN's L2 would also shrink
+    # when it is drawn as a negative, gets none), while the joint half gets the other terms'
+    m.train()
+    batch = _batch(ds)
+    total, parts = m.loss(batch)
+    ref_total, ref_parts = ref.loss(batch)
+    torch.testing.assert_close(parts["bpr_id"], ref_parts["bpr"])
+    total.backward()
+    ref_total.backward()
+    mu, mi = m.lightgcn.user_embedding.weight.grad, m.lightgcn.item_embedding.weight.grad
+    torch.testing.assert_close(mu[:, d:], ref.lightgcn.user_embedding.weight.grad)
+    torch.testing.assert_close(mi[warm, d:], ref.lightgcn.item_embedding.weight.grad[warm])
+    assert torch.equal(mi[~warm, d:], torch.zeros_like(mi[~warm, d:]))
+    assert mu[:, :d].abs().sum() > 0 and mi[warm, :d].abs().sum() > 0
+    grown = m.with_new_items({k: v[:3] for k, v in ds.features.items()})
+    with torch.no_grad():
+        gu, gi = grown.embeddings()
+    assert gi.shape == (ds.num_items + 3, 2 * d) and torch.isfinite(gu @ gi.t()).all()
+
+
+def test_warm_scorer_rejects_unknown_value():
+    with pytest.raises(ConfigError, match="warm_scorer"):
+        Config.from_dict({"model": {"warm_scorer": "both"}})
 
 
 def test_gram_and_mean_chunked_matches_direct():

@@ -22,6 +22,7 @@ def ds():
 
 MODELS = [("motorec", {}), ("motorec", {"tokenizer_sample": 0}), ("motorec", {"rarity_contrastive": True,
                                                                               "cold_dropout": 0.2}),
+          ("motorec", {"warm_scorer": "id", "cl_target": "id"}), ("motorec", {"warm_scorer": "joint"}),
           ("lightgcn", {}), ("lightgcn_content", {}), ("content", {}), ("knn", {}), ("aldi", {})]
 
 

@@ -223,6 +223,37 @@ def test_select_rule_picks_the_best_epoch_by_that_rule(ds, rule):
     assert min(i for i, h in enumerate(rows) if h["select_score"] == best) == rows.index(chosen)  # first best
 
 
+def test_separable_model_selects_warm_and_cold_parts_apart_and_resumes(ds, tmp_path):
+    """MoToRec with warm_scorer "id": warm items are scored by the ID branch, cold items by the rest, so under
+    warm_cold_mean each part keeps the epoch of its own setting's best validation Recall@20; the restored model's
+    validation warm and cold recall are the two bests (each from its own epoch), early stopping waits for both,
+    and a resumed run selects and restores the same."""
+    cfg = _cfg("motorec", epochs=10, warm_scorer="id").replace(train={"patience": 3})
+    full = Trainer(cfg, ds, checkpoint_dir=tmp_path / "a", quiet=True)
+    r = full.fit()
+    rows = [h for h in r["history"] if "select_score" in h]
+    sel = r["selected_epochs"]
+    assert sel["warm"] != sel["cold"]  # (on this data; else the merge below is not exercised)
+    for st in ("warm", "cold"):
+        scores = [h[f"valid_{st}_recall@20"] for h in rows]
+        first_best = next(h["epoch"] for h in rows if h[f"valid_{st}_recall@20"] == max(scores))
+        assert sel[st] == first_best
+        assert r["valid"][st]["recall@20"] == pytest.approx(max(scores), abs=1e-9)
+    if r["early_stopped"]:  # neither part improved over the last `patience` evaluations
+        assert max(sel.values()) == rows[-4]["epoch"]
+    assert r["best_epoch"] == max(sel.values())
+    part = _cfg("motorec", epochs=6, warm_scorer="id").replace(train={"patience": 3})
+    Trainer(part, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit()
+    resumed = Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True)
+    rb = resumed.fit(resume=True)
+    assert rb["selected_epochs"] == sel and rb["best_epoch"] == r["best_epoch"]
+    _assert_close(full.model.state_dict(), resumed.model.state_dict(), "best")
+    # the joint-scoring model is selected as a whole; so is a separable model under another rule
+    assert Trainer(_cfg("motorec", epochs=2, warm_scorer="joint"), ds, quiet=True).fit()["selected_epochs"] is None
+    r = Trainer(_cfg("motorec", epochs=2, warm_scorer="id").replace(train={"select": "warm"}), ds, quiet=True).fit()
+    assert r["selected_epochs"] is None
+
+
 def test_select_rule_validation_and_replaced_select_group():
     from motorec.train.trainer import select_score
 

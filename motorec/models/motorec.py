@@ -226,7 +226,10 @@ class MoToRec(Recommender):
             parts, outs = self.tokenizer.sampled_tokens()
         else:
             latents, codes, outs = self.tokenizer.catalog_tokens()
-        emb = self.item_emb
+        # the joint model's ID rows and the branch's: split (one backward concatenation), not two slices (each of
+        # whose backwards would fill a zero [num_items, 2 * dim] buffer)
+        table = self.lightgcn.item_embedding.weight
+        emb, branch_emb = table.split(c.dim, dim=1) if self.has_id_branch else (table, None)
         w = self.warm_mask.to(emb.dtype)  # [num_items] per-row factor of the ID embedding: 0 for cold items
         ids = emb * w.unsqueeze(1) if c.item_item_ids else None
         if parts is not None:
@@ -247,10 +250,10 @@ class MoToRec(Recommender):
             users, collab = self.lightgcn(self.graph, layer0)
             return users, collab, content, outs, None
         # the branch's layer 0: warm items' own ID rows (no dropout, no gate), zero rows for cold items
-        d = c.dim
-        branch0 = self.lightgcn.item_embedding.weight[:, d:] * self.warm_mask.to(emb.dtype).unsqueeze(1)
+        branch0 = branch_emb * self.warm_mask.to(emb.dtype).unsqueeze(1)
         users, collab = self.lightgcn(self.graph, torch.cat([layer0, branch0], dim=1))
-        return users[:, :d], collab[:, :d], content, outs, (users[:, d:], collab[:, d:])
+        (users, branch_users), (collab, branch_items) = users.split(c.dim, dim=1), collab.split(c.dim, dim=1)
+        return users, collab, content, outs, (branch_users, branch_items)
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
         """Final item embeddings: readout + ``h~`` (warm items: readout only when ``warm_content_skip`` is

@@ -33,6 +33,9 @@ SELECT_RULES = ("warm_cold_mean", "warm", "cold", "hybrid")
 # keys that older versions wrote and that were replaced: {section: {key: what replaced it}}
 REPLACED_KEYS = {"train": {"select_group": "train.select (default 'warm_cold_mean': the mean of validation warm "
                                            "and cold Recall@20, the same rule for every model)"}}
+# keys added with a default that changed behaviour: a config saved before the key existed (a trained run's, loaded
+# to evaluate it) meant this value, not today's default: {section: {key: the behaviour before the key}}
+SAVED_BEFORE_KEY = {"model": {"warm_scorer": "joint"}}
 
 
 # the ModelConfig keys some baseline reads (besides ``name``); every other model key is read by MoToRec alone
@@ -317,7 +320,9 @@ class Config:
     def from_dict(cls, d: Optional[Dict[str, Any]], *, saved: bool = False) -> "Config":
         """Build and validate a config from nested dicts; missing keys keep their defaults. A key that was
         replaced (:data:`REPLACED_KEYS`, e.g. ``train.select_group``) is refused naming its replacement, unless
-        ``saved``: the stored config of a trained checkpoint, loaded to evaluate it, where it is dropped."""
+        ``saved``: the stored config of a trained checkpoint, loaded to evaluate it, where it is dropped, and where
+        a key of :data:`SAVED_BEFORE_KEY` it lacks (written before the key existed) takes the behaviour it had
+        then (``model.warm_scorer``: ``joint``), not today's default."""
         d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a mapping with sections model/train/data, got {type(d).__name__}")
@@ -328,6 +333,11 @@ class Config:
                 raise ConfigError(f"{sec}.{old[0]} is no longer a setting: it was replaced by {replaced[old[0]]}")
             if old:
                 d = {**d, sec: {k: v for k, v in values.items() if k not in replaced}}
+        if saved:
+            for sec, before in SAVED_BEFORE_KEY.items():
+                values = d.get(sec)
+                if isinstance(values, dict) and values:  # a section written before these keys existed
+                    d = {**d, sec: {**before, **values}}
         unknown = set(d) - {"model", "train", "data"}
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected model, train, data")

@@ -275,6 +275,32 @@ def test_select_rule_validation_and_replaced_select_group():
     assert select_score(v, "warm_cold_mean") == pytest.approx(0.3) and select_score(v, "cold") == 0.2
 
 
+def test_run_saved_before_warm_scorer_loads_as_the_joint_model(ds, tmp_path):
+    """model.warm_scorer came with a default ("id") that changed what MoToRec is. A checkpoint whose stored config
+    predates the key was the joint model: it loads as one (its [*, dim] ID tables fit) and scores as it did,
+    where today's default would build [*, 2 * dim] tables; a config given by a user still gets the default, and
+    resuming such a run is refused naming the key."""
+    from motorec.train import RunDir
+
+    trainer = Trainer(_cfg("motorec", epochs=1, warm_scorer="joint"), ds, quiet=True)
+    trainer.fit()
+    old = trainer.config.to_dict()
+    del old["model"]["warm_scorer"], old["model"]["cl_target"]  # as written before the keys existed
+    assert Config.from_dict(old, saved=True).model.warm_scorer == "joint"
+    assert Config.from_dict(old).model.warm_scorer == "id"
+    assert Config.from_dict({"model": {"warm_scorer": "sum"}}, saved=True).model.warm_scorer == "sum"
+    run = RunDir(tmp_path)
+    run.checkpoint_dir("motorec").mkdir(parents=True)
+    save_checkpoint({"model": trainer.model.state_dict(), "best_state": None, "config": old,
+                     "dataset_fingerprint": ds.fingerprint()}, run.checkpoint("motorec"))
+    model, cfg = run.load_trained("motorec", ds)
+    assert cfg.model.warm_scorer == "joint"
+    users = torch.arange(5)
+    torch.testing.assert_close(model.score(users), trainer.model.eval().score(users))
+    diff = Config().differences(old)
+    assert "model.warm_scorer: '<missing>' -> 'id'" in diff
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def test_end_to_end_motorec_beats_random_and_lightgcn_on_cold_items(ds):
     results = {}

@@ -20,7 +20,7 @@ from motorec.config import ModelConfig
 from motorec.graph import Graph
 from motorec.models.cold import ColdScorer
 
-__all__ = ["Recommender", "bpr_loss", "info_nce", "item_degrees", "loss_part", "row_sq_norms", "sq_sum"]
+__all__ = ["EmbeddingScorer", "Recommender", "bpr_loss", "info_nce", "item_degrees", "loss_part", "row_sq_norms", "sq_sum"]
 
 
 def item_degrees(train: Tensor, num_items: int) -> Tensor:
@@ -208,6 +208,12 @@ class Recommender(nn.Module):
         (only for a model whose :meth:`separable_selection` is true)."""
         raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
 
+    def cold_part_scorer(self) -> "EmbeddingScorer":
+        """For a model whose :meth:`separable_selection` is true: the part that scores cold items, as a scorer of
+        every item (warm ones too) from the current weights in the current mode. The trainer selects that part
+        on its own ``warm_cold_mean``, reading its warm-setting recall from these scores."""
+        raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each training epoch (schedules, graph rebuilds)."""
         self.epoch = float(epoch)
@@ -290,6 +296,28 @@ class Recommender(nn.Module):
         """``lambda_reg`` times the mean over the batch of the squared norms of layer-0 embeddings."""
         b = max(tensors[0].shape[0], 1)
         return self.config.lambda_reg * sum(sq_sum(t) for t in tensors) / b
+
+
+class EmbeddingScorer:
+    """Scores ``users[b] . items[i]`` of fixed embeddings, with :meth:`score` and :meth:`ranking_parts` as a
+    :class:`Recommender` has them (so :func:`motorec.eval.evaluate` ranks it through the fused op where one
+    serves).
+
+    Shapes:
+        users [U, d], items [I, d]; score(user_ids [B]) -> [B, I].
+    """
+
+    def __init__(self, users: Tensor, items: Tensor, backend: str = "auto") -> None:
+        if users.dim() != 2 or items.dim() != 2 or users.shape[1] != items.shape[1]:
+            raise ValueError(f"users and items must be [U, d] and [I, d] with the same d, got "
+                             f"{tuple(users.shape)} and {tuple(items.shape)}")
+        self.users, self.items, self.backend = users.detach(), items.detach(), backend
+
+    def score(self, users: Tensor) -> Tensor:
+        return self.users[users.to(self.users.device).long()] @ self.items.t()
+
+    def ranking_parts(self) -> Tuple[Tensor, Tensor, None, None]:
+        return self.users, self.items, None, None
 
 
 def _drop_cache(module: Recommender, incompatible_keys) -> None:

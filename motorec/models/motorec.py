@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from motorec.models.aldi import aldi_distill_losses
-from motorec.models.base import Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
+from motorec.models.base import EmbeddingScorer, Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.tokenizer import MultimodalTokenizer
@@ -106,9 +106,9 @@ class MoToRec(Recommender):
                                  if c.feature_residual else None)
         # warm_scorer "id"/"sum": the ID tables are [*, 2 * dim], columns [dim:] the pure-ID branch's; LightGCN's
         # propagation acts on every column alike, so one pass gives both models exactly
-        width = c.dim * (2 if self.has_id_branch else 1)
-        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=width, num_layers=c.num_layers,
-                                 init_std=0.1, backend=self.backend, device=dev)
+        self.lightgcn = LightGCN(self.num_users, self.num_items, embedding_dim=c.dim * (2 if self.has_id_branch else 1),
+                                 num_layers=c.num_layers, init_std=0.1, backend=self.backend, device=dev,
+                                 init=self._id_tables(dev) if self.has_id_branch else None)
         if c.rarity and c.rarity_terms == "content" and c.lambda_cold == 0 and not c.rarity_contrastive:
             warnings.warn("model.rarity is on but weights no term: rarity_terms='content' scales only the "
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
@@ -123,6 +123,22 @@ class MoToRec(Recommender):
         super().drop_caches()
         self._frozen_tokens = None
 
+    # the branch's tables come from a generator of their own, seeded from the process's seed and this constant
+    _BRANCH_SEED_OFFSET = 0x5EED_B4A9C4
+
+    def _id_tables(self, dev) -> Tuple[Tensor, Tensor]:
+        """The initial ``(users [U, 2 * dim], items [num_items, 2 * dim])`` ID tables of a model with the ID branch.
+        Columns ``[:dim]`` are drawn from the global generator exactly as a ``warm_scorer: joint`` model draws its
+        tables, so the joint half starts, and (no gradient crossing between the halves, Adam acting per element)
+        trains, as that model does under the same seed; the branch's columns come from a generator of their own
+        (seeded from the global seed), leaving the global random stream as the joint model's."""
+        d = self.config.dim
+        joint = [torch.randn(n, d, device=dev) * 0.1 for n in (self.num_users, self.num_items)]
+        seed = (torch.cuda.initial_seed() if torch.device(dev).type == "cuda" else torch.initial_seed())
+        gen = torch.Generator(device=dev).manual_seed((seed + self._BRANCH_SEED_OFFSET) % (2 ** 63))
+        branch = [torch.randn(n, d, device=dev, generator=gen) * 0.1 for n in (self.num_users, self.num_items)]
+        return torch.cat([joint[0], branch[0]], dim=1), torch.cat([joint[1], branch[1]], dim=1)
+
     @property
     def has_id_branch(self) -> bool:
         """Whether a pure-ID LightGCN branch scores warm items (``model.warm_scorer`` "id" or "sum")."""
@@ -133,6 +149,16 @@ class MoToRec(Recommender):
         rest, so the trainer selects each part's epoch on its own setting (:meth:`Recommender.separable_selection`).
         """
         return self.config.warm_scorer == "id"
+
+    @torch.no_grad()
+    def cold_part_scorer(self) -> EmbeddingScorer:
+        """The joint model's own scores of every item (final users [U, dim] . final items [num_items, dim], warm
+        items' rows not masked out): the scores a ``warm_scorer: joint`` model would rank by, uncalibrated
+        (calibration moves cold scores only, so the warm setting's recall is the same)."""
+        if not self.separable_selection():
+            return super().cold_part_scorer()
+        users, collab, content, _, _ = self._forward_all()
+        return EmbeddingScorer(users, self._final_items(collab, content), self.backend)
 
     def merge_selected(self, warm_state: Dict[str, Any], cold_state: Dict[str, Any]) -> Dict[str, Any]:
         """``cold_state`` with the ID branch's columns (``[:, dim:]`` of the two ID tables) from ``warm_state``."""

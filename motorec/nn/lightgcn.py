@@ -158,6 +158,8 @@ class LightGCN(nn.Module):
         embedding_dim: d.
         num_layers: L >= 0 (2 by default, per PAPER.md; 3 in the LightGCN paper).
         init_std: standard deviation of the normal initialization of the tables (``init_std * randn``).
+        init: the initial ``(user table [num_users, d], item table [num_items, d])`` instead of those draws
+            (copied; nothing is drawn).
         backend: backend of the propagation op.
         device: where the tables are created (their initial draws come from that device's generator).
 
@@ -171,7 +173,8 @@ class LightGCN(nn.Module):
     """
 
     def __init__(self, num_users: int, num_items: int, *, embedding_dim: int = 64, num_layers: int = 2,
-                 init_std: float = 0.1, backend: str = "auto", device=None) -> None:
+                 init_std: float = 0.1, backend: str = "auto", device=None,
+                 init: Optional[Tuple[Tensor, Tensor]] = None) -> None:
         super().__init__()
         for name, v, low in (("num_users", num_users, 0), ("num_items", num_items, 1),
                              ("embedding_dim", embedding_dim, 1), ("num_layers", num_layers, 0)):
@@ -181,11 +184,18 @@ class LightGCN(nn.Module):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.num_users, self.num_items = num_users, num_items
         self.embedding_dim, self.num_layers, self.backend = embedding_dim, num_layers, backend
-        # One draw per table (nn.Embedding's own init would draw a second, discarded one first).
-        self.user_embedding = nn.Embedding.from_pretrained(
-            torch.randn(num_users, embedding_dim, device=device) * init_std, freeze=False)
-        self.item_embedding = nn.Embedding.from_pretrained(
-            torch.randn(num_items, embedding_dim, device=device) * init_std, freeze=False)
+        if init is None:  # one draw per table (nn.Embedding's own init would draw a second, discarded one first)
+            init = (torch.randn(num_users, embedding_dim, device=device) * init_std,
+                    torch.randn(num_items, embedding_dim, device=device) * init_std)
+        else:
+            for name, t, rows in (("user", init[0], num_users), ("item", init[1], num_items)):
+                if not isinstance(t, Tensor) or tuple(t.shape) != (rows, embedding_dim) or not t.is_floating_point():
+                    got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise ValueError(f"init's {name} table must be a float tensor of shape [{rows}, {embedding_dim}], "
+                                     f"got {got}")
+            init = tuple(t.detach().to(device=device, copy=True) for t in init)
+        self.user_embedding = nn.Embedding.from_pretrained(init[0], freeze=False)
+        self.item_embedding = nn.Embedding.from_pretrained(init[1], freeze=False)
         self._cache = _GraphCache()
 
     def extra_repr(self) -> str:

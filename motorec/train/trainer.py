@@ -28,6 +28,8 @@ from motorec.train.sampler import BPRSampler
 
 __all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "make_optimizer"]
 
+# parts_best["rule"] of a checkpoint whose cold part is selected on its own warm_cold_mean (Trainer._select_parts)
+PARTS_RULE = "cold_part_warm_cold_mean"
 SELECT_METRIC = "recall@20"
 
 
@@ -104,10 +106,11 @@ class Trainer:
     them (:func:`select_score`), which early stopping compares; all from one evaluation pass.
 
     A model whose warm and cold scores come from disjoint parts (``Recommender.separable_selection``, e.g. MoToRec
-    with ``warm_scorer: id``) is selected part by part under ``warm_cold_mean``: each part keeps the epoch of its
-    own setting's best validation Recall@20, the restored model merges the two (``merge_selected``), early stopping
-    waits until neither part has improved for ``patience`` evaluations, and ``selected_epochs`` says which epochs
-    (``None`` for every other model).
+    with ``warm_scorer: id``) is selected part by part under ``warm_cold_mean``: the warm part keeps the epoch of
+    its best validation warm Recall@20, the cold part the epoch of its best own ``warm_cold_mean`` (its cold
+    recall and its own scores' warm recall: :meth:`_select_parts`), the restored model merges the two
+    (``merge_selected``), early stopping waits until neither part has improved for ``patience`` evaluations, and
+    ``selected_epochs`` says which epochs (``None`` for every other model).
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -134,8 +137,11 @@ class Trainer:
         """Full-ranking metrics of the current model on ``split`` (``valid`` or ``test``) in every setting."""
         assert self.model is not None
         self.model.eval()
+        return self._evaluate_scores(self.model.score, split)
+
+    def _evaluate_scores(self, score_fn: Callable, split: str) -> Dict[str, Dict[str, float]]:
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
-            self.model.score, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
+            score_fn, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
             device=self.device, backend=self.config.train.backend))
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
@@ -189,6 +195,10 @@ class Trainer:
                                                      state["bad_epochs"], state["stopped"])
             best_snap = state["best_state"]
             parts_best = state.get("parts_best")
+            if parts_best is not None and parts_best.get("rule") != PARTS_RULE:
+                raise CheckpointError(f"checkpoint {str(path)!r} selected the cold part by an older rule (its "
+                                      "cold-setting recall alone); resume it with the motorec version that wrote "
+                                      "it, or train into a fresh --out directory")
             history = list(state["history"])
             train_seconds = list(state["train_seconds"])
             self.log.info("resumed %s from %s at epoch %d", cfg.model.name, path, epoch)
@@ -216,7 +226,7 @@ class Trainer:
                         row[f"valid_{st}_{SELECT_METRIC}"] = valid[st][SELECT_METRIC]
                     row["select_score"] = score
                     if self._separable(model, valid):
-                        improved, parts_best = self._select_parts(model, valid, epoch, parts_best)
+                        improved, parts_best = self._select_parts(model, valid, epoch, parts_best, row)
                         if improved:
                             best, best_epoch = parts_best["score"], epoch
                             best_snap = {"model": model.merge_selected(parts_best["warm"]["snap"]["model"],
@@ -269,8 +279,9 @@ class Trainer:
         valid, test = self.evaluate("valid"), self.evaluate("test")
         if parts_best is not None:
             self.log.info("%s: warm part selected at epoch %d (valid warm %s %.4f), cold part at epoch %d "
-                          "(valid cold %s %.4f)", cfg.model.name, parts_best["warm"]["epoch"], SELECT_METRIC,
-                          parts_best["warm"]["score"], parts_best["cold"]["epoch"], SELECT_METRIC,
+                          "(valid cold %s %.4f; its own warm_cold_mean %.4f)", cfg.model.name,
+                          parts_best["warm"]["epoch"], SELECT_METRIC, parts_best["warm"]["score"],
+                          parts_best["cold"]["epoch"], SELECT_METRIC, parts_best["cold"]["cold"],
                           parts_best["cold"]["score"])
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
                 "selected_epochs": ({st: parts_best[st]["epoch"] for st in ("warm", "cold")}
@@ -285,20 +296,29 @@ class Trainer:
         return (self.config.train.select == "warm_cold_mean" and model.separable_selection()
                 and bool(valid["warm"].get("num_users")) and bool(valid["cold"].get("num_users")))
 
-    def _select_parts(self, model, valid, epoch: int, parts_best: Optional[Dict[str, Any]]):
-        """One evaluation of the per-part selection: each setting keeps the epoch of its best validation Recall@20
-        (with its snapshot); the selected score is the mean of the two bests, which is the merged model's
-        ``warm_cold_mean`` since each setting's scores come from its own part. Returns ``(improved, parts_best)``.
-        """
-        parts_best = dict(parts_best or {st: {"score": -1.0, "epoch": -1, "snap": None} for st in ("warm", "cold")})
+    def _select_parts(self, model, valid, epoch: int, parts_best: Optional[Dict[str, Any]], row: Dict[str, Any]):
+        """One evaluation of the per-part selection. The warm part (the model's warm-setting scorer) keeps the
+        epoch of its best validation warm Recall@20. The cold part keeps the epoch of its best own
+        ``warm_cold_mean``: the mean of its validation cold Recall@20 and the validation warm Recall@20 of its own
+        scores of warm items (:meth:`~motorec.models.base.Recommender.cold_part_scorer`, one more evaluation
+        pass), the rule a model scoring both settings is selected by; cold recall alone would pick the epoch on
+        the noise of a few hundred validation cold items. The selected score is the merged model's
+        ``warm_cold_mean`` (each setting's scores come from its own part): the mean of the warm part's warm recall
+        and the cold part's cold recall. Adds ``valid_cold_part_warm_recall@20`` to ``row``. Returns
+        ``(improved, parts_best)``."""
+        parts_best = dict(parts_best or {"rule": PARTS_RULE, **{st: {"score": -1.0, "epoch": -1, "snap": None}
+                                                                 for st in ("warm", "cold")}})
+        cold = valid["cold"][SELECT_METRIC]
+        own_warm = self._evaluate_scores(model.cold_part_scorer().score, "valid")["warm"][SELECT_METRIC]
+        row[f"valid_cold_part_warm_{SELECT_METRIC}"] = own_warm
         improved, snap = False, None
-        for st in ("warm", "cold"):
-            v = valid[st][SELECT_METRIC]
+        for st, v, extra in (("warm", valid["warm"][SELECT_METRIC], {}),
+                             ("cold", 0.5 * (own_warm + cold), {"cold": cold})):
             if v > parts_best[st]["score"]:
                 snap = snap or self._snapshot()
-                parts_best[st] = {"score": v, "epoch": epoch, "snap": snap}
+                parts_best[st] = {"score": v, "epoch": epoch, "snap": snap, **extra}
                 improved = True
-        parts_best["score"] = 0.5 * (parts_best["warm"]["score"] + parts_best["cold"]["score"])
+        parts_best["score"] = 0.5 * (parts_best["warm"]["score"] + parts_best["cold"]["cold"])
         return improved, parts_best
 
     def _pretrain_epoch(self, model, opt, gen, epoch) -> Dict[str, float]:

@@ -592,6 +592,31 @@ def test_warm_scorer_id_branch_is_plain_lightgcn_beside_the_joint_model(ds, scor
     assert gi.shape == (ds.num_items + 3, 2 * d) and torch.isfinite(gu @ gi.t()).all()
 
 
+def test_id_branch_model_starts_as_the_joint_model_under_the_same_seed(ds):
+    """With the ID branch the joint half of the ID tables is drawn as a warm_scorer "joint" model draws its
+    tables, and the branch's columns from a generator of their own: every other weight, and the global random
+    stream after construction, are the joint model's (so the joint half trains as that model does; the trainer's
+    test checks the validation curves). Another seed gives other branch columns."""
+    d = SMALL["dim"]
+    models, states = {}, {}
+    for scorer in ("joint", "id"):
+        models[scorer] = _model(ds, "motorec", warm_scorer=scorer)
+        states[scorer] = torch.get_rng_state()
+    assert torch.equal(states["joint"], states["id"])
+    j, i = models["joint"].state_dict(), models["id"].state_dict()
+    assert j.keys() == i.keys()
+    for k in j:
+        if torch.is_tensor(j[k]) and k.startswith("lightgcn."):
+            assert torch.equal(i[k][:, :d], j[k]) and not torch.equal(i[k][:, d:], j[k]), k
+        elif torch.is_tensor(j[k]):
+            assert torch.equal(i[k], j[k]), k
+    branch = i["lightgcn.item_embedding.weight"][:, d:]
+    assert 0.08 < float(branch.std()) < 0.12  # init_std 0.1
+    torch.manual_seed(1)
+    other = build_model(ds, ModelConfig(name="motorec", warm_scorer="id", **SMALL))
+    assert not torch.equal(other.lightgcn.item_embedding.weight[:, d:], branch)
+
+
 def test_warm_scorer_rejects_unknown_value():
     with pytest.raises(ConfigError, match="warm_scorer"):
         Config.from_dict({"model": {"warm_scorer": "both"}})

@@ -179,3 +179,17 @@ def test_lightgcn_init_draws_and_item_input():
     assert m.item_embedding.weight.grad is None  # the table was not layer 0
     with pytest.raises(ValueError, match=r"item_input must be \[num_items=7, embedding_dim=4\]"):
         m(g, torch.randn(6, 4))
+    # given tables: copied (the caller's tensors are not the parameters), and nothing drawn
+    state = torch.get_rng_state()
+    given = LightGCN(5, 7, embedding_dim=4, backend="torch", init=(u0, i0))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(given.user_embedding.weight.detach(), u0) and torch.equal(given.item_embedding.weight.detach(), i0)
+    with torch.no_grad():
+        given.user_embedding.weight.add_(1.0)
+    assert not torch.equal(given.user_embedding.weight.detach(), u0)
+    for bad, msg in (((u0, torch.randn(6, 4)), r"item table must be a float tensor of shape \[7, 4\], got \(6, 4\)"),
+                     ((u0[:, :3], i0), r"user table must be a float tensor of shape \[5, 4\], got \(5, 3\)"),
+                     ((u0.long(), i0), r"user table must be a float tensor"),
+                     ((None, i0), r"user table must be a float tensor of shape \[5, 4\], got NoneType")):
+        with pytest.raises(ValueError, match=msg):
+            LightGCN(5, 7, embedding_dim=4, backend="torch", init=bad)

@@ -224,30 +224,49 @@ def test_select_rule_picks_the_best_epoch_by_that_rule(ds, rule):
 
 
 def test_separable_model_selects_warm_and_cold_parts_apart_and_resumes(ds, tmp_path):
-    """MoToRec with warm_scorer "id": warm items are scored by the ID branch, cold items by the rest, so under
-    warm_cold_mean each part keeps the epoch of its own setting's best validation Recall@20; the restored model's
-    validation warm and cold recall are the two bests (each from its own epoch), early stopping waits for both,
-    and a resumed run selects and restores the same."""
-    cfg = _cfg("motorec", epochs=10, warm_scorer="id").replace(train={"patience": 3})
+    """MoToRec with warm_scorer "id": warm items are scored by the ID branch, cold items by the joint model, so
+    under warm_cold_mean the warm part keeps the epoch of its best validation warm Recall@20 and the cold part the
+    epoch of its own warm_cold_mean (its cold recall and its own scores' warm recall). The joint half trains
+    exactly as a warm_scorer "joint" model under the same seed, so the cold part is selected at that model's
+    epoch, with its validation scores. Early stopping waits for both parts, and a resumed run selects and restores
+    the same."""
+    cfg = _cfg("motorec", epochs=10, warm_scorer="id").replace(train={"patience": 3, "lr": 2e-3})
     full = Trainer(cfg, ds, checkpoint_dir=tmp_path / "a", quiet=True)
     r = full.fit()
     rows = [h for h in r["history"] if "select_score" in h]
     sel = r["selected_epochs"]
     assert sel["warm"] != sel["cold"]  # (on this data; else the merge below is not exercised)
-    for st in ("warm", "cold"):
-        scores = [h[f"valid_{st}_recall@20"] for h in rows]
-        first_best = next(h["epoch"] for h in rows if h[f"valid_{st}_recall@20"] == max(scores))
-        assert sel[st] == first_best
-        assert r["valid"][st]["recall@20"] == pytest.approx(max(scores), abs=1e-9)
+    warm = [h["valid_warm_recall@20"] for h in rows]
+    own = [(h["valid_cold_part_warm_recall@20"] + h["valid_cold_recall@20"]) / 2 for h in rows]
+    assert sel["warm"] == rows[warm.index(max(warm))]["epoch"]  # the first best
+    assert sel["cold"] == rows[own.index(max(own))]["epoch"]
+    cold_row = next(h for h in rows if h["epoch"] == sel["cold"])
+    assert r["valid"]["warm"]["recall@20"] == pytest.approx(max(warm), abs=1e-9)
+    assert r["valid"]["cold"]["recall@20"] == pytest.approx(cold_row["valid_cold_recall@20"], abs=1e-9)
     if r["early_stopped"]:  # neither part improved over the last `patience` evaluations
         assert max(sel.values()) == rows[-4]["epoch"]
     assert r["best_epoch"] == max(sel.values())
-    part = _cfg("motorec", epochs=6, warm_scorer="id").replace(train={"patience": 3})
+    # the cold part is the joint model: same validation curve, same selected epoch, same cold scores
+    joint_cfg = cfg.replace(model={"warm_scorer": "joint"})
+    rj = Trainer(joint_cfg.replace(train={"patience": 0}), ds, quiet=True).fit()
+    joint_rows = [h for h in rj["history"] if "select_score" in h]
+    assert [h["valid_warm_recall@20"] for h in joint_rows] == pytest.approx(
+        [h["valid_cold_part_warm_recall@20"] for h in rows], abs=1e-6)
+    assert rj["best_epoch"] == sel["cold"]
+    for split in ("valid", "test"):
+        assert rj[split]["cold"]["recall@20"] == pytest.approx(r[split]["cold"]["recall@20"], abs=1e-6)
+    part = _cfg("motorec", epochs=6, warm_scorer="id").replace(train={"patience": 3, "lr": 2e-3})
     Trainer(part, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit()
     resumed = Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True)
     rb = resumed.fit(resume=True)
     assert rb["selected_epochs"] == sel and rb["best_epoch"] == r["best_epoch"]
     _assert_close(full.model.state_dict(), resumed.model.state_dict(), "best")
+    # a checkpoint whose cold part was selected by the older rule (cold recall alone) is not resumed
+    state = load_checkpoint(tmp_path / "b" / "last.pt")
+    del state["parts_best"]["rule"]
+    save_checkpoint(state, tmp_path / "b" / "last.pt")
+    with pytest.raises(CheckpointError, match="selected the cold part by an older rule"):
+        Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit(resume=True)
     # the joint-scoring model is selected as a whole; so is a separable model under another rule
     assert Trainer(_cfg("motorec", epochs=2, warm_scorer="joint"), ds, quiet=True).fit()["selected_epochs"] is None
     r = Trainer(_cfg("motorec", epochs=2, warm_scorer="id").replace(train={"select": "warm"}), ds, quiet=True).fit()

@@ -115,6 +115,9 @@ class MoToRec(Recommender):
                           stacklevel=2)
         # freeze_tokenizer: this epoch's catalog tokens (on_epoch_start); dropped with the base class's caches
         self._frozen_tokens: Optional[Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]] = None
+        # warm_scorer "id": the joint model's own final (users, items), warm rows unmasked, from the forward pass
+        # that filled the eval cache (read by cold_part_scorer); dropped with the base class's caches
+        self._joint_eval: Optional[Tuple[Tensor, Tensor]] = None
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
@@ -122,6 +125,7 @@ class MoToRec(Recommender):
     def drop_caches(self) -> None:
         super().drop_caches()
         self._frozen_tokens = None
+        self._joint_eval = None
 
     # the branch's tables come from a generator of their own, seeded from the process's seed and this constant
     _BRANCH_SEED_OFFSET = 0x5EED_B4A9C4
@@ -154,11 +158,18 @@ class MoToRec(Recommender):
     def cold_part_scorer(self) -> EmbeddingScorer:
         """The joint model's own scores of every item (final users [U, dim] . final items [num_items, dim], warm
         items' rows not masked out): the scores a ``warm_scorer: joint`` model would rank by, uncalibrated
-        (calibration moves cold scores only, so the warm setting's recall is the same)."""
+        (calibration moves cold scores only, so the warm setting's recall is the same). In eval mode they come
+        from the forward pass that fills the eval cache (no second pass after an evaluation); in training mode
+        from a fresh one."""
         if not self.separable_selection():
             return super().cold_part_scorer()
-        users, collab, content, _, _ = self._forward_all()
-        return EmbeddingScorer(users, self._final_items(collab, content), self.backend)
+        if self.training:
+            users, collab, content, _, _ = self._forward_all()
+            return EmbeddingScorer(users, self._final_items(collab, content), self.backend)
+        if self._cache is None or self._joint_eval is None:  # eval mode: the pass that fills the eval cache
+            self._cache = None
+            self._eval_embeddings()
+        return EmbeddingScorer(*self._joint_eval, self.backend)
 
     def merge_selected(self, warm_state: Dict[str, Any], cold_state: Dict[str, Any]) -> Dict[str, Any]:
         """``cold_state`` with the ID branch's columns (``[:, dim:]`` of the two ID tables) from ``warm_state``."""
@@ -301,6 +312,8 @@ class MoToRec(Recommender):
         if branch is None:
             return users, items
         if self.config.warm_scorer == "id":
+            if not self.training and not torch.is_grad_enabled():  # the eval cache's pass (_eval_embeddings)
+                self._joint_eval = (users, items)
             items = items * (~self.warm_mask).to(items.dtype).unsqueeze(1)
         return torch.cat([users, branch[0]], dim=1), torch.cat([items, branch[1]], dim=1)
 

@@ -300,8 +300,8 @@ class Trainer:
         """One evaluation of the per-part selection. The warm part (the model's warm-setting scorer) keeps the
         epoch of its best validation warm Recall@20. The cold part keeps the epoch of its best own
         ``warm_cold_mean``: the mean of its validation cold Recall@20 and the validation warm Recall@20 of its own
-        scores of warm items (:meth:`~motorec.models.base.Recommender.cold_part_scorer`, one more evaluation
-        pass), the rule a model scoring both settings is selected by; cold recall alone would pick the epoch on
+        scores of warm items (:meth:`~motorec.models.base.Recommender.cold_part_scorer`, one more ranking pass),
+        the rule a model scoring both settings is selected by; cold recall alone would pick the epoch on
         the noise of a few hundred validation cold items. The selected score is the merged model's
         ``warm_cold_mean`` (each setting's scores come from its own part): the mean of the warm part's warm recall
         and the cold part's cold recall. Adds ``valid_cold_part_warm_recall@20`` to ``row``. Returns

@@ -617,6 +617,38 @@ def test_id_branch_model_starts_as_the_joint_model_under_the_same_seed(ds):
     assert not torch.equal(other.lightgcn.item_embedding.weight[:, d:], branch)
 
 
+def test_cold_part_scorer_is_the_joint_models_scores_and_reuses_the_eval_pass(ds, monkeypatch):
+    """cold_part_scorer: the joint model's own scores of every item (warm rows not masked); in eval mode read
+    from the pass that filled the eval cache (no second forward), computed when no cache is there, and fresh
+    again once the caches are dropped; in training mode from a fresh (training-mode) pass."""
+    d = SMALL["dim"]
+    m = _model(ds, "motorec", warm_scorer="id")
+    m.on_epoch_start(0)
+    m.eval()
+    with torch.no_grad():
+        users, collab, content, _, _ = m._forward_all()
+        expect = users @ m._final_items(collab, content).t()
+    torch.testing.assert_close(m.cold_part_scorer().score(torch.arange(ds.num_users)), expect)  # no cache yet
+    m.drop_caches()
+    m.score(torch.arange(3))  # an evaluation fills the eval cache
+    calls = []
+    forward = m._forward_all
+    monkeypatch.setattr(m, "_forward_all", lambda: calls.append(1) or forward())
+    scorer = m.cold_part_scorer()
+    assert not calls
+    torch.testing.assert_close(scorer.score(torch.arange(ds.num_users)), expect)
+    assert scorer.users.shape == (ds.num_users, d)
+    with torch.no_grad():
+        m.lightgcn.user_embedding.weight[:, :d] += 1.0
+    m.drop_caches()
+    moved = m.cold_part_scorer().score(torch.arange(ds.num_users))
+    assert len(calls) == 1 and not torch.allclose(moved, expect)
+    m.train()
+    assert m.cold_part_scorer().score(torch.arange(2)).shape == (2, ds.num_items) and len(calls) == 2
+    with pytest.raises(NotImplementedError, match="no separable warm and cold parts"):
+        _model(ds, "motorec", warm_scorer="joint").cold_part_scorer()
+
+
 def test_warm_scorer_rejects_unknown_value():
     with pytest.raises(ConfigError, match="warm_scorer"):
         Config.from_dict({"model": {"warm_scorer": "both"}})

@@ -35,7 +35,7 @@ REPLACED_KEYS = {"train": {"select_group": "train.select (default 'warm_cold_mea
                                            "and cold Recall@20, the same rule for every model)"}}
 # keys added with a default that changed behaviour: a config saved before the key existed (a trained run's, loaded
 # to evaluate it) meant this value, not today's default: {section: {key: the behaviour before the key}}
-SAVED_BEFORE_KEY = {"model": {"warm_scorer": "joint"}}
+SAVED_BEFORE_KEY = {"model": {"warm_scorer": "joint", "cold_ensemble": 1}}
 
 
 # the ModelConfig keys some baseline reads (besides ``name``); every other model key is read by MoToRec alone
@@ -170,6 +170,14 @@ class ModelConfig:
     # columns [:dim] the joint model's, [dim:] the branch's (one propagation for both). docs/MODEL.md, "Warm items
     # scored by a pure-ID branch"
     warm_scorer: str = "id"
+    # the joint model's scores (every cold item's, and with warm_scorer "joint" / "sum" warm items' too) are the
+    # mean of its standardized scores under its weights at the end of the current epoch and of the
+    # cold_ensemble - 1 epochs before (a snapshot ensemble; the earlier weights travel in the model's state). 1:
+    # the current weights alone (before 2026-12-01). Code churn makes the content path's cold ranking jump from
+    # one epoch to the next; averaging over epochs raised validation cold Recall@20 on every MovieLens-100k and
+    # synthetic run measured, where averaging the weights themselves (EMA) lowered it (docs/MODEL.md, "Cold
+    # scores averaged over epochs"). Memory: cold_ensemble - 1 copies of the weights the scores need
+    cold_ensemble: int = 20
     # the token level also adds an MLP of the raw (L2-normalized) features:
     # h_i^m = W_m z_q^m + sum_k E_m[code_k] + MLP_m(f_m); false: codes alone (the paper's token level)
     feature_residual: bool = False
@@ -190,7 +198,7 @@ class ModelConfig:
         if self.name not in MODEL_NAMES:
             raise ConfigError(f"model.name must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         for k in ("dim", "latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "content_hidden",
-                  "knn_cold_k", "cl_items"):
+                  "knn_cold_k", "cl_items", "cold_ensemble"):
             _positive_int(self, k)
         for k in ("num_layers", "rarity_warmup_epochs", "tokenizer_sample"):
             _nonneg_int(self, k)
@@ -322,7 +330,7 @@ class Config:
         replaced (:data:`REPLACED_KEYS`, e.g. ``train.select_group``) is refused naming its replacement, unless
         ``saved``: the stored config of a trained checkpoint, loaded to evaluate it, where it is dropped, and where
         a key of :data:`SAVED_BEFORE_KEY` it lacks (written before the key existed) takes the behaviour it had
-        then (``model.warm_scorer``: ``joint``), not today's default."""
+        then (``model.warm_scorer``: ``joint``, ``model.cold_ensemble``: 1), not today's default."""
         d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a mapping with sections model/train/data, got {type(d).__name__}")

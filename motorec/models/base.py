@@ -11,7 +11,7 @@ plus the float ``epoch`` (for schedules such as the rarity ramp).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -208,11 +208,21 @@ class Recommender(nn.Module):
         (only for a model whose :meth:`separable_selection` is true)."""
         raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
 
+    def warm_part_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """What :meth:`merge_selected` needs of a ``warm_state``: the trainer keeps this of the warm part's selected
+        state (by default all of it; a model may drop what only its cold part reads)."""
+        return state
+
     def cold_part_scorer(self) -> "EmbeddingScorer":
         """For a model whose :meth:`separable_selection` is true: the part that scores cold items, as a scorer of
         every item (warm ones too) from the current weights in the current mode. The trainer selects that part
         on its own ``warm_cold_mean``, reading its warm-setting recall from these scores."""
         raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
+
+    def shared_state_tensors(self) -> List[Tensor]:
+        """Tensors of :meth:`state_dict` that are never modified in place once made, so copies of a state may
+        share them instead of copying (the trainer's selected states do). None by default."""
+        return []
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each training epoch (schedules, graph rebuilds)."""

@@ -27,7 +27,10 @@ content path above; the trainer selects the two parts' epochs apart (:meth:`sepa
 
 Scoring: cold items' scores go through one affine map onto the warm items' score distribution
 (:class:`~motorec.models.cold.ColdScorer`), so content-only scores compete with collaborative ones on the same
-scale.
+scale. With ``cold_ensemble`` W > 1 (the default) the joint model's scores in eval mode are the mean of its
+standardized scores under its current weights and under its weights at the ends of the W - 1 epochs before
+(:class:`ScoreSnapshots`, kept in the model's state): a snapshot ensemble over epochs, which averages out the
+jumps that code churn gives the content path's cold ranking from one epoch to the next. Training is unchanged.
 
 Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.tokenizer.MultimodalTokenizer`),
 ``token_level`` (:class:`~motorec.models.content.TokenEncoder`), ``item_item``
@@ -44,11 +47,14 @@ Rarity amplification (ours, PAPER.md section 2): ``s_i = log(1 + d_max) / log(2 
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import re
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from motorec.models.aldi import aldi_distill_losses
 from motorec.models.base import EmbeddingScorer, Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
@@ -57,7 +63,49 @@ from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.tokenizer import MultimodalTokenizer
 from motorec.nn.lightgcn import LightGCN
 
-__all__ = ["MoToRec", "rarity_weights"]
+__all__ = ["MoToRec", "ScoreSnapshots", "rarity_weights"]
+
+# state the joint model's scores do not read (decoders: reconstruction loss; EMA codebook sums: codebook updates),
+# left out of the snapshots of ScoreSnapshots
+_NOT_SCORED = re.compile(r"\.decoder\.|\.ema_embed_sum$")
+_ID_TABLES = ("lightgcn.user_embedding.weight", "lightgcn.item_embedding.weight")
+
+
+class ScoreSnapshots(nn.Module):
+    """The joint model's weights at the ends of earlier epochs, oldest first, ``capacity`` at most: the members of
+    MoToRec's snapshot ensemble (``model.cold_ensemble`` = capacity + 1). No parameters: the snapshots are the
+    module's extra state, so they travel in ``state_dict()``, checkpoints, resume and the trainer's selected
+    snapshots.
+
+    A snapshot is ``{"epoch": int, "state": {key: value}}``, ``state`` being what a ``warm_scorer: joint``,
+    ``cold_ensemble: 1`` MoToRec of the same catalog loads to score (the ID tables' joint columns, no decoders or
+    EMA codebook sums). Snapshots are never modified after they are taken, so copies of a ``state_dict`` may share
+    their tensors (:meth:`MoToRec.shared_state_tensors`).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.members: List[Dict[str, Any]] = []
+
+    def push(self, epoch: int, state: Dict[str, Any]) -> None:
+        self.members = (self.members + [{"epoch": int(epoch), "state": state}])[-self.capacity:]
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"members": list(self.members)}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        members = state.get("members") if isinstance(state, dict) else None
+        if not isinstance(members, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("state"), dict) and isinstance(m.get("epoch"), int)
+                for m in members):
+            raise ValueError("a ScoreSnapshots state must be {'members': [{'epoch': int, 'state': dict}, ...]}")
+        if len(members) > self.capacity:
+            raise ValueError(f"the state holds {len(members)} snapshots, this model keeps {self.capacity} "
+                             "(model.cold_ensemble - 1)")
+        self.members = list(members)
 
 
 def rarity_weights(degree: Tensor, pos: Tensor, *, ramp: float, clip: Tuple[float, float]) -> Tensor:
@@ -118,6 +166,11 @@ class MoToRec(Recommender):
         # warm_scorer "id": the joint model's own final (users, items), warm rows unmasked, from the forward pass
         # that filled the eval cache (read by cold_part_scorer); dropped with the base class's caches
         self._joint_eval: Optional[Tuple[Tensor, Tensor]] = None
+        # cold_ensemble > 1: the weights of the last cold_ensemble - 1 epochs (on_epoch_start takes them); the
+        # scratch model that scores them and each snapshot's scores are caches, not state
+        self.snapshots = ScoreSnapshots(c.cold_ensemble - 1) if c.cold_ensemble > 1 else None
+        self.__dict__["_scratch"] = None  # not a submodule: no state, not moved by .to()
+        self._member_cache: Dict[int, Tuple[Tensor, Tuple[Tensor, Tensor]]] = {}
         s = torch.log1p(self.item_degree.max()) / torch.log(2.0 + self.item_degree)
         # Rarity gate (option): rare items lean on content, popular ones on their ID (gate in (0, 1]).
         self.register_buffer("id_gate", (1.0 / s).clamp(max=1.0), persistent=False)
@@ -126,6 +179,83 @@ class MoToRec(Recommender):
         super().drop_caches()
         self._frozen_tokens = None
         self._joint_eval = None
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        # the snapshots' scores and the scratch model live on the old device (snapshots are extra state, which
+        # .to() does not move; they are loaded into a scratch model on the model's device when scored)
+        self.__dict__["_scratch"] = None
+        self._member_cache = {}
+        return out
+
+    # ------------------------------------------------------------------ snapshot ensemble (cold_ensemble)
+    def shared_state_tensors(self) -> List[Tensor]:
+        """The snapshots' tensors (:class:`ScoreSnapshots`): never modified once taken, so copies of this model's
+        ``state_dict()`` may share them (the trainer keeps its selected states that way)."""
+        if self.snapshots is None:
+            return []
+        return [t for m in self.snapshots.members for t in _tensors(m["state"])]
+
+    def _scored_state(self) -> Dict[str, Any]:
+        """What a ``warm_scorer: joint``, ``cold_ensemble: 1`` copy of this model loads to give the joint model's
+        scores (:class:`ScoreSnapshots`): the state without snapshots, decoders and EMA codebook sums, the ID
+        tables' joint columns, every tensor a fresh copy."""
+        d, out = self.config.dim, {}
+        for k, v in self.state_dict().items():
+            if k.startswith("snapshots.") or _NOT_SCORED.search(k):
+                continue
+            if isinstance(v, Tensor):
+                out[k] = (v.detach()[:, :d] if k in _ID_TABLES else v.detach()).clone()
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+
+    def _scratch_model(self) -> "MoToRec":
+        """A ``warm_scorer: joint``, ``cold_ensemble: 1`` model of the same catalog and features, in eval mode, into
+        which a snapshot is loaded to be scored (built once; its initial weights are never read)."""
+        if self._scratch is None:
+            cfg = dataclasses.replace(self.config, warm_scorer="joint", cold_ensemble=1, cl_target="joint")
+            dev = self.device
+            cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda):  # not the caller's random stream
+                warnings.simplefilter("ignore")
+                m = type(self)(num_users=self.num_users, num_items=self.num_items, train=self.train_pairs,
+                               features=self.tokenizer.features.as_dict(), config=cfg, backend=self.backend)
+            for name in self.tokenizer.features.modalities:  # the very feature rows (no second normalization)
+                setattr(m.tokenizer.features, f"feat_{name}", self.tokenizer.features[name])
+            m.eval()
+            self.__dict__["_scratch"] = m
+        return self._scratch
+
+    @torch.no_grad()
+    def _member_parts(self, member: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+        """One snapshot's standardized joint ``(users [U, dim], items [num_items, dim])`` (cached per snapshot)."""
+        key_tensor = member["state"][_ID_TABLES[0]]
+        hit = self._member_cache.get(id(key_tensor))
+        if hit is not None and hit[0] is key_tensor:
+            return hit[1]
+        scratch = self._scratch_model()
+        missing, unexpected = scratch.load_state_dict(member["state"], strict=False)
+        bad = [k for k in missing if not _NOT_SCORED.search(k)] + list(unexpected)
+        if bad:
+            raise ValueError(f"the snapshot of epoch {member['epoch']} does not fit this model (keys {bad[:3]})")
+        users, collab, content, _, _ = scratch._forward_all()
+        parts = _standardized(users, scratch._final_items(collab, content))
+        self._member_cache[id(key_tensor)] = (key_tensor, parts)
+        return parts
+
+    def _ensemble(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+        """The snapshot ensemble of the joint model's ``(users [U, dim], items [num_items, dim])``: ``(users
+        [U, n * dim], items [num_items, n * dim])`` whose inner products are the mean over the ``n`` states (the
+        current weights and each snapshot) of the joint model's scores standardized over all (user, item) pairs."""
+        members = self.snapshots.members if self.snapshots is not None else []
+        if not members:
+            return users, items
+        parts = [_standardized(users, items)] + [self._member_parts(m) for m in members]
+        live = {id(m["state"][_ID_TABLES[0]]) for m in members}
+        self._member_cache = {k: v for k, v in self._member_cache.items() if k in live}
+        n = len(parts)
+        return torch.cat([p[0] for p in parts], dim=1) / n, torch.cat([p[1] for p in parts], dim=1)
 
     # the branch's tables come from a generator of their own, seeded from the process's seed and this constant
     _BRANCH_SEED_OFFSET = 0x5EED_B4A9C4
@@ -179,6 +309,14 @@ class MoToRec(Recommender):
         for key in ("lightgcn.user_embedding.weight", "lightgcn.item_embedding.weight"):
             state[key] = torch.cat([cold_state[key][:, :d], warm_state[key][:, d:]], dim=1)
         return state
+
+    def warm_part_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """``state`` without its snapshots (:class:`ScoreSnapshots`): :meth:`merge_selected` reads only the ID
+        branch's columns of the warm part's state, and the snapshots score the joint model alone (a shallow copy;
+        every other value is ``state``'s own)."""
+        if self.snapshots is None or "snapshots._extra_state" not in state:
+            return state
+        return {**state, "snapshots._extra_state": {"members": []}}
 
     @property
     def item_emb(self) -> Tensor:
@@ -304,11 +442,15 @@ class MoToRec(Recommender):
         return torch.addcmul(collab, content, (~self.warm_mask).to(content.dtype).unsqueeze(1))
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        """Final ``(users [U, D], items [num_items, D])``; ``D`` = dim, or 2 * dim with the ID branch, whose
-        scores are then ``<users[:, :dim], items[:, :dim]> + <users[:, dim:], items[:, dim:]>``: the joint model's
-        (cold items; warm items too with "sum") plus the branch's (warm items; its cold rows are exactly 0)."""
+        """Final ``(users [U, D], items [num_items, D])``; ``D`` = J, or J + dim with the ID branch, whose scores
+        are then ``<users[:, :J], items[:, :J]> + <users[:, J:], items[:, J:]>``: the joint model's (cold items;
+        warm items too with "sum") plus the branch's (warm items; its cold rows are exactly 0). ``J`` = dim in
+        training mode; in eval mode, with ``n - 1`` snapshots held (``cold_ensemble`` > 1), ``n * dim``: the
+        snapshot ensemble of the joint model (:meth:`_ensemble`)."""
         users, collab, content, _, branch = self._forward_all()
         items = self._final_items(collab, content)
+        if not self.training:  # eval mode: the snapshot ensemble (cold_ensemble > 1, once snapshots exist)
+            users, items = self._ensemble(users, items)
         if branch is None:
             return users, items
         if self.config.warm_scorer == "id":
@@ -348,10 +490,10 @@ class MoToRec(Recommender):
             warnings.simplefilter("ignore")  # config warnings were given when this model was built
             grown = type(self)(num_users=self.num_users, num_items=self.num_items + n, train=self.train_pairs,
                                features=grown_feats, config=self.config, backend=self.backend)
-        state = self.state_dict()
-        key = "lightgcn.item_embedding.weight"
-        state[key] = torch.cat([state[key], state[key].new_zeros(n, state[key].shape[1])])
-        state["item_item._extra_state"] = {}  # rebuilt below over the grown catalog
+        state = _grown_state(self.state_dict(), n)
+        if self.snapshots is not None:  # each snapshot scores the new items through its own weights
+            state["snapshots._extra_state"] = {"members": [{"epoch": m["epoch"], "state": _grown_state(m["state"], n)}
+                                                           for m in self.snapshots.members]}
         grown.load_state_dict(state)
         grown.epoch = self.epoch
         grown.eval()
@@ -443,6 +585,8 @@ class MoToRec(Recommender):
         pass without gradients, and the item-item graphs are rebuilt from the same pass when due."""
         super().on_epoch_start(epoch)
         c = self.config
+        if self.snapshots is not None and epoch >= 1:  # the weights at the end of joint epoch `epoch - 1`
+            self.snapshots.push(epoch - 1, self._scored_state())
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
         sampling = self.tokenizer.sampling() and not c.freeze_tokenizer
         self._epoch_stats = {}
@@ -457,6 +601,42 @@ class MoToRec(Recommender):
             self.tokenizer.set_cache(latents, codes)
         if rebuild:
             self.rebuild_item_graphs(latents)
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """Every tensor in a nest of dicts and lists."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _standardized(users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(users / sd, items)``, ``sd`` the standard deviation of ``users @ items.T`` over all pairs, from the two
+    Gram matrices (never the score matrix; float64 moments; 1 where the scores are constant).
+
+    Shapes:
+        users [U, d], items [I, d] -> the same."""
+    u, i = users.detach().double(), items.detach().double()
+    pairs = max(u.shape[0] * i.shape[0], 1)
+    mean = (u.sum(0) @ i.sum(0)) / pairs
+    second = ((u.t() @ u) * (i.t() @ i)).sum() / pairs
+    sd = float((second - mean * mean).clamp(min=0).sqrt())
+    return (users / sd if sd > 0 else users), items
+
+
+def _grown_state(state: Dict[str, Any], n: int) -> Dict[str, Any]:
+    """A MoToRec state (or a snapshot's) for a catalog grown by ``n`` items: ``n`` zero rows appended to the item
+    ID table, the item-item graphs emptied (rebuilt over the grown catalog when next needed)."""
+    state = dict(state)
+    key = "lightgcn.item_embedding.weight"
+    state[key] = torch.cat([state[key], state[key].new_zeros(n, state[key].shape[1])])
+    state["item_item._extra_state"] = {}
+    return state
 
 
 def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, weights: Optional[Tensor], tau: float,

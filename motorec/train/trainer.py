@@ -146,7 +146,10 @@ class Trainer:
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
-        return {"model": copy.deepcopy(self.model.state_dict())}
+        # tensors the model never changes in place (e.g. MoToRec's snapshot ensemble) are shared, not copied: the
+        # selected states and the checkpoint (torch.save writes a shared storage once) hold each of them once
+        memo = {id(t): t for t in self.model.shared_state_tensors()}
+        return {"model": copy.deepcopy(self.model.state_dict(), memo)}
 
     def _restore(self, snap: Dict[str, Any]) -> None:
         self.model.load_state_dict(snap["model"])
@@ -316,7 +319,9 @@ class Trainer:
                              ("cold", 0.5 * (own_warm + cold), {"cold": cold})):
             if v > parts_best[st]["score"]:
                 snap = snap or self._snapshot()
-                parts_best[st] = {"score": v, "epoch": epoch, "snap": snap, **extra}
+                # the warm part keeps only what merge_selected reads of it (e.g. not MoToRec's snapshots)
+                kept = {"model": model.warm_part_state(snap["model"])} if st == "warm" else snap
+                parts_best[st] = {"score": v, "epoch": epoch, "snap": kept, **extra}
                 improved = True
         parts_best["score"] = 0.5 * (parts_best["warm"]["score"] + parts_best["cold"]["cold"])
         return improved, parts_best

@@ -268,7 +268,7 @@ MOTOREC_ONLY_OTHER = dict(
     item_item_ids=True, lambda_cl=0.7, tau=0.9, cl_items=3, lambda_rq=0.1, tokenizer_sample=5,
     freeze_tokenizer=True, id_dropout=0.5, cold_dropout=0.5, lambda_cold=3.0, cold_distill=2.0,
     warm_content_skip=True, warm_content_layer0=False, warm_scorer="sum", cl_target="id", feature_residual=True,
-    fusion="attention",
+    fusion="attention", cold_ensemble=3,
 )
 
 

@@ -2,6 +2,7 @@
 ablation switches, and the common interface of MoToRec and the baselines."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -952,3 +953,132 @@ def test_sampled_tokens_refuses_outside_a_sampling_step(ds):
     m.train()
     with pytest.raises(RuntimeError, match="sampling step"):
         m.tokenizer.sampled_tokens()
+
+
+# ---------------------------------------------------------------------------------------------- snapshot ensemble
+def _with_snapshots(ds, epochs=3, **over):
+    """A MoToRec (``cold_ensemble`` 3 unless ``over`` says otherwise) whose weights change between
+    :meth:`on_epoch_start` calls (a few Adam steps each), so it holds ``min(epochs - 1, cold_ensemble - 1)``
+    snapshots of distinct weights."""
+    m = _model(ds, "motorec", **{"cold_ensemble": 3, **over})
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for e in range(epochs):
+        m.train()
+        m.on_epoch_start(e)
+        for s in range(2):
+            loss, _ = m.loss(_batch(ds, seed=10 * e + s))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    m.eval()
+    return m
+
+
+def _joint_scores(ds, m, state):
+    """The scores of a ``warm_scorer: joint``, ``cold_ensemble: 1`` model of ``m``'s catalog loading ``state``."""
+    single = build_model(ds, dataclasses.replace(m.config, warm_scorer="joint", cold_ensemble=1))
+    missing, unexpected = single.load_state_dict(state, strict=False)
+    assert not unexpected and all(".decoder." in k or k.endswith("ema_embed_sum") for k in missing)
+    single.eval()
+    with torch.no_grad():
+        users, collab, content, _, _ = single._forward_all()
+        return (users @ single._final_items(collab, content).t()).double()
+
+
+@pytest.mark.parametrize("scorer", ["id", "joint"])
+def test_snapshot_ensemble_averages_the_standardized_scores_of_the_last_epochs(ds, scorer):
+    """cold_ensemble W: in eval mode the joint model's scores are the mean over its current weights and the
+    W - 1 snapshots taken at the last epoch starts of its scores, each divided by its standard deviation over all
+    (user, item) pairs; with the ID branch warm items keep the branch's scores and the cold part's scorer reads
+    the ensemble; training mode is the current weights alone. Snapshots hold the joint columns of the ID tables
+    and nothing scoring does not read."""
+    d = SMALL["dim"]
+    m = _with_snapshots(ds, epochs=4, warm_scorer=scorer)
+    members = m.snapshots.members
+    assert [x["epoch"] for x in members] == [1, 2]  # the ends of joint epochs 1 and 2; epoch 3 is the current one
+    assert members[0]["state"]["lightgcn.user_embedding.weight"].shape == (ds.num_users, d)
+    assert not any(".decoder." in k or k.startswith("snapshots.") for k in members[0]["state"])
+    current = {k: (v[:, :d] if k.startswith("lightgcn.") and v.dim() == 2 else v)
+               for k, v in m.state_dict().items() if not k.startswith("snapshots.")}
+    parts = [_joint_scores(ds, m, current)] + [_joint_scores(ds, m, x["state"]) for x in members]
+    assert not torch.allclose(parts[0], parts[1])  # the weights moved between epochs
+    expect = sum(s / s.std(unbiased=False) for s in parts) / 3
+    users, items = m.embeddings()
+    assert users.shape == (ds.num_users, 3 * d + (d if scorer == "id" else 0))
+    got = (users[:, :3 * d] @ items[:, :3 * d].t()).double()
+    cold = ~m.warm_mask
+    if scorer == "id":  # warm rows of the joint part are 0; the branch scores them
+        torch.testing.assert_close(got[:, cold], expect[:, cold], rtol=1e-4, atol=1e-5)
+        assert float(got[:, ~cold].abs().max()) == 0.0
+        torch.testing.assert_close(m.cold_part_scorer().score(torch.arange(ds.num_users)).double(), expect,
+                                   rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+    m.train()
+    assert m.embeddings()[0].shape[1] == d + (d if scorer == "id" else 0)
+    # cold_ensemble 1 keeps no snapshots
+    one = _model(ds, "motorec", cold_ensemble=1)
+    one.on_epoch_start(1)
+    assert one.snapshots is None and not any(k.startswith("snapshots.") for k in one.state_dict())
+
+
+def test_snapshots_keep_the_last_epochs_travel_in_the_state_and_refuse_bad_state(ds):
+    """At most cold_ensemble - 1 snapshots, the newest kept; the first joint epoch takes none (nothing trained
+    yet); they load with the state (a fresh model scores as the trained one) and are shared, not copied, by the
+    trainer's selected states; a bad or oversized snapshot state is refused."""
+    from motorec.models.motorec import ScoreSnapshots
+
+    m = _with_snapshots(ds, epochs=5)
+    assert [x["epoch"] for x in m.snapshots.members] == [2, 3]
+    users = torch.arange(ds.num_users)
+    other = _model(ds, "motorec", cold_ensemble=3)
+    other.load_state_dict(m.state_dict())
+    other.eval()
+    torch.testing.assert_close(other.score(users), m.score(users))
+    shared = m.shared_state_tensors()
+    assert shared and all(any(t is s for s in shared) for t in
+                          [x["state"]["lightgcn.user_embedding.weight"] for x in m.snapshots.members])
+    import copy
+    state = m.state_dict()
+    snap = copy.deepcopy(state, {id(t): t for t in shared})
+    a, b = state["snapshots._extra_state"]["members"], snap["snapshots._extra_state"]["members"]
+    assert all(x["state"][k] is y["state"][k] for x, y in zip(a, b) for k in x["state"] if torch.is_tensor(x["state"][k]))
+    assert snap["lightgcn.user_embedding.weight"] is not state["lightgcn.user_embedding.weight"]
+    s = ScoreSnapshots(2)
+    with pytest.raises(ValueError, match="must be"):
+        s.set_extra_state({"members": [{"epoch": "x", "state": {}}]})
+    with pytest.raises(ValueError, match="holds 3 snapshots, this model keeps 2"):
+        s.set_extra_state({"members": [{"epoch": i, "state": {}} for i in range(3)]})
+    with pytest.raises(ValueError, match="capacity"):
+        ScoreSnapshots(0)
+    with pytest.raises(ConfigError, match="cold_ensemble"):
+        ModelConfig(cold_ensemble=0).validate()
+    # a run saved before the key existed loads as it was trained: no ensemble
+    assert Config.from_dict({"model": {"name": "motorec", "dim": 8}}, saved=True).model.cold_ensemble == 1
+    assert Config.from_dict({"model": {"name": "motorec", "dim": 8}}).model.cold_ensemble == 20
+
+
+def test_with_new_items_scores_new_items_through_every_snapshot(ds):
+    """A grown model's snapshots score the new items through their own weights: with the same trained weights and
+    snapshots, the grown model scores every item as the model that had them in its catalog from the start."""
+    full, trunc, n_warm = _cold_last(ds)
+    over = dict(cold_ensemble=3, item_item=False)  # no kNN graphs: nothing is rebuilt differently
+    m_full = _with_snapshots(full, epochs=4, **over)
+    assert len(m_full.snapshots.members) == 2
+
+    def cut(state):
+        state = dict(state)
+        state["lightgcn.item_embedding.weight"] = state["lightgcn.item_embedding.weight"][:n_warm]
+        return state
+
+    m_warm = _model(trunc, "motorec", **over)
+    state = cut(m_full.state_dict())
+    state["snapshots._extra_state"] = {"members": [{"epoch": x["epoch"], "state": cut(x["state"])}
+                                                   for x in m_full.snapshots.members]}
+    m_warm.load_state_dict(state)
+    m_warm.eval()
+    grown = m_warm.with_new_items({k: f[n_warm:] for k, f in full.features.items()})
+    assert [x["epoch"] for x in grown.snapshots.members] == [1, 2]
+    assert m_warm.snapshots.members[0]["state"]["lightgcn.item_embedding.weight"].shape[0] == n_warm
+    users = torch.arange(full.num_users)
+    torch.testing.assert_close(grown.score(users), m_full.score(users), rtol=1e-5, atol=1e-5)

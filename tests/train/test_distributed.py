@@ -80,6 +80,10 @@ def _assert_state_close(a, b, where):
     for k in a:
         if isinstance(a[k], dict):
             _assert_state_close(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a[k], list):  # MoToRec's snapshots: a list of {"epoch", "state"}
+            assert isinstance(b[k], list) and len(a[k]) == len(b[k]), f"{where}.{k}"
+            for i, (x, y) in enumerate(zip(a[k], b[k])):
+                _assert_state_close(x, y, f"{where}.{k}[{i}]")
         elif not isinstance(a[k], torch.Tensor):
             assert a[k] == b[k], f"{where}.{k} differs between 2 ranks and 1 process"
         elif a[k].is_floating_point():

@@ -88,6 +88,8 @@ def _same(a, b) -> bool:
         return isinstance(a, torch.Tensor) and torch.equal(a, b)
     if isinstance(b, dict):
         return isinstance(a, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in b)
+    if isinstance(b, (list, tuple)):  # e.g. MoToRec's snapshots
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
 
 

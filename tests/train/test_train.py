@@ -111,6 +111,10 @@ def _assert_close(a, b, where=""):
         assert a.keys() == b.keys(), where
         for k in a:
             _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):  # e.g. MoToRec's snapshots (ScoreSnapshots)
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{k}]")
     else:
         assert a == b, where
 
@@ -230,7 +234,9 @@ def test_separable_model_selects_warm_and_cold_parts_apart_and_resumes(ds, tmp_p
     exactly as a warm_scorer "joint" model under the same seed, so the cold part is selected at that model's
     epoch, with its validation scores. Early stopping waits for both parts, and a resumed run selects and restores
     the same."""
-    cfg = _cfg("motorec", epochs=10, warm_scorer="id").replace(train={"patience": 3, "lr": 2e-3})
+    # cold_ensemble 3: the cold part's snapshots travel through selection, merge and resume (on this data its
+    # epoch then differs from the warm part's)
+    cfg = _cfg("motorec", epochs=10, warm_scorer="id", cold_ensemble=3).replace(train={"patience": 3, "lr": 2e-3})
     full = Trainer(cfg, ds, checkpoint_dir=tmp_path / "a", quiet=True)
     r = full.fit()
     rows = [h for h in r["history"] if "select_score" in h]
@@ -255,7 +261,7 @@ def test_separable_model_selects_warm_and_cold_parts_apart_and_resumes(ds, tmp_p
     assert rj["best_epoch"] == sel["cold"]
     for split in ("valid", "test"):
         assert rj[split]["cold"]["recall@20"] == pytest.approx(r[split]["cold"]["recall@20"], abs=1e-6)
-    part = _cfg("motorec", epochs=6, warm_scorer="id").replace(train={"patience": 3, "lr": 2e-3})
+    part = _cfg("motorec", epochs=6, warm_scorer="id", cold_ensemble=3).replace(train={"patience": 3, "lr": 2e-3})
     Trainer(part, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit()
     resumed = Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True)
     rb = resumed.fit(resume=True)
@@ -365,3 +371,27 @@ def test_make_optimizer_fused_matches_the_loop_and_loads_its_state():
     b(x).pow(2).sum().backward()
     fresh.step()  # the loaded state steps without error
     assert all(torch.isfinite(p).all() for p in b.parameters())
+
+
+def test_snapshot_ensemble_leaves_training_as_it_was_and_checkpoints_hold_each_snapshot_once(ds, tmp_path):
+    """cold_ensemble changes how the trained model scores, not how it trains: the loss of every epoch is the same
+    with 1 and 3; the checkpoint's current and selected states share the snapshots they have in common, and the
+    warm part's selected state holds none."""
+    runs = {}
+    for w in (1, 3):
+        cfg = _cfg("motorec", epochs=5, cold_ensemble=w).replace(train={"patience": 0, "lr": 2e-3})
+        runs[w] = Trainer(cfg, ds, checkpoint_dir=tmp_path / str(w), quiet=True).fit()
+    losses = {w: [h["loss"] for h in r["history"] if h["stage"] == "joint"] for w, r in runs.items()}
+    assert losses[1] == losses[3] and len(losses[1]) == 5
+    state = load_checkpoint(tmp_path / "3" / "last.pt")
+    now = {x["epoch"]: x for x in state["model"]["snapshots._extra_state"]["members"]}
+    assert sorted(now) == [2, 3]  # the ends of joint epochs 2 and 3; epoch 4 is the current weights
+    best = {x["epoch"]: x for x in state["best_state"]["model"]["snapshots._extra_state"]["members"]}
+    common = sorted(set(now) & set(best))
+    assert common  # the selected epoch is one of the last ones on this data
+    key = "lightgcn.user_embedding.weight"
+    for e in common:
+        assert now[e]["state"][key].data_ptr() == best[e]["state"][key].data_ptr()  # one storage in the file
+    # the warm part's selected state keeps no snapshots (merge_selected reads only its ID branch columns)
+    assert state["parts_best"]["warm"]["snap"]["model"]["snapshots._extra_state"] == {"members": []}
+    assert state["parts_best"]["cold"]["snap"]["model"]["snapshots._extra_state"]["members"]

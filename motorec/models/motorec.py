@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from motorec.models.aldi import aldi_distill_losses
 from motorec.models.base import EmbeddingScorer, Recommender, bpr_loss, loss_part, row_sq_norms, sq_sum
+from motorec.models.cold import gram_and_mean
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.tokenizer import MultimodalTokenizer
@@ -617,16 +618,16 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
 
 def _standardized(users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
     """``(users / sd, items)``, ``sd`` the standard deviation of ``users @ items.T`` over all pairs, from the two
-    Gram matrices (never the score matrix; float64 moments; 1 where the scores are constant).
+    Gram matrices as :meth:`ColdScorer.moments` takes them (:func:`~motorec.models.cold.gram_and_mean`: never the
+    score matrix, float64 moments; 1 where the scores are constant; no host read).
 
     Shapes:
         users [U, d], items [I, d] -> the same."""
-    u, i = users.detach().double(), items.detach().double()
-    pairs = max(u.shape[0] * i.shape[0], 1)
-    mean = (u.sum(0) @ i.sum(0)) / pairs
-    second = ((u.t() @ u) * (i.t() @ i)).sum() / pairs
-    sd = float((second - mean * mean).clamp(min=0).sqrt())
-    return (users / sd if sd > 0 else users), items
+    gu, mu = gram_and_mean(users.detach())
+    gi, mi = gram_and_mean(items.detach())
+    mean = mu @ mi
+    sd = ((gu * gi).sum() - mean * mean).clamp_min(0.0).sqrt()
+    return users / torch.where(sd > 0, sd, torch.ones_like(sd)).to(users.dtype), items
 
 
 def _grown_state(state: Dict[str, Any], n: int) -> Dict[str, Any]:

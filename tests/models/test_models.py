@@ -2,6 +2,7 @@
 ablation switches, and the common interface of MoToRec and the baselines."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -1038,7 +1039,6 @@ def test_snapshots_keep_the_last_epochs_travel_in_the_state_and_refuse_bad_state
     shared = m.shared_state_tensors()
     assert shared and all(any(t is s for s in shared) for t in
                           [x["state"]["lightgcn.user_embedding.weight"] for x in m.snapshots.members])
-    import copy
     state = m.state_dict()
     snap = copy.deepcopy(state, {id(t): t for t in shared})
     a, b = state["snapshots._extra_state"]["members"], snap["snapshots._extra_state"]["members"]

@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,9 +89,24 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 
+class build_py_with_kernels(build_py):
+    """Also copy the Triton sources of the top-level ``kernels/`` folder into the built ``motorec/kernels/``.
+
+    ``kernels/`` has no ``__init__.py`` (a regular package named ``kernels`` at the checkout's root shadowed the
+    ``kernels`` distribution transformers imports), so it is not a package of its own: in a wheel its modules sit
+    in ``motorec.kernels`` beside that package's ``__init__.py``; in an editable install that ``__init__.py`` adds
+    the folder to its search path."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "motorec", "kernels")
+        os.makedirs(dest, exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(ROOT, "kernels", "*.py"))):
+            self.copy_file(src, os.path.join(dest, os.path.basename(src)))
+
+
 setup(
-    packages=find_packages(include=["motorec", "motorec.*"]) + ["motorec.kernels"],
-    package_dir={"motorec.kernels": "kernels"},
+    packages=find_packages(include=["motorec", "motorec.*"]),
     ext_modules=ext_modules,
-    cmdclass=cmdclass,
+    cmdclass={**cmdclass, "build_py": build_py_with_kernels},
 )

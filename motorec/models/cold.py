@@ -18,23 +18,20 @@ class ColdScorer(nn.Module):
     """Calibrates cold items' scores onto the warm items' scale.
 
     With ``a = cold_calibration`` (in [0, 1]; ``None`` in the config: ``default_calibration``, the model's
-    default), ``d = cold_score_shift`` and mean/std taken over ``cold_calibration_scope``:
+    default) and the mean/std of the scores over every (user, item) pair of the catalog, warm items and cold
+    items apart (:meth:`moments`, cached while in eval mode), one affine map is applied to every cold score:
 
-    * ``"global"`` (default): over every (user, item) pair of the catalog, warm items and cold items
-      separately, so one affine map is applied to all cold scores and each user's cold scores keep their level
-      relative to other users' (:meth:`moments`, cached while in eval mode);
-    * ``"user"``: over each user's own scores (every user's cold scores get the warm spread);
+    ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w)``,
 
-    ``s_c <- (1 - a) s_c + a ((s_c - mean_c) / std_c * std_w + mean_w) - d * std_w``.
+    so each user's cold scores keep their level relative to other users'.
 
     Why: a warm item's embedding carries a collaborative part (largely popularity) that a cold item's
     content-only embedding cannot have, so raw cold scores live on another scale than warm ones and whether
-    cold items reach a top-K list would depend on that scale, not on their content. ``a = 1, d = 0`` scores
-    cold items as a random warm item is scored in distribution; ``d > 0`` lowers them (a content-only score
-    is a noisier guess). Only which items have training interactions is used, never validation or test data.
-    The config is read at each call, so changing its calibration fields takes effect at once.
-    :class:`~motorec.models.base.Recommender` gives every feature model one (``default_calibration`` = its
-    class's ``default_cold_calibration``: 0 for the baselines), applied in :meth:`Recommender.score`.
+    cold items reach a top-K list would depend on that scale, not on their content. ``a = 1`` scores cold items
+    as a random warm item is scored in distribution. Only which items have training interactions is used, never
+    validation or test data. The config is read at each call, so changing ``cold_calibration`` takes effect at
+    once. :class:`~motorec.models.base.Recommender` gives every feature model one (``default_calibration`` =
+    its class's ``default_cold_calibration``: 0 for the baselines), applied in :meth:`Recommender.score`.
 
     Shapes:
         forward: scores [B, num_items], embeddings() -> (users [U, d], items [num_items, d]) -> [B, num_items]
@@ -52,59 +49,35 @@ class ColdScorer(nn.Module):
         self.num_items = int(warm_mask.numel())
         self._moments: Optional[Tuple[Tensor, Moments]] = None
 
-    def _strength(self) -> Tuple[float, float]:
-        c = self.config
-        return (self.default_calibration if c.cold_calibration is None else c.cold_calibration), c.cold_score_shift
+    def strength(self) -> float:
+        """``a``: ``model.cold_calibration``, or the model's default while that is null."""
+        a = self.config.cold_calibration
+        return self.default_calibration if a is None else a
 
     def active(self) -> bool:
-        """Whether calibration changes any score (strength or shift non-zero, at least 2 warm and 2 cold items)."""
-        a, shift = self._strength()
-        return not ((a <= 0 and shift == 0) or self.num_cold < 2 or self.num_items - self.num_cold < 2)
-
-    @property
-    def per_user(self) -> bool:
-        """True when calibration is active in the ``"user"`` scope: each user's cold scores get their own map, so
-        the calibrated scores are not one affine map of ``u . i`` (:meth:`affine` does not apply)."""
-        return self.active() and self.config.cold_calibration_scope != "global"
+        """Whether calibration changes any score (strength non-zero, at least 2 warm and 2 cold items)."""
+        return not (self.strength() <= 0 or self.num_cold < 2 or self.num_items - self.num_cold < 2)
 
     def affine(self, embeddings: Callable[[], Tuple[Tensor, Tensor]]) -> Optional[Tuple[Tensor, Tensor]]:
-        """``(alpha, beta)``, 0-dim tensors in the items' dtype, such that the ``"global"`` scope's calibrated
-        cold score is ``s * alpha + beta`` (what :meth:`forward` applies); ``None`` when calibration changes
-        nothing (:meth:`active` false). Raises ``ValueError`` in the ``"user"`` scope (:attr:`per_user`).
-
-        With ``r = std_w / std_c``: ``alpha = (1 - a) + a r``, ``beta = a (mean_w - mean_c r) - d std_w``.
-        """
+        """``(alpha, beta)``, 0-dim tensors in the items' dtype, such that the calibrated cold score is
+        ``s * alpha + beta`` (what :meth:`forward` applies); ``None`` when calibration changes nothing
+        (:meth:`active` false). With ``r = std_w / std_c``: ``alpha = (1 - a) + a r``,
+        ``beta = a (mean_w - mean_c r)``."""
         if not self.active():
             return None
-        if self.per_user:
-            raise ValueError("cold_calibration_scope 'user' is not one affine map of the scores")
-        a, shift = self._strength()
+        a = self.strength()
         (mw, sw), (mc, sdc) = self.moments(*embeddings())
-        if a > 0:
-            r = sw / sdc.clamp_min(1e-12)
-            alpha, beta = (1.0 - a) + a * r, a * (mw - mc * r)
-        else:
-            alpha, beta = torch.ones_like(sw), torch.zeros_like(sw)
-        return alpha, beta - shift * sw
+        r = sw / sdc.clamp_min(1e-12)
+        return (1.0 - a) + a * r, a * (mw - mc * r)
 
     def forward(self, s: Tensor, embeddings: Callable[[], Tuple[Tensor, Tensor]]) -> Tensor:
         """Calibrate ``s`` in place and return it; ``embeddings`` gives the model's (eval) user and item
-        embeddings, called only for the global scope (there the map is :meth:`affine`'s)."""
-        if not self.active():
+        embeddings."""
+        ab = self.affine(embeddings)
+        if ab is None:
             return s
         cold = ~self.warm_mask
-        sc = s[:, cold]
-        if not self.per_user:
-            alpha, beta = self.affine(embeddings)
-            s[:, cold] = sc * alpha + beta
-            return s
-        a, shift = self._strength()
-        w = s[:, ~cold]
-        mw, sw = w.mean(1, keepdim=True), w.std(1, keepdim=True)
-        mc, sdc = sc.mean(1, keepdim=True), sc.std(1, keepdim=True)
-        if a > 0:
-            sc = (1.0 - a) * sc + a * ((sc - mc) / sdc.clamp_min(1e-12) * sw + mw)
-        s[:, cold] = sc - shift * sw
+        s[:, cold] = s[:, cold] * ab[0] + ab[1]
         return s
 
     def moments(self, u: Tensor, items: Tensor) -> Moments:

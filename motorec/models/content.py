@@ -153,11 +153,10 @@ class ItemItemEncoder(nn.Module):
 
     :meth:`rebuild` makes the graphs from the items' latents (the model calls it every ``knn_rebuild_every``
     epochs); they travel in ``state_dict()`` through :meth:`get_extra_state`, so a resumed run continues with
-    the graphs it had. Without ``ids``: ``(h + A h) / 2`` (:func:`motorec.ops.propagate`, one layer); with
-    ``ids``: ``(h + A (h + ids)) / 2``, the neighbours' ID embeddings passed along.
+    the graphs it had. Each view is ``(h + A h) / 2`` (:func:`motorec.ops.propagate`, one layer).
 
     Shapes:
-        rebuild: {m: [num_items, latent]}; forward: h {m: [num_items, d]}, ids [num_items, d] -> [[num_items, d]] per m.
+        rebuild: {m: [num_items, latent]}; forward: h {m: [num_items, d]} -> [[num_items, d]] per m.
     """
 
     def __init__(self, modalities: Sequence[str], num_items: int, k: int, backend: str = "auto") -> None:
@@ -175,13 +174,8 @@ class ItemItemEncoder(nn.Module):
         for m in self.modalities:
             self.graphs[m] = knn_graph(latents[m].float(), k=min(self.k, max(self.num_items - 1, 1)))
 
-    def forward(self, h: Dict[str, Tensor], ids: Optional[Tensor] = None) -> List[Tensor]:
-        if ids is None:
-            return [ops.propagate(self.graphs[m], h[m], 1, backend=self.backend) for m in self.modalities]
-        # (A (h + ids) + h) * 0.5 in place on the product (its backward reads neither its output nor the sum):
-        # the same values as 0.5 * (h + A (h + ids)), two fewer [num_items, d] temporaries per modality
-        return [ops.spmm(self.graphs[m], h[m] + ids, backend=self.backend).add_(h[m]).mul_(0.5)
-                for m in self.modalities]
+    def forward(self, h: Dict[str, Tensor]) -> List[Tensor]:
+        return [ops.propagate(self.graphs[m], h[m], 1, backend=self.backend) for m in self.modalities]
 
     def get_extra_state(self) -> Dict[str, Dict[str, Tensor]]:
         return {m: {"rowptr": g.rowptr, "col": g.col, "val": g.val} for m, g in self.graphs.items()}

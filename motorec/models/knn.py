@@ -11,16 +11,30 @@ raw content); here cosine similarity of normalized features, summed over modalit
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
+from motorec.config import ConfigError, ModelConfig
 from motorec.models.baselines import LightGCNRec
 from motorec.models.features import ItemFeatures
 from motorec.nn.knn import knn_topk
 
-__all__ = ["KNNRec", "content_neighbours"]
+__all__ = ["KNNRec", "KNNConfig", "content_neighbours"]
+
+
+@dataclass
+class KNNConfig(ModelConfig):
+    """``knn``'s own hyper-parameters (section ``knn:``)."""
+
+    # a cold item's embedding is the mean of its cold_k nearest warm items' (capped at the number of warm items)
+    cold_k: int = 10
+
+    def check(self) -> None:
+        if isinstance(self.cold_k, bool) or not isinstance(self.cold_k, int) or self.cold_k <= 0:
+            raise ConfigError(f"knn.cold_k must be an integer > 0, got {self.cold_k!r}")
 
 
 def _unit_rows_with_padding(feats: ItemFeatures, items: Tensor, pad: bool) -> Tensor:
@@ -67,10 +81,10 @@ def content_neighbours(features: Dict[str, Tensor], query: Tensor, keys: Tensor,
 
 class KNNRec(LightGCNRec):
     """LightGCN (IDs) whose cold items' final embedding is the mean of the final LightGCN embeddings of their
-    ``knn_cold_k`` nearest warm items by content (:func:`content_neighbours`). Warm items keep their LightGCN
+    ``cold_k`` (section ``knn:``) nearest warm items by content (:func:`content_neighbours`). Warm items keep their LightGCN
     embedding; users are LightGCN's.
 
-    Config: ``knn_cold_k`` (default 10; capped at the number of warm items). Every other setting is
+    Config: :class:`KNNConfig` ``cold_k`` (default 10; capped at the number of warm items). Every other setting is
     ``lightgcn``'s.
 
     Shapes:
@@ -81,9 +95,9 @@ class KNNRec(LightGCNRec):
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
-        k = self.config.knn_cold_k
+        k = self.config.cold_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"model.knn_cold_k must be an int >= 1, got {k!r}")
+            raise ValueError(f"knn.cold_k must be an int >= 1, got {k!r}")
         self.item_features = ItemFeatures(features, self.num_items)
         cold = torch.nonzero(~self.warm_mask).flatten()
         warm = torch.nonzero(self.warm_mask).flatten()

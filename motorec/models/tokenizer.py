@@ -39,7 +39,7 @@ class MultimodalTokenizer(nn.Module):
         self.rqvae = nn.ModuleDict({
             m: RQVAE(input_dim=d, latent_dim=c.latent_dim, hidden_dims=list(c.hidden_dims), num_levels=c.num_levels,
                      codebook_size=c.codebook_size, commitment=c.commitment, sparse_weight=c.sparse_weight,
-                     sparse_mode=c.sparse_mode, temperature=c.sparse_temperature, continuous=c.continuous,
+                     temperature=c.sparse_temperature, continuous=c.continuous,
                      ema=c.ema, kmeans_init=c.kmeans_init, backend=backend)
             for m, d in features.dims().items()
         })

@@ -29,8 +29,6 @@ from motorec.train.sampler import BPRSampler
 
 __all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "make_optimizer"]
 
-# parts_best["rule"] of a checkpoint whose cold part is selected on its own warm_cold_mean (Trainer._select_parts)
-PARTS_RULE = "cold_part_warm_cold_mean"
 SELECT_METRIC = "recall@20"
 
 
@@ -93,12 +91,10 @@ class Trainer:
     ``valid_warm_recall@20``, ``valid_hybrid_recall@20`` and ``select_score``: what ``train.select`` makes of
     them (:func:`select_score`), which early stopping compares; all from one evaluation pass.
 
-    A model whose warm and cold scores come from disjoint parts (``Recommender.separable_selection``, e.g. MoToRec
-    with ``warm_scorer: id``) is selected part by part under ``warm_cold_mean``: the warm part keeps the epoch of
-    its best validation warm Recall@20, the cold part the epoch of its best own ``warm_cold_mean`` (its cold
-    recall and its own scores' warm recall: :meth:`_select_parts`), the restored model merges the two
-    (``merge_selected``), early stopping waits until neither part has improved for ``patience`` evaluations, and
-    ``selected_epochs`` says which epochs (``None`` for every other model).
+    Which epoch's weights are kept is the model's selection strategy (``Recommender.selection``: one state at the
+    best ``train.select`` score, or, for a model whose parts are scored apart, one state per part); early
+    stopping counts the validations in a row in which the strategy kept nothing new, the same for every model.
+    ``selected_epochs`` says which epoch each part was selected at (``None`` for a model selected as a whole).
     """
 
     def __init__(self, config: Config, dataset, *, checkpoint_dir: Optional[str | Path] = None, quiet: bool = False,
@@ -134,13 +130,7 @@ class Trainer:
         return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
 
     def _snapshot(self) -> Dict[str, Any]:
-        # tensors the model never changes in place (e.g. MoToRec's snapshot ensemble) are shared, not copied: the
-        # selected states and the checkpoint (torch.save writes a shared storage once) hold each of them once
-        memo = {id(t): t for t in self.model.shared_state_tensors()}
-        return {"model": copy.deepcopy(self.model.state_dict(), memo)}
-
-    def _restore(self, snap: Dict[str, Any]) -> None:
-        self.model.load_state_dict(snap["model"])
+        return copy.deepcopy(self.model.state_dict())
 
     def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
         path = self.checkpoint_path
@@ -157,7 +147,7 @@ class Trainer:
         ds = self.dataset.to(self.device)
         self.dataset = ds
         fingerprint = ds.fingerprint()
-        model = build_model(ds, cfg.model, backend=tc.backend, device=str(self.device))
+        model = build_model(ds, cfg.settings(), wrappers=cfg.wrappers, backend=tc.backend, device=str(self.device))
         self.model = model
         opt = make_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
         self._step = _dist.make_step(model, self.dist)  # model.<loss>(batch), or this rank's shard under DDP
@@ -166,11 +156,8 @@ class Trainer:
         pre = tc.pretrain_epochs if model.has_tokenizer else 0
         total_epochs = pre + tc.epochs
 
-        epoch, best, best_epoch, bad, stopped = 0, -1.0, -1, 0, False
-        best_snap: Optional[Dict[str, Any]] = None
-        # a model with separable warm and cold parts under warm_cold_mean: each setting's best (score, epoch,
-        # snapshot), merged into best_snap (Recommender.separable_selection)
-        parts_best: Optional[Dict[str, Any]] = None
+        epoch, bad, stopped = 0, 0, False
+        selection = model.selection(tc.select, lambda v: select_score(v, tc.select), SELECT_METRIC)
         history: list = []
         train_seconds: list = []
         if resume:
@@ -182,14 +169,12 @@ class Trainer:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"], gen)
-            epoch, best, best_epoch, bad, stopped = (state["epoch"], state["best"], state["best_epoch"],
-                                                     state["bad_epochs"], state["stopped"])
-            best_snap = state["best_state"]
-            parts_best = state.get("parts_best")
-            if parts_best is not None and parts_best.get("rule") != PARTS_RULE:
-                raise CheckpointError(f"checkpoint {str(path)!r} selected the cold part by an older rule (its "
-                                      "cold-setting recall alone); resume it with the motorec version that wrote "
-                                      "it, or train into a fresh --out directory")
+            epoch, bad, stopped = state["epoch"], state["bad_epochs"], state["stopped"]
+            try:
+                selection.load_state_dict(state["selection"])
+            except (KeyError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {str(path)!r}: its selection state does not fit this run ({e}); "
+                                     "train into a fresh --out directory") from None
             history = list(state["history"])
             train_seconds = list(state["train_seconds"])
             self.log.info("resumed %s from %s at epoch %d", cfg.model.name, path, epoch)
@@ -207,26 +192,16 @@ class Trainer:
                 seconds = time.perf_counter() - t0
                 train_seconds.append(seconds)
                 row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
-                epoch_stats = getattr(model, "epoch_stats", None)  # e.g. MoToRec's code churn
-                if epoch_stats is not None:
-                    row.update(epoch_stats())
+                row.update(model.epoch_log())
                 if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
                     valid = self.evaluate("valid")
                     score = select_score(valid, tc.select)
                     for st in ("cold", "warm", "hybrid"):
                         row[f"valid_{st}_{SELECT_METRIC}"] = valid[st][SELECT_METRIC]
                     row["select_score"] = score
-                    if self._separable(model, valid):
-                        improved, parts_best = self._select_parts(model, valid, epoch, parts_best, row)
-                        if improved:
-                            best, best_epoch = parts_best["score"], epoch
-                            best_snap = {"model": model.merge_selected(parts_best["warm"]["snap"]["model"],
-                                                                       parts_best["cold"]["snap"]["model"])}
-                    else:
-                        improved = score > best
-                        if improved:
-                            best, best_epoch = score, epoch
-                            best_snap = self._snapshot()
+                    improved = selection.update(
+                        epoch=epoch, valid=valid, snapshot=self._snapshot, row=row,
+                        evaluate=lambda scorer: self._evaluate_scores(scorer.score, "valid"))
                     if improved:
                         bad = 0
                     else:
@@ -242,9 +217,9 @@ class Trainer:
                 def save() -> None:  # on rank 0; a failed write (WriteError) is raised on every rank alike
                     save_checkpoint({
                         "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "rng": rng_state(gen), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                        "bad_epochs": bad, "stopped": stopped, "best_state": best_snap, "history": history,
-                        "parts_best": parts_best,
+                        "rng": rng_state(gen), "epoch": epoch, "bad_epochs": bad, "stopped": stopped,
+                        # the state to restore, and the selection's own (which shares its tensors: stored once)
+                        "best_state": selection.best_state, "selection": selection.state_dict(), "history": history,
                         "train_seconds": train_seconds, "config": cfg.to_dict(),
                         "config_fingerprint": cfg.fingerprint(), "dataset_fingerprint": fingerprint,
                         "model_name": cfg.model.name,
@@ -253,66 +228,30 @@ class Trainer:
                 _dist.on_main(self.dist, save)
             if stopped:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
-                              cfg.model.name, epoch - 1, tc.select, SELECT_METRIC, best, best_epoch)
+                              cfg.model.name, epoch - 1, tc.select, SELECT_METRIC, selection.best,
+                              selection.best_epoch)
 
         # the cap ended training while early stopping was on, so validation improved within the last `patience`
         # evaluations (the loop only ends unstopped at the cap)
+        best_epoch = selection.best_epoch
         hit_cap = not stopped and tc.patience > 0 and best_epoch >= 0
         if hit_cap:
             self.log.warning("%s: reached the epoch cap (%d joint epochs) without early stopping; validation %s "
                              "%s last improved at epoch %d, so the model may be undertrained: raise --epochs "
                              "(train.epochs)", cfg.model.name, tc.epochs, tc.select, SELECT_METRIC,
                              best_epoch)
-        if best_snap is not None:
-            self._restore(best_snap)
+        if selection.best_state is not None:
+            model.load_state_dict(selection.best_state)
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
         valid, test = self.evaluate("valid"), self.evaluate("test")
-        if parts_best is not None:
-            self.log.info("%s: warm part selected at epoch %d (valid warm %s %.4f), cold part at epoch %d "
-                          "(valid cold %s %.4f; its own warm_cold_mean %.4f)", cfg.model.name,
-                          parts_best["warm"]["epoch"], SELECT_METRIC, parts_best["warm"]["score"],
-                          parts_best["cold"]["epoch"], SELECT_METRIC, parts_best["cold"]["cold"],
-                          parts_best["cold"]["score"])
+        for phrase in selection.describe():
+            self.log.info("%s: %s", cfg.model.name, phrase)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
-                "selected_epochs": ({st: parts_best[st]["epoch"] for st in ("warm", "cold")}
-                                    if parts_best is not None else None),
+                "selected_epochs": selection.summary(),
                 "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "history": history}
-
-    def _separable(self, model, valid: Dict[str, Dict[str, float]]) -> bool:
-        """Whether this run selects the warm and cold parts apart: ``train.select`` warm_cold_mean, a model with
-        :meth:`~motorec.models.base.Recommender.separable_selection`, and validation users in both settings."""
-        return (self.config.train.select == "warm_cold_mean" and model.separable_selection()
-                and bool(valid["warm"].get("num_users")) and bool(valid["cold"].get("num_users")))
-
-    def _select_parts(self, model, valid, epoch: int, parts_best: Optional[Dict[str, Any]], row: Dict[str, Any]):
-        """One evaluation of the per-part selection. The warm part (the model's warm-setting scorer) keeps the
-        epoch of its best validation warm Recall@20. The cold part keeps the epoch of its best own
-        ``warm_cold_mean``: the mean of its validation cold Recall@20 and the validation warm Recall@20 of its own
-        scores of warm items (:meth:`~motorec.models.base.Recommender.cold_part_scorer`, one more ranking pass),
-        the rule a model scoring both settings is selected by; cold recall alone would pick the epoch on
-        the noise of a few hundred validation cold items. The selected score is the merged model's
-        ``warm_cold_mean`` (each setting's scores come from its own part): the mean of the warm part's warm recall
-        and the cold part's cold recall. Adds ``valid_cold_part_warm_recall@20`` to ``row``. Returns
-        ``(improved, parts_best)``."""
-        parts_best = dict(parts_best or {"rule": PARTS_RULE, **{st: {"score": -1.0, "epoch": -1, "snap": None}
-                                                                 for st in ("warm", "cold")}})
-        cold = valid["cold"][SELECT_METRIC]
-        own_warm = self._evaluate_scores(model.cold_part_scorer().score, "valid")["warm"][SELECT_METRIC]
-        row[f"valid_cold_part_warm_{SELECT_METRIC}"] = own_warm
-        improved, snap = False, None
-        for st, v, extra in (("warm", valid["warm"][SELECT_METRIC], {}),
-                             ("cold", 0.5 * (own_warm + cold), {"cold": cold})):
-            if v > parts_best[st]["score"]:
-                snap = snap or self._snapshot()
-                # the warm part keeps only what merge_selected reads of it (e.g. not MoToRec's snapshots)
-                kept = {"model": model.warm_part_state(snap["model"])} if st == "warm" else snap
-                parts_best[st] = {"score": v, "epoch": epoch, "snap": kept, **extra}
-                improved = True
-        parts_best["score"] = 0.5 * (parts_best["warm"]["score"] + parts_best["cold"]["cold"])
-        return improved, parts_best
 
     def _pretrain_epoch(self, model, opt, gen, epoch) -> Dict[str, float]:
         n = model.num_items

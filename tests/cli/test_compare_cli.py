@@ -1,4 +1,4 @@
-"""``motorec compare``: flags reach :func:`motorec.eval.compare.run_compare` and each run's ``motorec train``
+"""``motorec compare``: flags reach :func:`motorec.experiments.run_compare` and each run's worker
 command, the summary is printed, failures and bad flags give one line; one real tiny run on the bundled data."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from motorec.eval import compare
+from motorec.experiments import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from _mmrec import subprocess_env  # noqa: E402

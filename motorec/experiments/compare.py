@@ -3,7 +3,8 @@ a paired test (``motorec compare``).
 
 One cold-item draw says little on a small catalog (which items were held out moves every model's cold recall
 by a factor of two), so the field compares methods as means over draws. :func:`run_compare` trains each
-``(draw, seed)`` as one ``motorec train`` subprocess (``--split-seed draw --seed seed``) into
+``(draw, seed)`` in its own process (``python -m motorec.experiments.worker``, which calls
+:func:`motorec.experiments.train_models` with ``--split-seed draw --seed seed``) into
 ``OUT/runs/draw<d>_seed<s>/``, skipping finished runs and resuming interrupted ones, then
 :func:`summarize` reads every run's ``metrics.json`` and writes ``OUT/summary.json`` and ``OUT/summary.md``:
 
@@ -22,10 +23,11 @@ small grid, ``train.lr`` in :data:`GRID_LR` x ``model.lambda_reg`` in :data:`GRI
 default setting). Stage 1 trains one subprocess per model and grid point on draw 0 / seed 0 into
 ``OUT/tune/<model>/lr<lr>_reg<reg>/`` (config: the user's ``config`` with the two keys set, beside it as
 ``lr<lr>_reg<reg>.yaml``) and keeps the point with the highest validation checkpoint-selection score
-(``train.select``, :func:`motorec.train.trainer.select_score` of the selected checkpoint's ``metrics.json``
+(``train.select``, :func:`motorec.train.select_score` of the selected checkpoint's ``metrics.json``
 ``valid`` entry; a tie keeps the earlier point), written to ``OUT/tune/chosen.json`` and
 ``OUT/tune/<model>.yaml``. Stage 2 trains one subprocess per ``(draw, seed, model)`` into
 ``OUT/runs/draw<d>_seed<s>/<model>/`` with that config (the untuned reference: the user's config). A model's
+chosen setting is reused across config changes its results do not depend on (:func:`_settings_read_by`). A model's
 final runs start as soon as its grid points are done; ``jobs`` runs go at a time across both stages, and a
 re-run skips finished points and runs, resumes interrupted ones and reuses ``chosen.json`` (refusing a
 different grid). The summary then states the grid and each model's choice.
@@ -43,9 +45,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from motorec.eval.stats import wilcoxon_signed_rank
+from motorec.experiments.errors import ArgumentError, CompareError
 
 __all__ = ["run_compare", "summarize", "setting_metrics", "SETTING_NAMES", "SCALE_ROWS", "format_summary",
-           "GRID_LR", "GRID_REG", "REFERENCE", "parse_grid", "check_grid", "CompareError"]
+           "GRID_LR", "GRID_REG", "REFERENCE", "COMPARE_MODELS", "parse_grid", "check_grid", "CompareError"]
+
+# what run_compare trains by default: MoToRec, the ID backbone and every cold-start baseline
+COMPARE_MODELS = ("motorec", "lightgcn", "lightgcn_content", "content", "knn", "aldi")
 
 SETTING_NAMES = ("cold", "warm", "hybrid")
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -59,11 +65,6 @@ GRID_REG = (1e-4, 1e-3)
 # the model the paired tests are about; its defaults were chosen on validation, so --tune leaves it out
 REFERENCE = "motorec"
 _GRID_KEYS = {"lr": "train.lr", "lambda_reg": "model.lambda_reg"}
-
-
-class CompareError(ValueError):
-    """An output directory :func:`run_compare` cannot continue: the other layout, another tuning grid, rule or
-    config, or runs trained with other settings than their model's."""
 
 
 def setting_metrics(split_metrics: Dict[str, Any], setting: str) -> Dict[str, float]:
@@ -161,7 +162,7 @@ def _trained_lr_reg(run: Path) -> Optional[Tuple[float, float]]:
 def _train_command(run: Path, draw: int, seed: int, models: Sequence[str], *, data: Optional[str],
                    config: Optional[str], epochs: Optional[int], threads: int, backend: Optional[str],
                    device: Optional[str]) -> List[str]:
-    cmd = [sys.executable, "-m", "motorec", "train", "--split-seed", str(draw), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "motorec.experiments.worker", "--split-seed", str(draw), "--seed", str(seed),
            "--out", str(run), "--threads", str(threads), "--quiet"]
     for name in models:
         cmd += ["--model", name]
@@ -176,7 +177,8 @@ def _train_command(run: Path, draw: int, seed: int, models: Sequence[str], *, da
 
 @dataclass(frozen=True)
 class _Run:
-    """One ``motorec train`` subprocess: ``models`` on ``(draw, seed)`` into ``path`` with ``config``."""
+    """One worker subprocess (:mod:`motorec.experiments.worker`): ``models`` on ``(draw, seed)`` into ``path``
+    with ``config``."""
 
     label: str
     path: Path
@@ -223,24 +225,65 @@ def _execute(runs: Sequence[_Run], *, jobs: int, total: int, progress: bool, opt
     return failures
 
 
-def run_compare(out: str | Path, *, models: Sequence[str], draws: int = 5, seeds: int = 1, data: Optional[str] = None,
-                config: Optional[str] = None, epochs: Optional[int] = None, threads: int = 1, jobs: int = 1,
-                backend: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
-                tune: bool = False, grid_lr: Sequence[float] = GRID_LR, grid_reg: Sequence[float] = GRID_REG,
-                tune_reference: bool = False) -> Dict[str, Any]:
-    """Train ``models`` on ``draws`` cold-item draws x ``seeds`` seeds (one subprocess per run, ``jobs`` at a
-    time), then :func:`summarize`. Finished runs are skipped and interrupted ones resumed, so the command can be
-    re-run after a stop. With ``tune``, first the equal-tuning grid ``grid_lr`` x ``grid_reg`` per model (see the
-    module docstring), then one run per ``(draw, seed, model)``. Raises ValueError for a bad argument,
-    :class:`CompareError` for an output directory this call cannot continue (the other layout, another grid),
-    and RuntimeError naming the failed runs and their logs if any run fails (the finished ones stay
-    on disk). Returns the summary."""
+def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draws: int = 5, seeds: int = 1,
+                data: Optional[str | Path] = None, config: Optional[str | Path] = None, epochs: Optional[int] = None,
+                threads: int = 1, jobs: int = 1, backend: Optional[str] = None, device: Optional[str] = None,
+                progress: bool = True, tune: bool = False, grid_lr: Optional[Sequence[float]] = None,
+                grid_reg: Optional[Sequence[float]] = None, tune_reference: bool = False) -> Dict[str, Any]:
+    """Train ``models`` on ``draws`` cold-item draws x ``seeds`` seeds, one process per run, then
+    :func:`summarize`. Finished runs are skipped and interrupted ones resumed, so a call can be repeated after a
+    stop.
+
+    Args:
+        out: the output directory (``runs/draw<d>_seed<s>/``, ``tune/``, ``summary.json``, ``summary.md``).
+        models: model names (default :data:`COMPARE_MODELS`); the paired tests compare :data:`REFERENCE` with
+            the strongest other one.
+        draws: cold-item draws, split seeds ``0 .. draws - 1``.
+        seeds: training seeds per draw, ``0 .. seeds - 1``.
+        data: an MMRec folder, a synthetic spec or ``None`` (bundled MovieLens-100k).
+        config: a YAML config file for every run (checked before any run starts).
+        epochs: joint training epochs of every run (``None``: the config's).
+        threads: torch CPU threads per run. jobs: runs at a time.
+        backend, device: the kernel backend and device of every run (``None``: the config's).
+        progress: show a progress bar over runs.
+        tune: equal tuning first (see the module docstring): every model but the reference (and it too with
+            ``tune_reference``) picks ``train.lr`` in ``grid_lr`` (default :data:`GRID_LR`) x
+            ``model.lambda_reg`` in ``grid_reg`` (default :data:`GRID_REG`) on draw 0 / seed 0; then one run
+            per ``(draw, seed, model)``.
+
+    Returns:
+        the summary (:func:`summarize`).
+
+    Raises:
+        ArgumentError: a bad argument (named). ConfigError, DataError: a bad config file or data.
+        CompareError: an output directory this call cannot continue (the other layout, another grid).
+        RuntimeError: some runs failed; it names them and their logs (the finished ones stay on disk).
+    """
+    from motorec.config import MODEL_NAMES, Config
+    from motorec.experiments.training import resolve_data
+
     for name, v in (("draws", draws), ("seeds", seeds), ("threads", threads), ("jobs", jobs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            raise ArgumentError(f"`{name}` must be >= 1, got {v!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ArgumentError(f"`epochs` must be >= 0, got {epochs!r}")
+    models = list(dict.fromkeys(models)) if models is not None else list(COMPARE_MODELS)
     if not models:
-        raise ValueError("models must name at least one model")
-    models = list(dict.fromkeys(models))
+        raise ArgumentError("`models` must name at least one model")
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ArgumentError(f"`models`: unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
+    data = resolve_data(data)  # a missing folder or a bad synthetic spec is refused before any run
+    if config is not None:
+        config = str(Path(config).resolve())
+        Config.load(config)  # a bad config is refused here, not once per run
+    if not tune:
+        extra = [f"`{n}`" for n, v in (("tune_reference", tune_reference), ("grid_lr", grid_lr),
+                                        ("grid_reg", grid_reg)) if v]
+        if extra:
+            raise ArgumentError(f"{', '.join(extra)} only apply with `tune`")
+    grid_lr = GRID_LR if grid_lr is None else grid_lr
+    grid_reg = GRID_REG if grid_reg is None else grid_reg
     out = Path(out)
     _check_layout(out, tune)
     opts = dict(data=data, epochs=epochs, threads=threads, backend=backend, device=device)
@@ -381,7 +424,7 @@ def _run_tuned(out: Path, models: List[str], tuned: List[str], plan: List[Tuple[
 
 def _point_score(run: Path, model: str, rule: str) -> float:
     """The validation checkpoint-selection score of a finished grid point (``-inf`` where it is not a number)."""
-    from motorec.train.trainer import select_score
+    from motorec.train import select_score
 
     valid = json.loads((run / "metrics.json").read_text())[model]["valid"]
     score = float(select_score(valid, rule))
@@ -399,15 +442,27 @@ def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str,
     if entry.get("select") != base.train.select:
         raise CompareError(f"{path} chose {model}'s setting by train.select {entry.get('select')!r}, but this run's "
                          f"config selects by {base.train.select!r}; use the same --config or another --out")
-    diff = [d for d in base.differences(entry.get("base_config") or {}) if "<missing>" not in d]
-    if model != "motorec":  # a baseline reads none of MoToRec's own keys: their defaults may change under it
-        from motorec.config import MOTOREC_ONLY_MODEL_KEYS
+    read = _settings_read_by(base.to_dict(), model)
 
-        ignored = {f"model.{k}" for k in MOTOREC_ONLY_MODEL_KEYS}
-        diff = [d for d in diff if d.split(":", 1)[0] not in ignored]
+    def is_read(line: str) -> bool:  # a Config.differences line: "section.key: theirs -> ours"
+        section, _, key = line.split(":", 1)[0].partition(".")
+        return key in read.get(section, {})
+
+    diff = [d for d in base.differences(entry.get("base_config") or {}) if "<missing>" not in d and is_read(d)]
     if diff:
         raise CompareError(f"{path} chose {model}'s setting under another --config ({'; '.join(diff[:3])}); use the "
                          "same --config or another --out")
+
+
+def _settings_read_by(config: Dict[str, Any], model: str) -> Dict[str, Dict[str, Any]]:
+    """The settings of ``config`` (a ``Config.to_dict()``) that ``model``'s results depend on, by section: a
+    chosen setting (``chosen.json``) is reused across changes of any other setting. A baseline reads none of
+    MoToRec's own model keys, so their defaults may change under it; MoToRec reads everything."""
+    if model == REFERENCE:
+        return config
+    from motorec.config import MOTOREC_ONLY_MODEL_KEYS
+
+    return {**config, "model": {k: v for k, v in config.get("model", {}).items() if k not in MOTOREC_ONLY_MODEL_KEYS}}
 
 
 def _mean_sd(values: Sequence[float]) -> Tuple[float, float]:
@@ -421,10 +476,10 @@ def _scale_rows(data: Optional[str], split: str, draw: int, seed: int) -> Dict[s
     """Test metrics of the random ranking and the test-popularity oracle on one draw's data."""
     import torch
 
-    from motorec.data import load_mmrec, load_movielens100k
     from motorec.eval.metrics import evaluate
+    from motorec.experiments.training import load_data
 
-    ds = load_movielens100k(split=split, seed=draw) if data is None else load_mmrec(data, split=split, seed=draw)
+    ds = load_data(data, split, draw)
     gen = torch.Generator().manual_seed(1000 * draw + seed)
     test = ds.interactions("test")
     pop = torch.bincount(test[:, 1].long(), minlength=ds.num_items).double()

@@ -1,4 +1,4 @@
-"""motorec.eval.compare: the multi-run summary (means, spread, per-draw means, paired tests, scale rows) and the
+"""motorec.experiments.compare: the multi-run summary (means, spread, per-draw means, paired tests, scale rows) and the
 resumable run loop, plain and with equal tuning (--tune)."""
 import json
 import math
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from motorec.eval import compare
 from motorec.eval.stats import wilcoxon_signed_rank
+from motorec.experiments import compare
 
 
 def _metrics(cold, warm, hybrid):

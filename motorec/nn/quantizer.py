@@ -1,27 +1,28 @@
 """``motorec.nn.ResidualQuantizer``: residual vector quantization with k-means init, EMA option and dead-code
-re-seeding, on top of the fused op :func:`motorec.ops.residual_quantize`.
+re-seeding, on top of the fused op :func:`motorec.ops.residual_quantize`. k-means lives in
+:mod:`motorec.nn.clustering`, the codebook maintenance (usage counts, EMA, re-seeding, their distributed
+agreement) in :mod:`motorec.nn.codebook`; this module composes them.
 
 Arguments and return order follow vector-quantize-pytorch's ``ResidualVQ`` (``forward -> (quantized, codes,
 losses)``, ``decode(codes)``; ``num_quantizers`` and ``commitment_weight`` are accepted as aliases).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from motorec._dispatch import BACKENDS
+from motorec.nn import codebook
+from motorec.nn.clustering import kmeans
+from motorec.nn.codebook import SHARDED, StatisticsSync
 from motorec.ops import residual_quantize
 from motorec.ops._common import check_float_matrix
 
-__all__ = ["ResidualQuantizer", "QuantizerLosses", "kmeans"]
-
-# Rows per chunk of a nearest-centroid search: chunk x K distances stay around 16M floats (64 MiB) on the
-# torch backend, which builds the distance matrix; the fused kernels never do.
-_DIST_BUDGET = 1 << 24
+__all__ = ["ResidualQuantizer", "QuantizerLosses", "StatisticsSync", "statistics_sync", "kmeans"]
 
 
 class QuantizerLosses(NamedTuple):
@@ -67,100 +68,30 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def _nearest(data: Tensor, centroids: Tensor, backend: str, chunk: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """Nearest centroid of every row of ``data`` (ties: lowest index), in chunks of rows.
-
-    Shapes:
-        data: [N, D], centroids: [K, D] -> (assign [N] int64, squared distance [N] float32)
-    """
-    n, k = data.shape[0], centroids.shape[0]
-    if chunk is None:
-        chunk = max(1, _DIST_BUDGET // max(k, 1))
-    cb = centroids.unsqueeze(0).to(data.dtype)
-    codes, dists = [], []
-    for s in range(0, n, chunk):
-        out = residual_quantize(data[s:s + chunk], cb, backend=backend)
-        codes.append(out.codes[:, 0])
-        dists.append(out.residual_sq[:, 0].float())
-    if not codes:
-        return (torch.empty(0, dtype=torch.int64, device=data.device),
-                torch.empty(0, dtype=torch.float32, device=data.device))
-    return torch.cat(codes), torch.cat(dists)
+@contextlib.contextmanager
+def statistics_sync(module: nn.Module, sync: StatisticsSync) -> Iterator[None]:
+    """Within the block, every :class:`ResidualQuantizer` in ``module`` (itself included) makes its statistics
+    agree across ranks by ``sync``, e.g. :data:`~motorec.nn.codebook.REPLICATED` where every rank quantizes
+    the same, whole data; each quantizer's own strategy is restored after the block."""
+    if not isinstance(sync, StatisticsSync):
+        raise TypeError(f"sync must be a StatisticsSync, got {type(sync).__name__}")
+    held = [(q, q.statistics_sync) for q in module.modules() if isinstance(q, ResidualQuantizer)]
+    for q, _ in held:
+        q.statistics_sync = sync
+    try:
+        yield
+    finally:
+        for q, saved in held:
+            q.statistics_sync = saved
 
 
-def _rng_device(generator: Optional[torch.Generator], data: Tensor) -> torch.device:
-    return data.device if generator is None else generator.device
-
-
-def _kmeans_plusplus(data: Tensor, k: int, generator: Optional[torch.Generator]) -> Tensor:
-    """k-means++ seeding (D^2 sampling) on ``data`` [M, D] -> [k, D]. Once every point coincides with a
-    centre (fewer distinct points than k), the remaining centres are uniform random picks."""
-    m = data.shape[0]
-    rng = _rng_device(generator, data)
-    idx = torch.empty(k, dtype=torch.int64, device=data.device)
-    idx[0] = torch.randint(m, (1,), generator=generator, device=rng)[0].to(data.device)
-    d2 = (data - data[idx[0]]).pow(2).sum(1)
-    for j in range(1, k):
-        total = d2.sum()
-        if bool(total > 0):
-            pick = torch.multinomial((d2 / total).to(rng), 1, generator=generator)
-        else:
-            pick = torch.randint(m, (1,), generator=generator, device=rng)
-        idx[j] = pick[0].to(data.device)
-        d2 = torch.minimum(d2, (data - data[idx[j]]).pow(2).sum(1))
-    return data[idx].clone()
-
-
-def kmeans(
-    data: Tensor,
-    num_clusters: int,
-    iters: int = 10,
-    *,
-    max_seed_points: Optional[int] = None,
-    backend: str = "auto",
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[Tensor, Tensor]:
-    """Lloyd's k-means with k-means++ seeding, vectorized; the assignment step is chunked (and runs through
-    :func:`motorec.ops.residual_quantize` with one level, so the fused kernels serve it where available).
-
-    Seeding runs on a random subset of at most ``max_seed_points`` rows (default ``max(4096, 16 K)``).
-    Clusters left empty by an iteration are re-seeded with random data points.
-
-    Args:
-        data: [N, D] float, N >= 1.
-        num_clusters: K >= 1 (may exceed N: the surplus centres duplicate data points).
-        iters: Lloyd iterations (0: seeding only).
-
-    Shapes:
-        data: [N, D] -> (centroids [K, D] float32, assign [N] int64, the nearest final centroid per row)
-    """
-    check_float_matrix(data, "data")
-    if data.shape[0] < 1:
-        raise ValueError("data must have at least one row for k-means")
-    if not isinstance(num_clusters, int) or num_clusters < 1:
-        raise ValueError(f"num_clusters must be an int >= 1, got {num_clusters!r}")
-    if not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
-    x = data.detach().float()
-    n, dim = x.shape
-    limit = max_seed_points if max_seed_points is not None else max(4096, 16 * num_clusters)
-    seed_rows = x
-    if n > limit:
-        sel = torch.randperm(n, generator=generator, device=_rng_device(generator, x))[:limit].to(x.device)
-        seed_rows = x[sel]
-    centroids = _kmeans_plusplus(seed_rows, num_clusters, generator)
-    assign = _nearest(x, centroids, backend)[0]
-    for _ in range(iters):
-        counts = torch.bincount(assign, minlength=num_clusters)
-        sums = torch.zeros(num_clusters, dim, dtype=x.dtype, device=x.device).index_add_(0, assign, x)
-        empty = counts == 0
-        centroids = torch.where(empty.unsqueeze(1), centroids, sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype))
-        n_empty = int(empty.sum())
-        if n_empty:
-            pick = torch.randint(n, (n_empty,), generator=generator, device=_rng_device(generator, x)).to(x.device)
-            centroids[empty] = x[pick]
-        assign = _nearest(x, centroids, backend)[0]
-    return centroids, assign
+def _alias(name: str, value, default, alias_name: str, alias):
+    """``value`` or its vector-quantize-pytorch spelling ``alias``; both given and different is an error."""
+    if alias is None:
+        return value
+    if value != default and value != alias:
+        raise ValueError(f"{name}={value} and its alias {alias_name}={alias} disagree")
+    return alias
 
 
 class ResidualQuantizer(nn.Module):
@@ -172,26 +103,25 @@ class ResidualQuantizer(nn.Module):
     the codebooks) and the commitment loss (gradient to x, weighted by ``commitment`` through a gradient-scaling
     identity on x). The output is straight-through: ``x + (quantized - x).detach()``.
 
-    Training-mode side effects of ``forward`` (under ``no_grad``; all but the first after the op):
+    Training-mode side effects of ``forward`` (under ``no_grad``; all but the first after the op, through
+    :mod:`motorec.nn.codebook`):
 
-    * k-means init: before the op, on the first training batch when ``kmeans_init`` and the codebooks are not initialized
-      yet (or call :meth:`init_codebooks` on the whole catalog first). Level k runs k-means on the residuals
-      left by levels < k.
+    * k-means init: before the op, on the first training batch when ``kmeans_init`` and the codebooks are not
+      initialized yet (or call :meth:`init_codebooks` on the whole catalog first).
     * usage counts per code (:meth:`usage`, :meth:`dead_code_fraction`, :meth:`perplexity`).
     * ``ema=True``: ``C_k[j] <- EMA of the mean of the residuals r^(k-1) assigned to j`` (Laplace-smoothed
       counts, as in VQ-VAE-2); the codebooks then get no gradient.
-    * dead-code re-seeding: counts are kept over tumbling windows of ``dead_code_window`` training steps; at
-      the end of a window every code used fewer than ``dead_code_threshold`` times in it is replaced by a
-      random residual r^(k-1) of the current batch (its EMA state reset to that vector with count 1, its
-      usage count reset to 0). ``dead_code_threshold=0`` turns re-seeding off. The step count of the
-      current window lives on the host (no device sync per step) and restarts after loading a checkpoint.
+    * dead-code re-seeding: at the end of every window of ``dead_code_window`` training steps, each code used
+      fewer than ``dead_code_threshold`` times in it becomes a random residual r^(k-1) of the current batch
+      (``dead_code_threshold=0``: never). The window position lives on the host and travels as extra state.
 
     The op saves its own copy of the codebooks while training, so these in-place updates never change the
     gradient of the step that triggered them. Optimizer state (e.g. Adam moments) of a re-seeded row is not
     reset: it lives outside the module.
 
-    Distributed: counts and EMA sums go through :meth:`_sync` (all-reduce sum) and k-means results and
-    re-seeded codewords through :meth:`_broadcast` (from rank 0) when ``torch.distributed`` is initialized.
+    Distributed: the attribute ``statistics_sync`` (a :class:`~motorec.nn.codebook.StatisticsSync`, by default
+    :data:`~motorec.nn.codebook.SHARDED`) sums counts and EMA sums over ranks and broadcasts k-means results
+    and re-seeded codewords from rank 0; :func:`statistics_sync` swaps it for a block.
 
     Args:
         dim: D, width of the vectors.
@@ -231,28 +161,20 @@ class ResidualQuantizer(nn.Module):
         commitment_weight: Optional[float] = None,
     ) -> None:
         super().__init__()
-        if num_quantizers is not None:
-            if num_levels != 3 and num_levels != num_quantizers:
-                raise ValueError(f"num_levels={num_levels} and its alias num_quantizers={num_quantizers} disagree")
-            num_levels = num_quantizers
-        if commitment_weight is not None:
-            if commitment != 0.25 and commitment != commitment_weight:
-                raise ValueError(f"commitment={commitment} and its alias commitment_weight={commitment_weight} disagree")
-            commitment = commitment_weight
+        num_levels = _alias("num_levels", num_levels, 3, "num_quantizers", num_quantizers)
+        commitment = _alias("commitment", commitment, 0.25, "commitment_weight", commitment_weight)
         for name, v in (("dim", dim), ("num_levels", num_levels), ("codebook_size", codebook_size),
                         ("dead_code_window", dead_code_window)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not isinstance(kmeans_iters, int) or kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be an int >= 0, got {kmeans_iters!r}")
-        if not commitment >= 0:
-            raise ValueError(f"commitment must be >= 0, got {commitment!r}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        if not dead_code_threshold >= 0:
-            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
+        for name, v, ok, rule in (("commitment", commitment, commitment >= 0, "be >= 0"),
+                                  ("decay", decay, 0.0 <= decay < 1.0, "lie in [0, 1)"),
+                                  ("eps", eps, eps > 0, "be > 0"),
+                                  ("dead_code_threshold", dead_code_threshold, dead_code_threshold >= 0, "be >= 0")):
+            if not ok:
+                raise ValueError(f"{name} must {rule}, got {v!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.dim, self.num_levels, self.codebook_size = dim, num_levels, codebook_size
@@ -276,6 +198,7 @@ class ResidualQuantizer(nn.Module):
         # dead-code window (saved as extra state, see get_extra_state) and whether `initialized` was seen True.
         self._window_step = 0
         self._init_seen = False
+        self.statistics_sync: StatisticsSync = SHARDED
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -294,20 +217,6 @@ class ResidualQuantizer(nn.Module):
                 f"commitment={self.commitment}, ema={self.ema}, kmeans_init={self.kmeans_init}, "
                 f"dead_code_threshold={self.dead_code_threshold}, dead_code_window={self.dead_code_window}, "
                 f"backend={self.backend!r}")
-
-    # ------------------------------------------------------------------ distributed hooks
-    def _sync(self, t: Tensor) -> Tensor:
-        """All-reduce (sum) ``t`` in place across ranks when ``torch.distributed`` is initialized."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(t)
-        return t
-
-    def _broadcast(self, t: Tensor) -> Tensor:
-        """Broadcast ``t`` in place from rank 0 when ``torch.distributed`` is initialized (random choices,
-        like k-means seeds and re-seeded codewords, must agree across ranks)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast(t, src=0)
-        return t
 
     # ------------------------------------------------------------------ checks
     def _check_x(self, x: Tensor, name: str = "x") -> None:
@@ -414,8 +323,8 @@ class ResidualQuantizer(nn.Module):
             self.codebooks[k].copy_(centroids)
             self.ema_cluster_size[k].copy_(torch.bincount(assign, minlength=self.codebook_size).float())
             r = r - centroids[assign]
-        self._broadcast(self.codebooks.data)
-        self._broadcast(self.ema_cluster_size)
+        self.statistics_sync.broadcast(self.codebooks.data)
+        self.statistics_sync.broadcast(self.ema_cluster_size)
         # An unused centre keeps a unit count so its EMA codeword stays put rather than decaying to zero.
         self.ema_cluster_size.clamp_(min=1.0)
         self.ema_embed_sum.copy_(self.codebooks.detach() * self.ema_cluster_size.unsqueeze(-1))
@@ -437,24 +346,11 @@ class ResidualQuantizer(nn.Module):
         self._window_step = 0
 
     # ------------------------------------------------------------------ training-time updates
-    def _code_counts(self, codes: Tensor) -> Tensor:
-        """Assignments per code, [L, K] int64, as a fixed-size scatter: unlike ``torch.bincount``, which reads the
-        largest value back to size its output, this never waits on the device. Integer sums: exact.
-
-        Shapes:
-            codes: [N, L] int64 -> [L, K] int64
-        """
-        num_levels, size = self.num_levels, self.codebook_size
-        offsets = torch.arange(num_levels, device=codes.device, dtype=torch.int64) * size
-        flat = (codes + offsets).reshape(-1)
-        counts = torch.zeros(num_levels * size, dtype=torch.int64, device=codes.device)
-        return counts.index_add_(0, flat, torch.ones_like(flat)).view(num_levels, size)
-
     def _update(self, x: Tensor, codes: Tensor, cb: Tensor) -> None:
-        # Runs every training step: no host reads here except in _reseed, which runs only at the end of a
-        # dead-code window (every `dead_code_window` steps; the window position lives on the host).
-        num_levels, size = self.num_levels, self.codebook_size
-        counts = self._sync(self._code_counts(codes).to(self.code_counts.dtype))
+        # Runs every training step: no host reads here except in reseed_dead_codes, which runs only at the end
+        # of a dead-code window (every `dead_code_window` steps; the window position lives on the host).
+        sync = self.statistics_sync
+        counts = sync.reduce(codebook.code_counts(codes, self.codebook_size).to(self.code_counts.dtype))
         self.code_counts += counts
         self.window_counts += counts
         self._window_step += 1
@@ -463,56 +359,28 @@ class ResidualQuantizer(nn.Module):
             return
         r = x.to(torch.float32)
         cbf = cb.to(torch.float32)
-        for k in range(num_levels):
+        for k in range(self.num_levels):
             idx = codes[:, k]
+            state = (self.codebooks.data[k], self.ema_cluster_size[k], self.ema_embed_sum[k])
             if self.ema:
-                sums = torch.zeros(size, self.dim, dtype=torch.float32, device=r.device).index_add_(0, idx, r)
-                self._ema_update(k, counts[k], self._sync(sums))
+                codebook.ema_update(*state, counts[k], r, idx, decay=self.decay, eps=self.eps, sync=sync)
             if reseed:
-                self._reseed(k, r)
+                codebook.reseed_dead_codes(*state, self.code_counts[k], self.window_counts[k], r,
+                                           threshold=self.dead_code_threshold, sync=sync)
             r = r - cbf[k].index_select(0, idx)
         if reseed:
             self.window_counts.zero_()
             self._window_step = 0
 
-    def _ema_update(self, k: int, counts: Tensor, sums: Tensor) -> None:
-        d = self.decay
-        cs = self.ema_cluster_size[k]
-        cs.mul_(d).add_(counts.to(cs.dtype), alpha=1.0 - d)
-        self.ema_embed_sum[k].mul_(d).add_(sums, alpha=1.0 - d)
-        total = cs.sum()
-        smoothed = (cs + self.eps) / (total + self.codebook_size * self.eps) * total
-        self.codebooks.data[k].copy_(self.ema_embed_sum[k] / smoothed.unsqueeze(1))
-
-    def _reseed(self, k: int, residuals: Tensor) -> None:
-        # Counts are all-reduced, so every rank finds the same dead codes. This reads the number of dead codes
-        # back to the host (the size of the random draw), but only once per dead-code window, not per step.
-        dead = self.window_counts[k] < self.dead_code_threshold
-        n_dead, n = int(dead.sum()), residuals.shape[0]
-        if n_dead == 0 or n == 0:
-            return
-        if n >= n_dead:
-            pick = torch.randperm(n, device=residuals.device)[:n_dead]
-        else:
-            pick = torch.randint(n, (n_dead,), device=residuals.device)
-        new = self._broadcast(residuals[pick].contiguous())
-        self.codebooks.data[k][dead] = new.to(self.codebooks.dtype)
-        self.ema_cluster_size[k][dead] = 1.0
-        self.ema_embed_sum[k][dead] = new
-        self.code_counts[k][dead] = 0
-
     # ------------------------------------------------------------------ statistics
     def _counts(self, x: Optional[Tensor]) -> Tensor:
-        if x is None:
-            return self.code_counts.float()
-        return self._code_counts(self.encode(x)).float()
+        return self.code_counts if x is None else codebook.code_counts(self.encode(x), self.codebook_size)
 
     @torch.no_grad()
     def usage(self, x: Optional[Tensor] = None) -> Tensor:
         """Fraction of assignments per code: over the training steps since the last reset (or init), or over
         ``x`` when given. Shapes: -> [L, K], rows summing to 1 (0 when nothing was counted)."""
-        c = self._counts(x)
-        return c / c.sum(1, keepdim=True).clamp_min(1)
+        return codebook.usage(self._counts(x))
 
     @torch.no_grad()
     def dead_code_fraction(self, x: Optional[Tensor] = None) -> Tensor:
@@ -523,6 +391,4 @@ class ResidualQuantizer(nn.Module):
     def perplexity(self, x: Optional[Tensor] = None) -> Tensor:
         """``exp(entropy)`` of the code distribution per level (K when usage is uniform, 1 when one code takes
         everything). Shapes: -> [L]."""
-        p = self.usage(x)
-        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
-        return torch.exp(ent)
+        return codebook.perplexity(self._counts(x))

@@ -13,11 +13,12 @@ How a run is split across ``W`` ranks:
   positives, the sparsity KL of a batch's mean code usage) are computed per shard, as usual for DDP.
 * **The graph** (user-item adjacency, item-item kNN graphs) is replicated: every rank holds all of it.
 * **Codebook statistics.** Pre-training shards the items of each batch, so :class:`~motorec.nn.quantizer
-  .ResidualQuantizer` all-reduces its usage counts and EMA sums (its ``_sync`` hook) and broadcasts k-means
-  centroids and re-seeded codewords from rank 0 (``_broadcast``). In joint training MoToRec's tokenizers
-  run over the whole catalog on every rank, so the statistics are already global on each rank: summing them
-  would count every item ``W`` times, and :func:`replicated_statistics` turns the all-reduce off there
-  (the broadcasts stay, so random re-seeds agree).
+  .ResidualQuantizer` all-reduces its usage counts and EMA sums and broadcasts k-means centroids and
+  re-seeded codewords from rank 0 (its ``statistics_sync``, :data:`motorec.nn.codebook.SHARDED` by
+  default). In joint training MoToRec's tokenizers run over the whole catalog on every rank, so the
+  statistics are already global on each rank: summing them would count every item ``W`` times, and
+  :func:`replicated_statistics` switches the quantizers to :data:`~motorec.nn.codebook.REPLICATED` there
+  (no all-reduce; the broadcasts stay, so random re-seeds agree).
 * **Random streams** are re-aligned to rank 0's before every step (:func:`sync_rng`), so replicated random
   choices agree across ranks and rank 0's checkpointed RNG state is every rank's.
 * **Rank 0** evaluates (the result is broadcast, so early stopping agrees), writes checkpoints and loads
@@ -185,20 +186,11 @@ def local_device(ctx: Optional[DistContext], device: torch.device) -> torch.devi
 def replicated_statistics(model: nn.Module) -> Iterator[None]:
     """Within the block, quantizers of ``model`` do not all-reduce their statistics (every rank already
     computed them over the same, whole catalog); broadcasts of random choices still happen."""
-    from motorec.nn.quantizer import ResidualQuantizer
+    from motorec.nn.codebook import REPLICATED
+    from motorec.nn.quantizer import statistics_sync
 
-    qs = [m for m in model.modules() if isinstance(m, ResidualQuantizer)]
-    for q in qs:
-        q._sync = _identity  # instance attribute: shadows the method for this block only
-    try:
+    with statistics_sync(model, REPLICATED):
         yield
-    finally:
-        for q in qs:
-            q.__dict__.pop("_sync", None)
-
-
-def _identity(t: Tensor) -> Tensor:
-    return t
 
 
 class _Step(nn.Module):

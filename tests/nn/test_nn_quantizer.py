@@ -1,9 +1,14 @@
-"""motorec.nn.ResidualQuantizer and motorec.nn.kmeans against direct torch computations (torch backend)."""
+"""motorec.nn.ResidualQuantizer, its codebook maintenance (motorec.nn.codebook) and motorec.nn.kmeans against
+direct torch computations (torch backend)."""
+import copy
+import pickle
+
 import pytest
 import torch
 
-from motorec.nn import ResidualQuantizer, kmeans
-from motorec.nn import quantizer as qmod
+from motorec.nn import RQVAE, ResidualQuantizer, clustering, codebook, kmeans
+from motorec.nn.codebook import REPLICATED, SHARDED, StatisticsSync
+from motorec.nn.quantizer import statistics_sync
 
 
 def _direct(x, codebooks):
@@ -269,7 +274,7 @@ def test_kmeans_first_batch_init_and_state_dict():
 
 
 def test_kmeans_chunked_assignment_matches_brute_force(monkeypatch):
-    monkeypatch.setattr(qmod, "_DIST_BUDGET", 7 * 5)  # 7 rows per chunk with K = 5
+    monkeypatch.setattr(clustering, "_DIST_BUDGET", 7 * 5)  # 7 rows per chunk with K = 5
     x = torch.randn(103, 3)
     c, assign = kmeans(x, 5, 3, backend="torch")
     assert c.shape == (5, 3) and assign.shape == (103,)
@@ -336,9 +341,12 @@ def test_code_counts_equal_bincount():
     codes = torch.randint(0, 17, (500, 3))
     codes[:, 2] = 4  # one code takes a whole level
     want = torch.stack([torch.bincount(codes[:, k], minlength=17) for k in range(3)])
-    got = q._code_counts(codes)
+    got = codebook.code_counts(codes, 17)
     assert got.dtype == torch.int64 and torch.equal(got, want)
-    assert torch.equal(q._code_counts(codes[:0]), torch.zeros(3, 17, dtype=torch.int64))
+    assert torch.equal(codebook.code_counts(codes[:0], 17), torch.zeros(3, 17, dtype=torch.int64))
+    q.train()
+    _, codes, _ = q(torch.randn(40, 6))
+    assert torch.equal(q.code_counts, torch.stack([torch.bincount(codes[:, k], minlength=17) for k in range(3)]))
 
 
 def _sync_free_backends():
@@ -377,3 +385,82 @@ def test_training_steps_issue_no_host_sync(backend, ema):
     assert q._window_step == 3
     with pytest.raises(HostSyncError, match="_local_scalar_dense"), no_host_sync():
         step(3)  # end of the 4-step window: re-seeding sizes its random draw on the host
+
+
+# ---------------------------------------------------------------------------------------------- statistics sync
+class _TwoEqualRanks:
+    """Stands in for a process group of two ranks that hold the same tensors: all-reduce doubles, broadcast
+    keeps rank 0's value (this rank's). Records which collective ran on what."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        monkeypatch.setattr(codebook, "_group_active", lambda: True)
+        monkeypatch.setattr(torch.distributed, "all_reduce", self.all_reduce)
+        monkeypatch.setattr(torch.distributed, "broadcast", self.broadcast)
+
+    def all_reduce(self, t):
+        self.calls.append(("all_reduce", tuple(t.shape)))
+        t.mul_(2)
+
+    def broadcast(self, t, src):
+        assert src == 0
+        self.calls.append(("broadcast", tuple(t.shape)))
+
+
+def test_statistics_sync_sums_counts_over_ranks_by_default(monkeypatch):
+    ranks = _TwoEqualRanks(monkeypatch)
+    x = torch.randn(50, 4)
+    q = ResidualQuantizer(dim=4, num_levels=2, codebook_size=5, kmeans_iters=2, dead_code_threshold=0,
+                          backend="torch").train()
+    assert q.statistics_sync == SHARDED and q.statistics_sync.reduces
+    _, codes, _ = q(x)
+    want = torch.stack([torch.bincount(codes[:, k], minlength=5) for k in range(2)])
+    assert torch.equal(q.code_counts, 2 * want)  # both ranks' counts
+    # k-means centroids and cluster sizes come from rank 0; the counts are all-reduced once per step.
+    assert ranks.calls == [("broadcast", (2, 5, 4)), ("broadcast", (2, 5)), ("all_reduce", (2, 5))]
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_replicated_statistics_stay_per_rank_and_still_broadcast_reseeds(monkeypatch, ema):
+    ranks = _TwoEqualRanks(monkeypatch)
+    data, _, _ = _clustered(64, 6, 3)
+    model = torch.nn.Sequential(torch.nn.Identity(), ResidualQuantizer(
+        dim=6, num_levels=2, codebook_size=16, ema=ema, kmeans_init=False, dead_code_threshold=1,
+        dead_code_window=1, backend="torch")).train()
+    q = model[1]
+    plain = copy.deepcopy(q)
+    with statistics_sync(model, REPLICATED):
+        assert q.statistics_sync == REPLICATED
+        torch.manual_seed(3)
+        _, codes, _ = model(data)
+    assert q.statistics_sync == SHARDED  # restored
+    assert not [c for c in ranks.calls if c[0] == "all_reduce"]
+    assert ("broadcast", (int((torch.bincount(codes[:, 0], minlength=16) == 0).sum()), 6)) in ranks.calls
+    # Without any process group, a replicated quantizer computes exactly what a single process computes.
+    monkeypatch.setattr(codebook, "_group_active", lambda: False)
+    torch.manual_seed(3)
+    _, plain_codes, _ = plain(data)
+    assert torch.equal(codes, plain_codes)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, q.state_dict()[k]) if isinstance(v, torch.Tensor) else v == q.state_dict()[k], k
+
+
+def test_statistics_sync_reaches_nested_quantizers_and_is_restored_on_error():
+    m = RQVAE(input_dim=5, latent_dim=3, hidden_dims=[4], num_levels=1, codebook_size=4)
+    with pytest.raises(RuntimeError, match="inside"), statistics_sync(m, REPLICATED):
+        assert m.quantizer.statistics_sync == REPLICATED
+        raise RuntimeError("inside")
+    assert m.quantizer.statistics_sync == SHARDED
+    with pytest.raises(TypeError, match="sync must be a StatisticsSync"), statistics_sync(m, "replicated"):
+        pass
+    with pytest.raises(TypeError, match="reduce must be a bool"):
+        StatisticsSync(reduce=1)
+
+
+def test_statistics_sync_survives_copies_and_is_not_state():
+    q = ResidualQuantizer(dim=3, num_levels=1, codebook_size=4)
+    q.statistics_sync = REPLICATED
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert other.statistics_sync == REPLICATED and not other.statistics_sync.reduces
+    assert list(q.state_dict()) == ["codebooks", "initialized", "code_counts", "window_counts", "ema_cluster_size",
+                                    "ema_embed_sum", "_extra_state"]

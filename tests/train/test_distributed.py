@@ -102,7 +102,8 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
     torch.set_num_threads(1)
     from motorec.config import Config
     from motorec.data import synthetic
-    from motorec.nn.quantizer import ResidualQuantizer
+    from motorec.nn.codebook import REPLICATED
+    from motorec.nn.quantizer import ResidualQuantizer, statistics_sync
     from motorec.train import Trainer
     from motorec.train import distributed as d
 
@@ -115,6 +116,10 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
     x = torch.randn(10 + rank, 4)
     q(x)
     counts = q.code_counts.clone()
+    with statistics_sync(q, REPLICATED):  # every rank holds the whole data: counts stay this rank's own
+        q.reset_usage()
+        q(x)
+    local = q.code_counts.clone()
 
     # Full MoToRec: pre-training (sharded items: statistics all-reduced, k-means broadcast from rank 0),
     # InfoNCE, rarity, EMA codebooks and dead-code re-seeding (re-seeded codewords broadcast).
@@ -126,7 +131,7 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
         "train": {"epochs": 1, "pretrain_epochs": 1, "batch_size": 48, "lr": 0.01, "patience": 0, "seed": 0}})
     trainer = Trainer(cfg, ds, quiet=True, dist=ctx, device=ctx.device)  # the context is passed, not looked up
     res = trainer.fit()
-    torch.save({"counts": counts, "codebooks": q.codebooks.detach().clone(), "res": res,
+    torch.save({"counts": counts, "local": local, "codebooks": q.codebooks.detach().clone(), "res": res,
                 "model": copy.deepcopy(trainer.model.state_dict())},
                f"{out}.meta.{rank}")
     d.shutdown()
@@ -146,6 +151,7 @@ def test_spawned_ranks_stay_synchronized(tmp_path, monkeypatch):
     # 10 + 11 rows quantized across the two ranks: every level counts all 21 on both ranks.
     assert r0["counts"].sum(1).tolist() == [21, 21] and torch.equal(r0["counts"], r1["counts"])
     assert torch.equal(r0["codebooks"], r1["codebooks"]), "k-means init must be broadcast from rank 0"
+    assert r0["local"].sum(1).tolist() == [10, 10] and r1["local"].sum(1).tolist() == [11, 11]
     # Gradients averaged, statistics synchronized, random re-seeds broadcast: the replicas are identical,
     # parameters and buffers (EMA sums, usage counts, dead-code windows) alike.
     def same(x, y):

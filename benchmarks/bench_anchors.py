@@ -44,7 +44,7 @@ import sys
 import torch
 
 from benchmarks.bench_propagate import SPORTS, PropagateBench
-from benchmarks.bench_residual_quantize import CPU_TARGET, ResidualQuantizeBench, check_codes, decode_f64
+from benchmarks.bench_residual_quantize import CPU_TARGET, ResidualQuantizeBench
 from benchmarks.harness import OUT_TOL, Case, Skip, check_close, main
 
 
@@ -121,12 +121,8 @@ class ResidualQuantizeAnchors(ResidualQuantizeBench):
         return [(dict(CPU_TARGET), torch.float32), (dict(CPU_TARGET, K=1024), torch.float32)]
 
     def _check_codes_quantized(self, state, codes, quantized):
-        x64, cb64 = state["xs"][0].double(), state["cb"].double()
-        codes = codes.to(torch.int64)
-        ties = check_codes(codes, self._reference(state)[0], x64, cb64, torch.finfo(torch.float32).eps)
-        q64, _ = decode_f64(x64, cb64, codes)
-        err = check_close(quantized, q64, OUT_TOL[state["dtype"]], "quantized")
-        return err, (f"{ties} near-tie rows" if ties else "")
+        (q64, _), note = self.check_codes(state, codes.to(torch.int64), torch.finfo(torch.float32).eps)
+        return check_close(quantized, q64, OUT_TOL[state["dtype"]], "quantized"), note
 
     def prepare(self, state, provider, mode):
         if provider in ("torch", "cpu"):

@@ -18,11 +18,13 @@ Modes: ``forward`` (inference encoding), ``full`` (a quantizer training step: fo
 ``residual_sq.mean() + <quantized, w>`` with a fixed random ``w``, and backward to x and the codebooks), and
 ``backward`` (the backward alone) on request.
 
-Checks before timing, against float64 (:mod:`motorec.reference.residual_quantize` on upcast inputs): codes
-equal the float64 codes except on rows where, at the first level that differs, the provider's codeword is
-no farther from the float64 residual than a rounding margin (``2 D eps (|r| + |c|)^2``) — the margin is
-computed per row, not assumed; ``quantized`` and ``residual_sq`` equal their float64 values recomputed from
-the provider's codes; gradients equal the float64 reference backward at the provider's codes.
+Checks before timing, against float64 (the shared oracles of :mod:`motorec.testing`): codes pass
+:func:`~motorec.testing.check_codes` against :func:`~motorec.testing.rq_oracle` (exact float64 codes except on
+rows where, at the first level that differs, the choice is a near-tie and the provider's codeword is no
+farther from the float64 residual than a rounding margin ``2 D eps (|r| + |c|)^2``; the margin is computed per
+row, not assumed); ``quantized`` and ``residual_sq`` equal their float64 values recomputed from the provider's
+codes (:func:`~motorec.testing.rq_decode_oracle`); gradients equal the float64 reference backward at the
+provider's codes.
 
 Rate: TFLOP/s counting the search, ``2 N K D L`` flops per call (forward and full).
 
@@ -38,6 +40,7 @@ import torch
 from benchmarks.harness import GRAD_TOL, OUT_TOL, Case, CheckFailed, OpBench, Skip, check_close, main, rotation_sets
 from motorec import ops
 from motorec.reference import residual_quantize as ref_rq
+from motorec.testing import RQOracle, check_codes, rq_decode_oracle, rq_oracle
 
 CPU_TARGET = {"N": 65536, "D": 64, "K": 256, "L": 3}
 GPU_TARGET = {"N": 1 << 20, "D": 64, "K": 256, "L": 3}
@@ -45,76 +48,6 @@ GPU_TARGET = {"N": 1 << 20, "D": 64, "K": 256, "L": 3}
 
 def _shape(n, d, k, levels):
     return {"N": n, "D": d, "K": k, "L": levels}
-
-
-def reference_forward_f64(x: torch.Tensor, codebooks: torch.Tensor, *, chunk_bytes: int) -> Tuple[torch.Tensor, ...]:
-    """The float64 reference forward on upcast inputs, over row chunks so that the [rows, K] float64 distance
-    matrices stay within ``chunk_bytes``. Rows are independent, so chunking changes nothing.
-
-    Shapes:
-        x: [N, D], codebooks: [L, K, D] -> codes [N, L] int64, quantized [N, D] f64, residual_sq [N, L] f64.
-    """
-    x64, cb64 = x.double(), codebooks.double()
-    n, k = x.shape[0], codebooks.shape[1]
-    rows = max(1, chunk_bytes // (k * 8 * 4))
-    parts = [ref_rq.residual_quantize_forward(x64[s:s + rows], cb64) for s in range(0, n, rows)]
-    if not parts:
-        return ref_rq.residual_quantize_forward(x64, cb64)
-    return tuple(torch.cat(p) for p in zip(*parts))
-
-
-def decode_f64(x64: torch.Tensor, cb64: torch.Tensor, codes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 ``(quantized, residual_sq)`` implied by ``codes``: the sum of the chosen codewords, and
-    ``||x - sum_{j<=k} C_j[codes[:, j]]||^2`` per level k."""
-    r = x64.clone()
-    rsq = torch.empty(codes.shape, dtype=torch.float64, device=x64.device)
-    for k in range(cb64.shape[0]):
-        r -= cb64[k].index_select(0, codes[:, k])
-        rsq[:, k] = (r * r).sum(1)
-    return x64 - r, rsq
-
-
-def check_codes(codes: torch.Tensor, ref_codes: torch.Tensor, x64: torch.Tensor, cb64: torch.Tensor,
-                eps: float) -> int:
-    """Raise :class:`CheckFailed` unless ``codes`` equal ``ref_codes`` wherever the choice is not a near tie.
-
-    For each row that differs, take the first level ``k`` where it does (earlier levels agree, so the float64
-    residual ``r`` entering level k is the provider's too, up to rounding), and compute the margin
-    ``||r - C_k[codes]||^2 - ||r - C_k[ref]||^2`` in float64. It must be at most the rounding bound of a
-    squared distance computed in the kernel's precision, ``2 D eps (||r|| + max ||c||)^2``.
-    Returns the number of near-tie rows (rows that differ within that margin).
-    """
-    num_levels, k_size, dim = cb64.shape
-    if codes.shape != ref_codes.shape:
-        raise CheckFailed(f"codes: shape {tuple(codes.shape)} != reference {tuple(ref_codes.shape)}")
-    if codes.dtype != torch.int64:
-        raise CheckFailed(f"codes: dtype {codes.dtype}, expected torch.int64")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k_size):
-        raise CheckFailed(f"codes: out of range [0, {k_size}): min {int(codes.min())}, max {int(codes.max())}")
-    diff = codes != ref_codes
-    rows = diff.any(1).nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return 0
-    first = diff[rows].int().argmax(1)  # first differing level per row
-    r = x64.index_select(0, rows).clone()
-    rc = ref_codes.index_select(0, rows)
-    pc = codes.index_select(0, rows)
-    for k in range(num_levels):
-        before = (first > k).unsqueeze(1)
-        r -= torch.where(before, cb64[k].index_select(0, rc[:, k]), torch.zeros_like(r))
-    c_ref = cb64[first, rc.gather(1, first.unsqueeze(1)).squeeze(1)]
-    c_prov = cb64[first, pc.gather(1, first.unsqueeze(1)).squeeze(1)]
-    gap = ((r - c_prov) ** 2).sum(1) - ((r - c_ref) ** 2).sum(1)
-    scale = r.norm(dim=1) + torch.maximum(c_ref.norm(dim=1), c_prov.norm(dim=1))
-    bound = 2.0 * dim * eps * scale * scale
-    bad = gap > bound
-    if bool(bad.any()):
-        j = int(bad.nonzero()[0, 0])
-        raise CheckFailed(
-            f"codes: {int(bad.sum())} of {codes.shape[0]} rows pick a codeword farther than the float64 best "
-            f"beyond rounding (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
-            f"{int(rc[j, first[j]])}, distance gap {float(gap[j]):.3g} > margin {float(bound[j]):.3g})")
-    return int(rows.numel())
 
 
 class ResidualQuantizeBench(OpBench):
@@ -153,11 +86,18 @@ class ResidualQuantizeBench(OpBench):
         return {"xs": xs, "cb": cb, "w": w, "n_sets": n_sets, "dtype": dtype, "params": params, "ref": None,
                 "flops": 2.0 * n * k * d * levels, "compiled": {}}
 
-    def _reference(self, state):
+    def _oracle(self, state) -> RQOracle:
+        """:func:`~motorec.testing.rq_oracle` of the first input set, computed once per shape."""
         if state["ref"] is None:
-            chunk = (1 << 30) if state["cb"].is_cuda else (256 << 20)
-            state["ref"] = reference_forward_f64(state["xs"][0], state["cb"], chunk_bytes=chunk)
+            state["ref"] = rq_oracle(state["xs"][0], state["cb"])
         return state["ref"]
+
+    def check_codes(self, state, codes: torch.Tensor, eps: float) -> Tuple[torch.Tensor, str]:
+        """Check a provider's codes of the first input set with rounding ``2 D eps``; returns the float64
+        ``quantized`` they imply and a note counting the near-tie rows where they differ from the oracle."""
+        x, cb = state["xs"][0], state["cb"]
+        res = check_codes(codes, x, cb, rounding=2.0 * cb.shape[2] * eps, oracle=self._oracle(state))
+        return rq_decode_oracle(x, cb, codes), (f"{res.differing_rows} near-tie rows" if res.differing_rows else "")
 
     def _forward_fn(self, state, provider, mode="forward"):
         tf32 = provider.endswith("_tf32")
@@ -192,19 +132,16 @@ class ResidualQuantizeBench(OpBench):
     def _check_forward(self, state, out, provider="") -> Tuple[float, str]:
         codes, q, rsq = out
         dtype = state["dtype"]
-        x64, cb64 = state["xs"][0].double(), state["cb"].double()
-        ref_codes = self._reference(state)[0]
         eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
         if provider.endswith("_tf32") and dtype == torch.float32:
             eps = 2.0 ** -10  # TF32 keeps 10 mantissa bits of each matmul operand
-        ties = check_codes(codes, ref_codes, x64, cb64, eps)
-        q64, rsq64 = decode_f64(x64, cb64, codes)
+        (q64, rsq64), note = self.check_codes(state, codes, eps)
         if q.dtype != dtype:
             raise CheckFailed(f"quantized: dtype {q.dtype}, expected {dtype}")
         e1 = check_close(q, q64, OUT_TOL[dtype], "quantized")
         e2 = check_close(rsq, rsq64, OUT_TOL[torch.float64 if dtype == torch.float64 else torch.float32],
                          "residual_sq")
-        return max(e1, e2), (f"{ties} near-tie rows" if ties else "")
+        return max(e1, e2), note
 
     def prepare(self, state, provider, mode):
         xs, cb, w, n_sets, dtype = state["xs"], state["cb"], state["w"], state["n_sets"], state["dtype"]

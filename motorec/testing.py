@@ -325,14 +325,16 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
                 max_excused: Optional[float] = None, oracle: Optional[RQOracle] = None) -> CodeCheck:
     """Raise :class:`CheckFailed` unless ``codes`` are the float64 nearest codewords up to rounding.
 
-    Computes every choice's float64 margin (:func:`rq_oracle`) instead of skipping rows. For each row whose
-    codes differ from the oracle's, take the first level ``k`` where they do (the residual entering level k is
-    then the oracle's): the chosen codeword's squared distance may exceed the best one's by at most
-    ``rounding * (||r|| + max(||c_best||, ||c_chosen||))^2``, the rounding of comparing those two distances
-    (``rounding`` is relative, e.g. ``2 * D * eps`` of the working precision). Later levels of such a row follow
-    a different residual and are not compared. Positions whose margin is at most
-    ``rounding * (||r|| + max_j ||c_j||)^2`` are near-ties (``excused``); with ``max_excused``, more than
-    ``max(3, max_excused * N)`` rows holding one fail the check (a tolerance so loose that the check is vacuous).
+    Computes every choice's float64 margin (:func:`rq_oracle`) instead of skipping rows. Positions whose margin
+    is at most ``rounding * (||r|| + max_j ||c_j||)^2`` are near-ties (``excused``; ``rounding`` is relative,
+    e.g. ``2 * D * eps`` of the working precision). For each row whose codes differ from the oracle's, take the
+    first level ``k`` where they do (the residual entering level k is then the oracle's): that position must be
+    a near-tie, and the chosen codeword's squared distance may exceed the best one's by at most
+    ``rounding * (||r|| + max(||c_best||, ||c_chosen||))^2``, the rounding of comparing those two distances.
+    So away from near-ties the codes are exact, the lowest index of identical codewords included. Later levels
+    of such a row follow a different residual and are not compared. With ``max_excused``, more than
+    ``max(3, max_excused * N)`` rows holding a near-tie fail the check (a tolerance so loose that the check is
+    vacuous).
 
     ``oracle``: :func:`rq_oracle` of ``(x, codebooks)`` when the caller already has it (benchmarks check many
     providers on one input).
@@ -375,6 +377,15 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
                 f"rounding (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
                 f"{int(oc[j, first[j]])}, distance gap {float(gap[j]):.3g} > bound {float(bound[j]):.3g}, "
                 f"oracle margin {float(orc.margin[rows[j], first[j]]):.3g})")
+        # Within the bound but decided beyond rounding: only an identical codeword at another index gets here.
+        bad = ~excused[rows, first]
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise CheckFailed(
+                f"codes: {int(bad.sum())} of {n} rows differ from the float64 codes where the choice is not a "
+                f"near-tie (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
+                f"{int(oc[j, first[j]])}, oracle margin {float(orc.margin[rows[j], first[j]]):.3g} above "
+                f"rounding; identical codewords resolve to the lowest index)")
     num_excused = int(excused.any(1).sum())
     if max_excused is not None and num_excused > max(3, max_excused * n):
         raise CheckFailed(f"codes: {num_excused} of {n} rows excused as near-ties (more than "

@@ -68,7 +68,7 @@ def test_check_codes_margin():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 16, generator=g, dtype=torch.float64)
     cb = torch.randn(2, 40, 16, generator=g, dtype=torch.float64)
-    cb[0, 39] = cb[0, 7]  # duplicate codeword: a provider may pick either index only within the margin
+    cb[0, 39] = cb[0, 7]  # duplicate codeword: the lowest index, except at a near-tie with another codeword
     ref = residual_quantize_forward(x, cb)[0]
     rounding = 2 * 16 * torch.finfo(torch.float32).eps
     res = check_codes(ref.clone(), x, cb, rounding=rounding)
@@ -76,9 +76,12 @@ def test_check_codes_margin():
     tied = ref.clone()
     rows = (tied[:, 0] == 7).nonzero().squeeze(1)
     assert rows.numel() > 0
-    tied[rows, 0] = 39  # exact tie at level 0; later levels are then exempt for these rows
+    tied[rows, 0] = 39  # the same codeword at a higher index, where the choice is not a near-tie
     tied[rows, 1] = (tied[rows, 1] + 1) % 40
-    assert check_codes(tied, x, cb, rounding=rounding).differing_rows == rows.numel()
+    with pytest.raises(CheckFailed, match="identical codewords resolve to the lowest index"):
+        check_codes(tied, x, cb, rounding=rounding)
+    # With a bound that makes every choice a near-tie, the tie is accepted and later levels are then exempt.
+    assert check_codes(tied, x, cb, rounding=1.0).differing_rows == rows.numel()
     bad = ref.clone()
     bad[5, 1] = (bad[5, 1] + 1) % 40  # a clearly farther codeword
     with pytest.raises(CheckFailed, match="farther than the float64 best"):
@@ -91,7 +94,8 @@ def test_check_codes_margin():
     orc = rq_oracle(x, cb)
     with pytest.raises(CheckFailed, match="farther than the float64 best"):
         check_codes(bad, x, cb, rounding=rounding, oracle=orc)
-    assert check_codes(tied, x, cb, rounding=rounding, oracle=orc).differing_rows == rows.numel()
+    with pytest.raises(CheckFailed, match="identical codewords resolve to the lowest index"):
+        check_codes(tied, x, cb, rounding=rounding, oracle=orc)
 
 
 def test_check_codes_near_ties_and_vacuous_tolerance():

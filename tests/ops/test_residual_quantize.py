@@ -1,11 +1,12 @@
 """``motorec::residual_quantize`` on every backend available here, against a float64 oracle.
 
-The oracle (:func:`_oracle`) quantizes in float64 with exact distances ``||r - c||^2`` (difference of vectors,
-so identical codewords get identical distances and the lowest index wins) and returns, per row and level, the
-margin between the best distance and the best distance of a codeword that differs from the winner. A backend's
-code must equal the oracle's wherever that margin is above the rounding of the backend's working precision;
-where it is not, the backend's codeword must itself be within that rounding of the best. Later levels of such
-a row follow a different residual and are not compared.
+The oracle (:func:`motorec.testing.rq_oracle`) quantizes in float64 with exact distances ``||r - c||^2``
+(difference of vectors, so identical codewords get identical distances and the lowest index wins) and returns,
+per row and level, the margin between the best distance and the best distance of a codeword that differs from
+the winner. :func:`motorec.testing.check_codes` requires a backend's code to equal the oracle's wherever that
+margin is above the rounding of the backend's working precision; where it is not, the backend's codeword must
+itself be within that rounding of the best. Later levels of such a row follow a different residual and are not
+compared.
 
 Triton runs under ``TRITON_INTERPRET=1``, which must be set before triton is imported: on a machine without a
 GPU, :func:`test_triton_interpreter` re-runs this file's ``triton`` cases in a subprocess with the variable set
@@ -20,13 +21,20 @@ import motorec
 from motorec import _ext
 from motorec.ops.residual_quantize import residual_quantize, residual_quantize_backward_op, residual_quantize_op
 from motorec.reference import residual_quantize as ref
-from motorec.testing import backend_params, backends_here, rel_error, run_triton_cases_under_interpreter
+from motorec.testing import (
+    STORE_U,
+    WORK_U,
+    backend_params,
+    backends_here,
+    check_codes,
+    rel_error,
+    rq_decode_oracle,
+    rq_oracle,
+    run_triton_cases_under_interpreter,
+)
 
 OP = "residual_quantize"
 PARAMS = backend_params(OP)
-U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -24, torch.bfloat16: 2.0 ** -24}
-# Storage rounding of the outputs in the input dtype.
-STORE_U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
 
 
 def _interpreted(device, backend) -> bool:
@@ -48,79 +56,15 @@ def _codebooks(levels, k, d, *, dtype, device, scale=1.0, generator=None):
     return (torch.randn(levels, k, d, dtype=torch.float64, generator=generator) * s).to(dtype=dtype, device=device)
 
 
-def _oracle(x, cb, codes=None, chunk=128):
-    """float64 residual quantization with exact distances.
-
-    Returns ``(codes [N, L], margin [N, L], scale [N, L], chosen_gap [N, L])``: ``margin`` is the gap from the
-    best distance to the best distance of a codeword that differs (as a vector) from the winner; ``scale`` is
-    ``(||r|| + max_j ||c_j||)^2``, the size of the rounding errors of any distance computation; ``chosen_gap``
-    is, for the given ``codes``, the distance of the chosen codeword minus the best one (on the oracle's path).
-    """
-    x64, cb64 = x.detach().double().cpu(), cb.detach().double().cpu()
-    n = x64.shape[0]
-    num_levels = cb64.shape[0]
-    out = torch.empty(n, num_levels, dtype=torch.int64)
-    margin = torch.empty(n, num_levels, dtype=torch.float64)
-    scale = torch.empty(n, num_levels, dtype=torch.float64)
-    gap = torch.zeros(n, num_levels, dtype=torch.float64)
-    r = x64.clone()
-    for lvl in range(num_levels):
-        c = cb64[lvl]
-        cmax = c.norm(dim=1).max()
-        for i0 in range(0, n, chunk):
-            rr = r[i0:i0 + chunk]
-            d = ((rr[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-            best = d.argmin(1)  # first minimum: lowest index among equal distances
-            dbest = d.gather(1, best[:, None]).squeeze(1)
-            same = (c[None, :, :] == c[best][:, None, :]).all(-1)
-            margin[i0:i0 + chunk, lvl] = d.masked_fill(same, float("inf")).min(1).values - dbest
-            scale[i0:i0 + chunk, lvl] = (rr.norm(dim=1) + cmax) ** 2
-            out[i0:i0 + chunk, lvl] = best
-            if codes is not None:
-                gap[i0:i0 + chunk, lvl] = d.gather(1, codes[i0:i0 + chunk, lvl:lvl + 1].cpu()).squeeze(1) - dbest
-        r = r - c[out[:, lvl]]
-    return out, margin, scale, gap
-
-
 def _check_codes(codes, x, cb, *, max_excused=0.05):
-    """Assert the codes are exact up to rounding; return the [N, L] mask of positions excused as near-ties."""
-    n, d = x.shape
-    num_levels = cb.shape[0]
-    assert codes.shape == (n, num_levels) and codes.dtype == torch.int64
-    codes = codes.cpu()
-    assert ((codes >= 0) & (codes < cb.shape[1])).all(), "codes out of range"
-    oc, margin, scale, gap = _oracle(x, cb, codes)
-    tol = 32 * (d + num_levels) * U[x.dtype] * scale
-    excused = margin <= tol
-    # Positions compared: every level up to and including a row's first excused one.
-    before = torch.cumprod((~excused).to(torch.int64), dim=1)
-    compared = torch.cat([torch.ones(n, 1, dtype=torch.int64), before[:, :-1]], dim=1).bool()
-    strict = compared & ~excused
-    bad = strict & (codes != oc)
-    assert not bad.any(), (
-        f"{int(bad.sum())} codes differ from the float64 argmin away from near-ties; first rows "
-        f"{bad.any(1).nonzero().flatten()[:5].tolist()}: got {codes[bad][:5].tolist()}, want {oc[bad][:5].tolist()}, "
-        f"margins {margin[bad][:5].tolist()}")
-    near = compared & excused
-    assert (gap[near] <= tol[near]).all(), "at a near-tie the chosen codeword is not among the tied ones"
-    # Guard against a tolerance so loose that the comparison would be vacuous.
-    assert int(excused.any(1).sum()) <= max(3, max_excused * n), "too many rows excused as near-ties"
-    return excused
-
-
-def _expected_outputs(x, cb, codes):
-    """float64 quantized and residual_sq for the given codes."""
-    x64, cb64 = x.detach().double().cpu(), cb.detach().double().cpu()
-    r = x64.clone()
-    rsq = torch.empty(codes.shape, dtype=torch.float64)
-    for lvl in range(cb64.shape[0]):
-        r = r - cb64[lvl][codes[:, lvl].cpu()]
-        rsq[:, lvl] = (r * r).sum(1)
-    return x64 - r, rsq
+    """Assert the codes are exact up to the rounding of ``x``'s working precision; return the [N, L] mask of
+    positions excused as near-ties."""
+    rounding = 32 * (x.shape[1] + cb.shape[0]) * WORK_U[x.dtype]
+    return check_codes(codes, x, cb, rounding=rounding, max_excused=max_excused).excused
 
 
 def _forward_errors(out, x, cb):
-    q64, r64 = _expected_outputs(x, cb, out.codes)
+    q64, r64 = rq_decode_oracle(x, cb, out.codes)
     return rel_error(out.quantized, q64), rel_error(out.residual_sq, r64)
 
 
@@ -135,9 +79,9 @@ def _check_forward(out, x, cb, backend, **kw):
     # Tolerance after flash-attention: at most ~2x the error of the torch path at the same precision.
     q_err, r_err = _forward_errors(out, x, cb)
     t_q, t_r = _forward_errors(residual_quantize(x, cb, backend="torch"), x, cb)
-    floor = 2 * STORE_U[x.dtype] + 8 * d * U[x.dtype]
+    floor = 2 * STORE_U[x.dtype] + 8 * d * WORK_U[x.dtype]
     assert q_err <= 2 * t_q + floor, f"quantized: relative error {q_err:.2e} (torch path {t_q:.2e})"
-    assert r_err <= 2 * t_r + 8 * d * U[x.dtype], f"residual_sq: relative error {r_err:.2e} (torch path {t_r:.2e})"
+    assert r_err <= 2 * t_r + 8 * d * WORK_U[x.dtype], f"residual_sq: relative error {r_err:.2e} (torch path {t_r:.2e})"
     return excused
 
 
@@ -207,12 +151,12 @@ def test_constructed_near_ties(device, backend, dtype):
     excused = _check_forward(out, x, cb, backend, max_excused=0.4)
     # The margin computation flags the constructed rows whose gap is below rounding, and only few others.
     gap = 2 * t.abs() * (v * v).sum(1)
-    _, _, scale, _ = _oracle(x, cb)
-    below = gap < (d + num_levels) * U[dtype] * scale[:ties, 0]
+    scale = rq_oracle(x, cb).scale.cpu()
+    below = gap < (d + num_levels) * WORK_U[dtype] * scale[:ties, 0]
     assert below.sum() >= 3, "the construction must produce ties below rounding"
     assert excused[:ties, 0][below].all(), "near-tie rows below rounding were not found by the margin computation"
     # Constructed rows well above rounding must be decided exactly (they are compared, not excused).
-    above = gap > 4 * 32 * (d + num_levels) * U[dtype] * scale[:ties, 0]
+    above = gap > 4 * 32 * (d + num_levels) * WORK_U[dtype] * scale[:ties, 0]
     assert above.sum() >= 3 and not excused[:ties, 0][above].any()
 
 
@@ -229,9 +173,9 @@ def test_exact_far_from_origin(device, backend):
     cb = (base + 0.01 * torch.randn(1, k, d, dtype=torch.float64, generator=g)).float().to(device)
     x = (base + 0.01 * torch.randn(n, d, dtype=torch.float64, generator=g)).float().to(device)
     out = residual_quantize(x, cb, backend=backend)
-    oc, margin, _, gap = _oracle(x, cb, out.codes.cpu())
+    oc, margin, _, gap = (t.cpu() for t in rq_oracle(x, cb, out.codes))
     best = ((x.double().cpu() - cb[0].double().cpu()[oc[:, 0]]) ** 2).sum(1)
-    tol = 8 * d * U[torch.float32] * best  # rounding of the difference-of-vectors distance itself
+    tol = 8 * d * WORK_U[torch.float32] * best  # rounding of the difference-of-vectors distance itself
     strict = margin[:, 0] > tol
     assert strict.float().mean() > 0.9
     assert torch.equal(out.codes.cpu()[strict, 0], oc[strict, 0])
@@ -285,7 +229,7 @@ def test_gradients_match_reference_autograd(device, backend, dtype):
     cbt = cb.detach().clone().requires_grad_()
     qt, rt = _autograd_oracle(xt, cbt, out.codes)
     ((qt * wq).sum() + (rt * wr).sum()).backward()
-    floor = 64 * U[dtype]
+    floor = 64 * WORK_U[dtype]
     for name, got, torch_path, want in (("grad_x", x.grad, xt.grad, x64.grad), ("grad_codebooks", cb.grad, cbt.grad, cb64.grad)):
         assert got.dtype == dtype and got.shape == want.shape
         err, terr = rel_error(got, want), rel_error(torch_path, want)
@@ -313,7 +257,7 @@ def test_backward_op_matches_reference(device, backend, dtype):
     extra = STORE_U[dtype] if _interpreted(device, backend) and dtype != torch.float32 else 0.0
     for name, got, tp, want in (("grad_x", gx, gxt, gx64), ("grad_codebooks", gc, gct, gc64)):
         err, terr = rel_error(got, want), rel_error(tp, want)
-        assert err <= 2 * terr + 64 * U[torch.float32] + extra, f"{name}: relative error {err:.2e} (torch path {terr:.2e})"
+        assert err <= 2 * terr + 64 * WORK_U[torch.float32] + extra, f"{name}: relative error {err:.2e} (torch path {terr:.2e})"
 
 
 @pytest.mark.parametrize("device,backend", PARAMS)

@@ -108,7 +108,7 @@ if "$PY" -c "import xdist" 2>/dev/null; then
     OPT_ARGS+=(-n 4)  # a crashing test then costs one worker, not the rest of the stage
 fi
 stage "op tests" "$OUT/tests.log" "$(cap 130 220)" \
-    "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py -m "not slow" "${OPT_ARGS[@]}"
+    "$PY" -m pytest tests/ops tests/cli/test_cli_bad_input.py tests/data/test_data_bad_input.py -m "not slow" "${OPT_ARGS[@]}"
 
 # 4. benchmarks: the target shapes (--quick) ---------------------------------------------------------
 stage "bench --quick" "$OUT/bench.log" "$(cap 170 110)" "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot \
@@ -127,8 +127,8 @@ ALLOW_TIMEOUT=1 stage "merge-path sweep" "$OUT/bench.log" "$(cap 90 60)" \
 ALLOW_TIMEOUT=1 stage "bench --quick, anchors and the rest" "$OUT/bench.log" "$(cap 70 40)" \
     "$PY" -m benchmarks.run --quick --out "$OUT" --no-plot --only anchors,code_usage,rank_topk
 # 5. the rest of the suite (not slow), spread over the CPU cores when pytest-xdist is there -------------
-TEST_ARGS=(tests -m "not slow" -q -p no:cacheprovider -rfE --ignore tests/ops --ignore tests/test_dispatch.py
-           --ignore tests/test_bad_input.py)
+TEST_ARGS=(tests -m "not slow" -q -p no:cacheprovider -rfE --ignore tests/ops --ignore tests/cli/test_cli_bad_input.py
+           --ignore tests/data/test_data_bad_input.py)
 if ! "$PY" -c "import hypothesis" 2>/dev/null; then
     for f in $(grep -rlE "^\s*(import|from) hypothesis" tests --include='*.py'); do TEST_ARGS+=(--ignore "$f"); done
 fi

@@ -13,7 +13,7 @@ t() { local s=$1; shift; echo "== $* (timeout ${s}s)"; timeout --kill-after=5 "$
 t 100 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; tail -2 "$OUT/build.log"
 t 30 "$PY" -m benchmarks.c_error_path 2>&1 | tee -a "$OUT/build.log"
 t 30 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))" 2>&1 | tee -a "$OUT/build.log" | grep -E "loads|raised|auto picks|Error"
-t ${TESTS_S:-80} "$PY" -m pytest tests/ops tests/test_dispatch.py tests/test_bad_input.py tests/train/test_step_sync.py -m "not slow" \
+t ${TESTS_S:-80} "$PY" -m pytest tests/ops tests/cli/test_cli_bad_input.py tests/data/test_data_bad_input.py tests/train/test_step_sync.py -m "not slow" \
     -rfE -p no:cacheprovider -n 12 -v --timeout 60 > "$OUT/tests.log" 2>&1
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -25
 t ${SWEEP_S:-50} "$PY" -m benchmarks.cuda_segment_sweep --segments 128 --items 64,128,256 --out "$OUT/sweep.csv" > "$OUT/sweep.log" 2>&1

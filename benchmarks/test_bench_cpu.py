@@ -8,7 +8,7 @@ rounds. Each test first checks the provider against the float64 reference throug
 
 Also here: tests of the harness itself (a wrong provider is recorded FAILED and never timed, an unavailable
 one is skipped). The checks it shares with the tests (``motorec.testing``) are tested in
-``tests/test_testing.py``.
+``tests/ops/test_testing.py``.
 """
 from __future__ import annotations
 

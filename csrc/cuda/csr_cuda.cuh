@@ -254,7 +254,7 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 // writes every row that starts and ends inside it (with the MODE epilogue), and parks the pieces of rows cut
 // by its boundaries in the workspace: slot 2p for its first row when that row started earlier, slot 2p + 1
 // for its last row when that row goes on. merge_fixup_kernel then completes each cut row in the part where it
-// ends, adding its pieces in a fixed order (deterministic, no atomics). tests/test_merge_path.py emulates both.
+// ends, adding its pieces in a fixed order (deterministic, no atomics). tests/ops/test_merge_path.py emulates both.
 template <typename J>
 struct MergeCoords {
   const J* rows;   // [P + 1]

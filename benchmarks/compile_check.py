@@ -1,13 +1,13 @@
 """Compile-time gates, no GPU needed: registers, spills and instruction mix of every kernel, for sm_90.
 
-Triton: every ``kernels/*.py`` module declares ``compile_specs()`` -> list of :class:`CompileSpec` (one per
-kernel configuration that matters); each is compiled offline with ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", 90, 32))``. Registers and the stack frame come from ``cuobjdump -res-usage`` on the
-cubin, spill bytes from ``ptxas -v`` on the PTX (the ptxas Triton itself picks for sm_90), the instruction mix from
-``cuobjdump -sass``: tensor-core instructions (HGMMA/HMMA) as a share of the whole kernel and of its *tile
-loop*, the innermost backward-branch loop that contains tensor-core instructions (static instruction counts,
-one pass of the loop body). A module with a ``@triton.jit`` function named ``*_kernel`` that no spec covers
-fails the gate: new kernels join by adding specs.
+Triton: every ``kernels/*.py`` module, imported as ``motorec.kernels.<name>``, declares ``compile_specs()`` ->
+list of :class:`CompileSpec` (one per kernel configuration that matters); each is compiled offline with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``. Registers and the stack frame come from
+``cuobjdump -res-usage`` on the cubin, spill bytes from ``ptxas -v`` on the PTX (the ptxas Triton itself picks
+for sm_90), the instruction mix from ``cuobjdump -sass``: tensor-core instructions (HGMMA/HMMA) as a share of
+the whole kernel and of its *tile loop*, the innermost backward-branch loop that contains tensor-core
+instructions (static instruction counts, one pass of the loop body). A module with a ``@triton.jit`` function
+named ``*_kernel`` that no spec covers fails the gate: new kernels join by adding specs.
 
 CUDA: ``.ci/nvcc_check.sh -Xptxas -v`` compiles every ``csrc/cuda/*.cu``; each entry function's registers,
 stack frame and spill bytes are parsed from ptxas's report. Every CUDA kernel must spill 0 bytes.
@@ -144,16 +144,24 @@ def discover_specs(only: Optional[str] = None) -> Tuple[List[Tuple[str, CompileS
     """All (module, spec) pairs from kernels/*.py, and the problems found (uncovered kernels, bad modules)."""
     import triton
 
-    sys.path.insert(0, str(ROOT))
+    # The checkout's root goes last on sys.path, after site-packages (for `benchmarks`, and for motorec when it is
+    # not installed): the Triton modules are imported as motorec.kernels.<op>, never as a top-level `kernels`,
+    # which is another distribution's name.
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
     specs, problems = [], []
     for path in sorted((ROOT / "kernels").glob("*.py")):
         if path.name.startswith("_"):
             continue
-        modname = f"kernels.{path.stem}"
+        modname = f"motorec.kernels.{path.stem}"
         try:
             mod = importlib.import_module(modname)
         except Exception as e:  # noqa: BLE001 - reported as a gate failure
             problems.append(f"{modname}: import failed: {e!r}")
+            continue
+        if Path(mod.__file__).resolve() != path.resolve():
+            problems.append(f"{modname} is {mod.__file__}, not this checkout's {path} (a non-editable motorec is "
+                            "installed: `pip install --no-build-isolation -e .` gates the sources here)")
             continue
         kernels = {n for n, v in vars(mod).items() if isinstance(v, triton.runtime.JITFunction) and n.endswith("_kernel")}
         mine = list(mod.compile_specs()) if hasattr(mod, "compile_specs") else []

@@ -153,7 +153,7 @@ def _trained_lr_reg(run: Path) -> Optional[Tuple[float, float]]:
     if not path.is_file():
         return None
     try:
-        cfg = Config.from_dict(yaml.safe_load(path.read_text()), saved=True)
+        cfg = Config.from_dict(yaml.safe_load(path.read_text()))
     except (ConfigError, yaml.YAMLError):
         return None
     return float(cfg.train.lr), float(cfg.model.lambda_reg)
@@ -456,13 +456,12 @@ def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str,
 
 def _settings_read_by(config: Dict[str, Any], model: str) -> Dict[str, Dict[str, Any]]:
     """The settings of ``config`` (a ``Config.to_dict()``) that ``model``'s results depend on, by section: a
-    chosen setting (``chosen.json``) is reused across changes of any other setting. A baseline reads none of
-    MoToRec's own model keys, so their defaults may change under it; MoToRec reads everything."""
-    if model == REFERENCE:
-        return config
-    from motorec.config import MOTOREC_ONLY_MODEL_KEYS
+    chosen setting (``chosen.json``) is reused across changes of any other setting. A model reads the shared
+    ``model`` section, its own section (named after it), ``wrappers``, ``train`` and ``data``; not another
+    model's section (the decoupled wrapper's ID scorer takes the shared keys only)."""
+    from motorec.config import MODEL_NAMES
 
-    return {**config, "model": {k: v for k, v in config.get("model", {}).items() if k not in MOTOREC_ONLY_MODEL_KEYS}}
+    return {sec: keys for sec, keys in config.items() if sec == model or sec not in MODEL_NAMES}
 
 
 def _mean_sd(values: Sequence[float]) -> Tuple[float, float]:

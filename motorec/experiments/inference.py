@@ -94,8 +94,8 @@ def tokenize(run: str | Path | RunDir, *, output: Optional[str | Path] = None, d
         raise ArgumentError(f"`output` must end in .tsv or .npy, got {Path(output).name!r}")
     ds = rd.load_dataset()
     model, cfg = rd.load_trained("motorec", ds, device)
-    if cfg.model.continuous:
-        raise ArgumentError("this MoToRec was trained with model.continuous=true: it has no tokens")
+    if cfg.settings().continuous:
+        raise ArgumentError("this MoToRec was trained with motorec.continuous=true: it has no tokens")
     tokens = {m: c.cpu().numpy() for m, c in model.tokenize().items()}
     mods = list(tokens)
     table = np.concatenate([tokens[m] for m in mods], axis=1) if mods else np.zeros((ds.num_items, 0), np.int64)

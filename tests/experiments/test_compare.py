@@ -275,8 +275,8 @@ def test_tune_refuses_another_grid_and_the_other_layout(tmp_path, monkeypatch):
     with pytest.raises(compare.CompareError, match="another --config .*model.dim"):
         compare.run_compare(tmp_path, models=["lightgcn"], draws=1, tune=True, config=str(cfg), progress=False)
     assert calls == []
-    # a MoToRec-only key is not a baseline's setting: its tuning is reused under it (nothing retrained)
-    cfg.write_text("model: {lambda_cold: 0.9, freeze_tokenizer: true}\n")
+    # another model's section is not a baseline's setting: its tuning is reused under it (nothing retrained)
+    cfg.write_text("motorec: {lambda_cl: 0.9, rarity: false}\nknn: {cold_k: 7}\n")
     compare.run_compare(tmp_path, models=["lightgcn"], draws=1, tune=True, config=str(cfg), progress=False)
     assert calls == []
 

@@ -1,0 +1,164 @@
+"""``SnapshotEnsemble`` (``motorec/models/ensemble.py``) around LightGCN-with-features and MoToRec: cold items
+scored by the mean of the standardized scores of the current weights and the last ``size - 1`` epochs' weights
+(checked against scores computed by hand from copies of the model, standardized over the full score matrix in
+float64), warm items by the current weights; snapshots taken at each epoch start >= 1, at most ``size - 1``
+kept, holding only [U, d] and [num_cold, d] tensors; state_dict round trip; training unchanged."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from _model_helpers import cold_last, make_batch, make_model
+
+from motorec.config import WrapperConfig
+from motorec.models import SnapshotEnsemble, unwrap, wrap
+
+NAMES = ("lightgcn_content", "motorec")
+OVER = {"lightgcn_content": {"cold_calibration": 0.0}, "motorec": {"cold_calibration": 0.0}}
+
+
+def _full_scores(model) -> torch.Tensor:
+    """[U, I] float64 scores of an unwrapped model's eval embeddings."""
+    model.eval()
+    with torch.no_grad():
+        u, i = model.embeddings()
+    return u.double() @ i.double().t()
+
+
+def _standardized(s: torch.Tensor) -> torch.Tensor:
+    return s / s.std(unbiased=False)
+
+
+def _trained_ensemble(ds, name, size=3, epochs=4, **over):
+    """An ensemble of ``size`` around ``name`` after ``epochs`` epoch starts with two Adam steps each, and a copy
+    of the inner model at every epoch start (before the ensemble's own ``on_epoch_start``: the weights a
+    snapshot takes)."""
+    ens = make_model(ds, name, wrappers=WrapperConfig(ensemble=size), **{**OVER[name], **over})
+    assert isinstance(ens, SnapshotEnsemble) and ens.size == size
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-2)
+    copies = {}
+    for e in range(epochs):
+        ens.train()
+        copies[e] = copy.deepcopy(ens.model)
+        ens.on_epoch_start(e)
+        for s in range(2):
+            loss, _ = ens.loss(make_batch(ds, seed=10 * e + s))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ens.eval()
+    return ens, copies
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cold_scores_are_the_mean_of_standardized_scores_and_warm_scores_the_current_models(ds, name):
+    ens, copies = _trained_ensemble(ds, name, size=3, epochs=4)
+    assert [m["epoch"] for m in ens.members] == [1, 2]  # the ends of epochs 1 and 2; epoch 3 is the current one
+    current = _full_scores(copy.deepcopy(ens.model))
+    # snapshot k (taken at the start of epoch k + 1) holds the weights of the copy made then
+    parts = [current] + [_full_scores(copies[m["epoch"] + 1]) for m in ens.members]
+    assert not torch.allclose(parts[0], parts[1])  # the weights moved between epochs
+    expect = sum(_standardized(s) for s in parts) / len(parts)
+    got = ens.score(torch.arange(ds.num_users)).double()
+    cold = ~ens.warm_mask
+    torch.testing.assert_close(got[:, cold], expect[:, cold], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[:, ~cold], _standardized(current)[:, ~cold], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got[:, cold], _standardized(current)[:, cold], rtol=1e-3, atol=1e-4)
+    # a few users' scores are the same rows
+    some = torch.tensor([3, 0, 17])
+    torch.testing.assert_close(ens.score(some), got[some].float())
+    # training mode: the model's own embeddings and loss
+    ens.train()
+    u, i = ens.embeddings()
+    uu, ii = ens.model.embeddings()
+    assert torch.equal(u, uu) and torch.equal(i, ii)
+    b = make_batch(ds, seed=5)
+    torch.manual_seed(3)
+    la, _ = ens.loss(b)
+    torch.manual_seed(3)
+    lb, _ = ens.model.loss(b)
+    assert torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_snapshots_are_taken_at_epoch_starts_and_hold_only_what_cold_scoring_needs(ds, name):
+    ens, _ = _trained_ensemble(ds, name, size=3, epochs=1)
+    assert ens.members == []  # epoch 0's start: nothing trained yet
+    ens.eval()
+    users = torch.arange(ds.num_users)
+    # no snapshot yet: the model's own scores
+    torch.testing.assert_close(ens.score(users).double(), _full_scores(copy.deepcopy(ens.model)), rtol=1e-5, atol=1e-5)
+    ens, _ = _trained_ensemble(ds, name, size=3, epochs=6)
+    assert [m["epoch"] for m in ens.members] == [3, 4]  # at most size - 1, the newest kept
+    d, num_cold = ens.config.dim, int((~ens.warm_mask).sum())
+    assert torch.equal(ens.items, torch.nonzero(~ens.warm_mask).flatten())
+    for m in ens.members:
+        assert set(m) == {"epoch", "users", "items"}
+        assert m["users"].shape == (ds.num_users, d) and m["items"].shape == (num_cold, d)
+        # own storage of exactly that size: not a view of a whole table
+        for t in (m["users"], m["items"]):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    with pytest.raises(ValueError, match="size must be an integer >= 2"):
+        SnapshotEnsemble(unwrap(ens), 1)
+    with pytest.raises(ValueError, match="items must be a 1-d int64"):
+        SnapshotEnsemble(unwrap(ens), 2, torch.tensor([1.0]))
+    assert wrap(unwrap(ens), WrapperConfig(ensemble=1)) is unwrap(ens)  # 1: no ensemble
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_and_bad_state_refused(ds, name):
+    ens, _ = _trained_ensemble(ds, name, size=3, epochs=4)
+    buf = io.BytesIO()
+    torch.save(ens.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    other = make_model(ds, name, seed=9, wrappers=WrapperConfig(ensemble=3), **OVER[name])
+    other.load_state_dict(state)
+    other.eval()
+    assert [m["epoch"] for m in other.members] == [1, 2]
+    users = torch.arange(ds.num_users)
+    assert torch.equal(other.score(users), ens.score(users))
+    extra = state["_extra_state"]
+    small = make_model(ds, name, wrappers=WrapperConfig(ensemble=2), **OVER[name])
+    with pytest.raises(ValueError, match="holds 2 snapshots, this ensemble keeps 1"):
+        small.set_extra_state(extra)
+    with pytest.raises(ValueError, match="averages other items"):
+        other.set_extra_state({**extra, "items": extra["items"][:-1]})
+    bad = [{**extra["members"][0], "users": extra["members"][0]["users"][:-1]}]
+    with pytest.raises(ValueError, match="has 119 users"):
+        other.set_extra_state({**extra, "members": bad})
+    with pytest.raises(ValueError, match="must be"):
+        other.set_extra_state({"items": extra["items"], "members": [{"epoch": "x"}]})
+
+
+def test_calibration_applies_once_to_the_ensembles_cold_scores(ds):
+    """The ensemble calibrates its own scores with the wrapped model's setting (MoToRec's default: on)."""
+    ens, _ = _trained_ensemble(ds, "motorec", size=3, epochs=3, cold_calibration=None)
+    assert ens.cold is not None and ens.cold.strength() == 1.0
+    users = torch.arange(ds.num_users)
+    u, i = ens.user_embeddings(), ens.item_embeddings()
+    raw = (u.double() @ i.double().t())
+    cold = ~ens.warm_mask
+    w, c = raw[:, ~cold], raw[:, cold]
+    expect = (c - c.mean()) / c.std(unbiased=False) * w.std(unbiased=False) + w.mean()
+    s = ens.score(users).double()
+    torch.testing.assert_close(s[:, cold], expect, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s[:, ~cold], w, rtol=1e-5, atol=1e-5)
+
+
+def test_with_new_items_scores_new_items_by_the_current_weights(ds):
+    full, trunc, n_warm = cold_last(ds)
+    ens, _ = _trained_ensemble(full, "motorec", size=3, epochs=3, item_item=False)
+    members = [m["epoch"] for m in ens.members]
+    assert members == [0, 1]
+    new = {k: torch.randn(4, f.shape[1]) for k, f in full.features.items()}
+    rng = torch.get_rng_state()
+    grown = ens.with_new_items(new)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert isinstance(grown, SnapshotEnsemble) and not grown.training and grown.num_items == full.num_items + 4
+    assert [m["epoch"] for m in grown.members] == members and torch.equal(grown.items, ens.items)
+    scores = grown.score(torch.arange(full.num_users)).double()
+    own = _standardized(_full_scores(copy.deepcopy(grown.model)))
+    torch.testing.assert_close(scores[:, full.num_items:], own[:, full.num_items:], rtol=1e-4, atol=1e-5)

@@ -106,8 +106,9 @@ class Decoupled(Wrapper):
         """Both parts over the grown catalog: the cold part embeds the new items from ``features``; the warm part
         gets zero rows for them (they are cold: never scored by it)."""
         cold = self.cold_model.with_new_items(features)
-        warm = type(self.warm_model)(num_users=self.num_users, num_items=cold.num_items, train=self.train_pairs,
-                                     features={}, config=self.warm_model.config, backend=self.backend)
+        with torch.random.fork_rng(devices=[]):  # init draws (overwritten below): not the caller's RNG
+            warm = type(self.warm_model)(num_users=self.num_users, num_items=cold.num_items, train=self.train_pairs,
+                                         features={}, config=self.warm_model.config, backend=self.backend)
         state = dict(self.warm_model.state_dict())
         n = cold.num_items - self.num_items
         for k, v in state.items():

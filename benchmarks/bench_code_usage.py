@@ -11,8 +11,9 @@ Providers (``torch`` is the speedup baseline):
 Modes: ``forward`` and ``full`` (forward, the loss ``<rho, w>`` with a fixed random ``w``, and the backward to
 ``z_e`` and the codebooks); ``backward`` on request.
 
-Checks before timing, against float64 (the reference on upcast inputs, over row chunks so that its [rows, K]
-tables stay small): ``rho`` and both gradients within the harness's float32 tolerances.
+Checks before timing, against float64 (:func:`motorec.testing.code_usage_oracle`: the reference on upcast
+inputs, over row chunks so that its [rows, K] tables stay small): ``rho`` and both gradients within the
+harness's float32 tolerances.
 
 Rate: items/s (rows of ``z_e`` per second).
 
@@ -21,39 +22,17 @@ Run alone: ``python -m benchmarks.bench_code_usage --quick``.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
 from benchmarks.harness import GRAD_TOL, OUT_TOL, Case, OpBench, Skip, check_close, main, rotation_sets
 from motorec import ops
-from motorec.reference import code_usage as ref_cu
+from motorec.testing import code_usage_oracle
 
 
 def _shape(n, d, k, levels, mode="softmax"):
     return {"N": n, "D": d, "K": k, "L": levels, "mode": mode}
-
-
-def reference_f64(z: torch.Tensor, codes: torch.Tensor, cb: torch.Tensor, temperature: float, mode: str,
-                  grad_rho: torch.Tensor, *, chunk_elems: int = 1 << 22) -> Tuple[torch.Tensor, ...]:
-    """float64 ``(rho [L, K], grad_z [N, D], grad_codebooks [L, K, D])`` for the loss ``<rho, grad_rho>``, over row
-    chunks of at most ``chunk_elems`` table entries. Rows enter ``rho`` and the gradients as a sum (the mean's
-    1/N is linear), so a chunk of n rows is the reference on those rows with its mean rescaled by n / N."""
-    z64, cb64, g64 = z.double(), cb.double(), grad_rho.double()
-    n, k = z.shape[0], cb.shape[1]
-    rows = max(1, chunk_elems // k)
-    rho = torch.zeros(cb.shape[0], k, dtype=torch.float64, device=z.device)
-    gz = torch.empty_like(z64)
-    gc = torch.zeros_like(cb64)
-    for s in range(0, n, rows):
-        zc, cc = z64[s:s + rows], codes[s:s + rows]
-        w = zc.shape[0] / n
-        r, aux = ref_cu.code_usage_forward(zc, cc, cb64, temperature, mode)
-        rho += r * w
-        a, b = ref_cu.code_usage_backward(g64 * w, zc, cc, cb64, aux, temperature, mode)
-        gz[s:s + rows] = a
-        gc += b
-    return rho, gz, gc
 
 
 class CodeUsageBench(OpBench):
@@ -96,8 +75,8 @@ class CodeUsageBench(OpBench):
     def _reference(self, state):
         if state["ref"] is None:
             p = state["params"]
-            state["ref"] = reference_f64(state["zs"][0], state["codes"][0], state["cb"], self.temperature,
-                                         p["mode"], state["w"])
+            state["ref"] = code_usage_oracle(state["zs"][0], state["codes"][0], state["cb"], self.temperature,
+                                             p["mode"], state["w"])
         return state["ref"]
 
     def prepare(self, state, provider, mode):

@@ -4,8 +4,8 @@
   and GPU-only cases skip with a reason on CPU machines;
 * the one power-law interaction generator (:func:`random_interactions`, :func:`power_law_graph`) and a
   random directed graph (:func:`random_directed_graph`);
-* float64 oracles of the three ops (:func:`spmm_oracle`, :func:`propagate_oracle`, :func:`rq_oracle`,
-  :func:`rq_decode_oracle`);
+* float64 oracles of the ops (:func:`spmm_oracle`, :func:`propagate_oracle`, :func:`rq_oracle`,
+  :func:`rq_decode_oracle`, :func:`code_usage_oracle`);
 * error measures and tolerances: :func:`rel_error`, :func:`assert_close_rel`, the flash-attention rule
   :func:`tol_vs_torch` (a backend may err at most ~2x as much as torch at the same precision), unit roundoffs;
 * the near-tie code check of ``residual_quantize`` (:func:`check_codes`), which computes each choice's float64
@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from motorec import _ext
 from motorec._dispatch import dispatcher
 from motorec.graph import Graph
+from motorec.reference import code_usage as _ref_code_usage
 
 DEVICES: List[torch.device] = [torch.device("cpu")] + ([torch.device("cuda")] if _ext.CUDA_AVAILABLE else [])
 FLOAT_DTYPES = [torch.float32, torch.float64]
@@ -311,6 +312,41 @@ def rq_decode_oracle(x: torch.Tensor, codebooks: torch.Tensor,
         r = r - cb64[lvl].index_select(0, codes[:, lvl])
         rsq[:, lvl] = (r * r).sum(1)
     return x64 - r, rsq
+
+
+def code_usage_oracle(z: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, temperature: float, mode: str,
+                      grad_rho: torch.Tensor, *, chunk_elems: int = 1 << 22) -> Tuple[torch.Tensor, ...]:
+    """float64 ``(rho, grad_z, grad_codebooks)`` of ``code_usage`` for the loss ``<rho, grad_rho>``: the
+    reference (:mod:`motorec.reference.code_usage`) on upcast inputs, on ``z``'s device, over row chunks of at
+    most ``chunk_elems`` [rows, K] entries. Rows enter ``rho`` and the gradients as a sum (the mean's 1/N is
+    linear), so a chunk of n rows is the reference on those rows with its mean rescaled by n / N; with one
+    chunk the result is the reference's own.
+
+    Shapes:
+        z: [N, D], codes: [N, L], codebooks: [L, K, D], grad_rho: [L, K]
+        -> rho [L, K] f64, grad_z [N, D] f64, grad_codebooks [L, K, D] f64
+    """
+    z64 = z.detach().double()
+    cb64 = codebooks.detach().to(device=z64.device, dtype=torch.float64)
+    g64 = grad_rho.detach().to(device=z64.device, dtype=torch.float64)
+    codes = codes.to(z64.device)
+    n, k = z64.shape[0], cb64.shape[1]
+    if n == 0:
+        rho, aux = _ref_code_usage.code_usage_forward(z64, codes, cb64, temperature, mode)
+        return (rho, *_ref_code_usage.code_usage_backward(g64, z64, codes, cb64, aux, temperature, mode))
+    rows = max(1, chunk_elems // max(1, k))
+    rho = torch.zeros(cb64.shape[0], k, dtype=torch.float64, device=z64.device)
+    gz = torch.empty_like(z64)
+    gc = torch.zeros_like(cb64)
+    for s in range(0, n, rows):
+        zc, cc = z64[s:s + rows], codes[s:s + rows]
+        w = zc.shape[0] / n
+        r, aux = _ref_code_usage.code_usage_forward(zc, cc, cb64, temperature, mode)
+        rho += r * w
+        a, b = _ref_code_usage.code_usage_backward(g64 * w, zc, cc, cb64, aux, temperature, mode)
+        gz[s:s + rows] = a
+        gc += b
+    return rho, gz, gc
 
 
 # ------------------------------------------------------------------------------------------ near-tie check

@@ -25,6 +25,7 @@ from motorec.testing import (
     WORK_U,
     backend_params,
     backends_here,
+    code_usage_oracle,
     rel_error,
     run_triton_cases_under_interpreter,
     tol_vs_torch,
@@ -54,13 +55,6 @@ def _inputs(n, d, k, levels, *, dtype=torch.float32, device="cpu", generator=Non
     return z.to(dtype=dtype, device=device), codes.to(device), cb.to(dtype=dtype, device=device)
 
 
-def _f64(z, codes, cb, temperature, mode, grad_rho):
-    z64, cb64 = z.detach().double().cpu(), cb.detach().double().cpu()
-    rho, aux = ref.code_usage_forward(z64, codes.cpu(), cb64, temperature, mode)
-    gz, gc = ref.code_usage_backward(grad_rho.double().cpu(), z64, codes.cpu(), cb64, aux, temperature, mode)
-    return rho, gz, gc
-
-
 def _run(z, codes, cb, temperature, mode, backend, grad_rho):
     z = z.detach().clone().requires_grad_()
     cb = cb.detach().clone().requires_grad_()
@@ -71,7 +65,7 @@ def _run(z, codes, cb, temperature, mode, backend, grad_rho):
 
 def _check_all(z, codes, cb, temperature, mode, backend, *, floor=None):
     g = torch.randn(cb.shape[0], cb.shape[1], dtype=torch.float64)
-    want = _f64(z, codes, cb, temperature, mode, g)
+    want = code_usage_oracle(z, codes, cb, temperature, mode, g)
     got = _run(z, codes, cb, temperature, mode, backend, g)
     same = _run(z, codes, cb, temperature, mode, "torch", g) if z.device.type == "cpu" else None
     u = WORK_U[z.dtype]
@@ -258,7 +252,7 @@ def test_triton_interpreter():
 def test_triton_half_inputs():
     z, codes, cb = _inputs(40, 16, 20, 2, dtype=torch.float16)
     g = torch.randn(2, 20, dtype=torch.float64)
-    want = _f64(z, codes, cb, 1.0, "softmax", g)
+    want = code_usage_oracle(z, codes, cb, 1.0, "softmax", g)
     got = _run(z, codes, cb, 1.0, "softmax", "triton", g)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float16
     for a, w in zip(got, want):

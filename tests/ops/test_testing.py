@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from motorec.reference import code_usage as ref_cu
 from motorec.reference.residual_quantize import residual_quantize_forward
 from motorec.reference.spmm import spmm as torch_csr_spmm
 from motorec.testing import (
@@ -9,6 +10,7 @@ from motorec.testing import (
     CheckFailed,
     assert_close_rel,
     check_codes,
+    code_usage_oracle,
     power_law_graph,
     propagate_oracle,
     random_directed_graph,
@@ -163,3 +165,20 @@ def test_random_interactions():
         random_interactions(5, 4, 21, distinct=True)
     e = random_interactions(0, 4, 10)
     assert e[0].numel() == 0 and e[1].numel() == 0
+
+
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+def test_code_usage_oracle_chunks_rows(mode):
+    """One chunk is the float64 reference itself; many chunks sum the same rows in another order."""
+    g = torch.Generator().manual_seed(6)
+    z, cb = torch.randn(97, 12, generator=g), torch.randn(2, 23, 12, generator=g)
+    codes, grad = torch.randint(0, 23, (97, 2), generator=g), torch.randn(2, 23, generator=g, dtype=torch.float64)
+    whole = code_usage_oracle(z, codes, cb, 0.7, mode, grad)
+    rho, aux = ref_cu.code_usage_forward(z.double(), codes, cb.double(), 0.7, mode)
+    want = (rho, *ref_cu.code_usage_backward(grad, z.double(), codes, cb.double(), aux, 0.7, mode))
+    for a, w in zip(whole, want):
+        assert a.dtype == torch.float64 and torch.equal(a, w)
+    for a, w in zip(code_usage_oracle(z, codes, cb, 0.7, mode, grad, chunk_elems=23 * 10), want):
+        assert rel_error(a, w) < 1e-13
+    empty = code_usage_oracle(z[:0], codes[:0], cb, 0.7, mode, grad)
+    assert empty[1].shape == (0, 12) and empty[2].shape == cb.shape

@@ -39,14 +39,14 @@ MODALITIES = {"image": 256, "text": 384}
 
 def _imports():
     try:
-        from motorec.config import ModelConfig
+        from motorec.config import Config
         from motorec.data import synthetic
         from motorec.eval import evaluate
         from motorec.models import build_model
         from motorec.train import BPRSampler, seed_everything
     except ImportError as e:
         raise Skip(f"motorec's model/train layer is not importable here ({e})") from None
-    return ModelConfig, synthetic, evaluate, build_model, BPRSampler, seed_everything
+    return Config, synthetic, evaluate, build_model, BPRSampler, seed_everything
 
 
 class TrainBench(OpBench):
@@ -71,7 +71,7 @@ class TrainBench(OpBench):
         return f"users={p['users']},items={p['items']},interactions={p['interactions']}"
 
     def setup(self, params, dtype, device):
-        ModelConfig, synthetic, evaluate, build_model, BPRSampler, seed_everything = _imports()
+        Config, synthetic, evaluate, build_model, BPRSampler, seed_everything = _imports()
         ds = synthetic(params["users"], params["items"], num_interactions=params["interactions"],
                        modalities=MODALITIES, seed=0).to(device)
         sampler = BPRSampler(ds.train, ds.num_items, batch_size=BATCH_SIZE)
@@ -82,12 +82,14 @@ class TrainBench(OpBench):
             if len(batches) == 8:
                 break
         return {"ds": ds, "batches": batches, "steps_per_epoch": len(sampler), "device": device, "ref": {},
-                "mods": (ModelConfig, evaluate, build_model, seed_everything)}
+                "mods": (Config, evaluate, build_model, seed_everything)}
 
     def _model(self, state, backend: str):
-        ModelConfig, _, build_model, seed_everything = state["mods"]
+        Config, _, build_model, seed_everything = state["mods"]
         seed_everything(0)
-        model = build_model(state["ds"], ModelConfig(), backend=backend, device=str(state["device"]))
+        cfg = Config()  # the default MoToRec, with the default wrappers, as `motorec train` builds it
+        model = build_model(state["ds"], cfg.settings(), wrappers=cfg.wrappers, backend=backend,
+                            device=str(state["device"]))
         model.train()
         model.on_epoch_start(0)
         return model

@@ -34,14 +34,17 @@ from torch.autograd.profiler import record_function
 from benchmarks.harness import DEFAULT_OUT, device_slug, git_sha
 
 # (attribute path prefix of a submodule, component label); the first match (longest prefix first) wins
-_PARTS = ("tokenizer", "token_level", "item_item", "fusion", "feature_residual", "lightgcn")
+_PARTS = ("tokenizer", "token_level", "item_item", "fusion", "lightgcn")
 
 
 def _component_modules(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
     """Submodules that get their own range: each part, and inside the tokenizer each RQ-VAE's encoder,
-    quantizer and decoder (the RQ-VAE's remaining work, its losses, stays with ``tokenizer``)."""
+    quantizer and decoder (the RQ-VAE's remaining work, its losses, stays with ``tokenizer``). The parts are
+    MoToRec's, inside whatever wrappers hold it."""
+    from motorec.models import unwrap
+
     out = []
-    for name, mod in model.named_modules():
+    for name, mod in unwrap(model).named_modules():
         parts = name.split(".")
         if len(parts) == 1 and parts[0] in _PARTS:
             out.append((name, mod))
@@ -129,12 +132,13 @@ def _charge(events) -> Dict[str, float]:
 
 
 def profile_backend(ds, backend: str, steps: int, device) -> Tuple[Dict[str, float], float]:
-    from motorec.config import ModelConfig
+    from motorec.config import Config
     from motorec.models import build_model
     from motorec.train import BPRSampler, make_optimizer, seed_everything
 
     seed_everything(0)
-    model = build_model(ds, ModelConfig(), backend=backend, device=str(device))
+    cfg = Config()  # the default MoToRec, with the default wrappers, as `motorec train` builds it
+    model = build_model(ds, cfg.settings(), wrappers=cfg.wrappers, backend=backend, device=str(device))
     model.train()
     model.on_epoch_start(0)
     opt = make_optimizer(model, lr=1e-3)

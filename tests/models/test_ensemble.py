@@ -10,10 +10,11 @@ import io
 
 import pytest
 import torch
-from _model_helpers import cold_last, make_batch, make_model
+from _model_helpers import SMALL, cold_last, make_batch, make_model
 
-from motorec.config import WrapperConfig
+from motorec.config import Config, WrapperConfig
 from motorec.models import SnapshotEnsemble, unwrap, wrap
+from motorec.train import Trainer, load_checkpoint
 
 NAMES = ("lightgcn_content", "motorec")
 OVER = {"lightgcn_content": {"cold_calibration": 0.0}, "motorec": {"cold_calibration": 0.0}}
@@ -162,3 +163,34 @@ def test_with_new_items_scores_new_items_by_the_current_weights(ds):
     scores = grown.score(torch.arange(full.num_users)).double()
     own = _standardized(_full_scores(copy.deepcopy(grown.model)))
     torch.testing.assert_close(scores[:, full.num_items:], own[:, full.num_items:], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- with the trainer
+def _cfg(name, epochs, ensemble):
+    own = {k: v for k, v in SMALL[name].items() if k != "dim"}
+    return Config().replace(model={"name": name, "dim": 16, "cold_calibration": 0.0}, **{name: own},
+                            wrappers={"ensemble": ensemble},
+                            train={"epochs": epochs, "pretrain_epochs": 1, "batch_size": 256, "patience": 0,
+                                   "lr": 1e-2})
+
+
+@pytest.mark.parametrize("name,epochs", [("lightgcn_content", 5), ("motorec", 4)])
+def test_trainer_trains_as_without_the_ensemble_and_resumes_to_the_same_scores(ds, tmp_path, name, epochs):
+    """The ensemble changes how the trained model scores, not how it trains: every epoch's loss is the unwrapped
+    model's under the same seed; the checkpoint holds the last ``size - 1`` snapshots; a run interrupted and
+    resumed restores the same model (snapshots included) and reports the same metrics."""
+    full = Trainer(_cfg(name, epochs, 3), ds, checkpoint_dir=tmp_path / "a", quiet=True)
+    r = full.fit()
+    plain = Trainer(_cfg(name, epochs, 1), ds, quiet=True).fit()
+    assert [h.get("loss") for h in r["history"]] == [h.get("loss") for h in plain["history"]]
+    pre = 1 if name == "motorec" else 0
+    last = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert [m["epoch"] for m in last["model"]["_extra_state"]["members"]] == [epochs - 3, epochs - 2]
+    best = r["best_epoch"] - pre
+    assert [m["epoch"] for m in full.model.members] == [e for e in (best - 2, best - 1) if e >= 0]
+    Trainer(_cfg(name, epochs - 2, 3), ds, checkpoint_dir=tmp_path / "b", quiet=True).fit()
+    resumed = Trainer(_cfg(name, epochs, 3), ds, checkpoint_dir=tmp_path / "b", quiet=True)
+    rb = resumed.fit(resume=True)
+    assert rb["best_epoch"] == r["best_epoch"] and rb["valid"] == r["valid"] and rb["test"] == r["test"]
+    users = torch.arange(ds.num_users)
+    assert torch.equal(resumed.model.eval().score(users), full.model.eval().score(users))

@@ -25,11 +25,12 @@ def write_mmrec(folder: Path, *, num_users: int = 120, num_items: int = 80, num_
 
 
 def small_config(path: Path, **overrides) -> Path:
-    """A YAML config for a fast run (tiny model, small batches); ``overrides`` are nested section dicts."""
+    """A YAML config for a fast run (tiny model, small batches); ``overrides`` are nested section dicts (MoToRec's own
+    keys under ``motorec``)."""
     import yaml
 
-    cfg = {"model": {"dim": 16, "latent_dim": 8, "hidden_dims": [16], "num_levels": 2, "codebook_size": 8,
-                     "knn_k": 4},
+    cfg = {"model": {"dim": 16},
+           "motorec": {"latent_dim": 8, "hidden_dims": [16], "num_levels": 2, "codebook_size": 8, "knn_k": 4},
            "train": {"epochs": 3, "pretrain_epochs": 0, "batch_size": 64, "lr": 0.01, "patience": 0, "seed": 0}}
     for sec, vals in overrides.items():
         cfg.setdefault(sec, {}).update(vals)

@@ -33,7 +33,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, capsys)
 
     data = write_mmrec(tmp_path / "data", num_users=90, num_items=60, num_interactions=1000)
     # dead_code_window is 20 steps: with ~25 steps an epoch, re-seeding happens on both sides of the kill.
-    cfg = small_config(tmp_path / "cfg.yaml", model={"ema": True}, train={"epochs": 3, "pretrain_epochs": 1,
+    cfg = small_config(tmp_path / "cfg.yaml", motorec={"ema": True}, train={"epochs": 3, "pretrain_epochs": 1,
                                                                          "batch_size": 32})
     args = ["train", "--data", str(data), "--config", str(cfg), "--split", "warm", "--model", "motorec", "--quiet"]
     killed = tmp_path / "killed"

@@ -17,7 +17,7 @@ from motorec.train.inductive import fit_inductive, inductive_split
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mmrec import small_config, write_mmrec  # noqa: E402
 
-SMALL = dict(codebook_size=8, latent_dim=8, hidden_dims=[16], dim=16, knn_k=4, content_hidden=16)
+SMALL = dict(codebook_size=8, latent_dim=8, hidden_dims=[16], knn_k=4)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def ds():
 
 
 def _cfg(epochs=2):
-    return Config().replace(model={"name": "motorec", **SMALL},
+    return Config().replace(model={"name": "motorec", "dim": 16}, motorec=SMALL,
                             train={"epochs": epochs, "pretrain_epochs": 1, "batch_size": 256, "patience": 0})
 
 

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 
-from motorec.config import ModelConfig
+from motorec.config import WrapperConfig, model_config
 from motorec.data import synthetic
 from motorec.models import build_model
 from motorec.testing import no_host_sync
@@ -20,19 +20,26 @@ def ds():
     return synthetic(120, 90, num_topics=4, modalities={"image": 24, "text": 16}, seed=3)
 
 
-MODELS = [("motorec", {}), ("motorec", {"tokenizer_sample": 0}), ("motorec", {"rarity_contrastive": True,
-                                                                              "cold_dropout": 0.2}),
-          ("motorec", {"warm_scorer": "id", "cl_target": "id"}), ("motorec", {"warm_scorer": "joint"}),
-          ("lightgcn", {}), ("lightgcn_content", {}), ("content", {}), ("knn", {}), ("aldi", {})]
+# (model, its own settings, wrappers)
+MODELS = [("motorec", {}, None), ("motorec", {"tokenizer_sample": 0}, None),
+          ("motorec", {}, WrapperConfig(ensemble=3, decoupled=True)), ("lightgcn", {}, None),
+          ("lightgcn_content", {}, None), ("lightgcn_content", {}, WrapperConfig(ensemble=3, decoupled=True)),
+          ("content", {}, None), ("knn", {}, None), ("aldi", {}, None)]
+IDS = [f"{n}-{'-'.join(o) or 'default'}{'-wrapped' if w else ''}" for n, o, w in MODELS]
+OWN = {"motorec": dict(latent_dim=8, hidden_dims=(16,), codebook_size=8, num_levels=2, knn_k=4),
+       "content": dict(hidden=16), "lightgcn_content": dict(hidden=16), "aldi": dict(hidden=16)}
 
 
-@pytest.mark.parametrize("name,over", MODELS, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in MODELS])
-def test_training_step_has_no_host_sync(ds, name, over):
+def _config(name, over, sample):
+    if name == "motorec":
+        over = {"tokenizer_sample": sample, **over}
+    return model_config(name, **{**OWN.get(name, {}), **over})
+
+
+@pytest.mark.parametrize("name,over,wrappers", MODELS, ids=IDS)
+def test_training_step_has_no_host_sync(ds, name, over, wrappers):
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, dim=16, latent_dim=8, hidden_dims=(16,), codebook_size=8, num_levels=2,
-                      knn_k=4, content_hidden=16, tokenizer_sample=over.get("tokenizer_sample", 32),
-                      **{k: v for k, v in over.items() if k != "tokenizer_sample"})
-    model = build_model(ds, cfg, backend="auto", device="cpu")
+    model = build_model(ds, _config(name, {"dim": 16, **over}, 32), wrappers=wrappers, backend="auto", device="cpu")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sampler = BPRSampler(ds.train, ds.num_items, batch_size=64)
     gen = torch.Generator().manual_seed(0)
@@ -58,7 +65,7 @@ def test_training_step_has_no_host_sync(ds, name, over):
 
 def test_detector_sees_a_sync_in_a_step(ds):
     """The test above can fail: the same step with a per-step read of the loss raises."""
-    model = build_model(ds, ModelConfig(name="lightgcn", dim=8), backend="auto", device="cpu")
+    model = build_model(ds, model_config("lightgcn", dim=8), backend="auto", device="cpu")
     batch = next(BPRSampler(ds.train, ds.num_items, batch_size=64).epoch(torch.Generator().manual_seed(0)))
     with pytest.raises(AssertionError):
         with no_host_sync():
@@ -67,17 +74,16 @@ def test_detector_sees_a_sync_in_a_step(ds):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.set_sync_debug_mode)")
-@pytest.mark.parametrize("name,over", MODELS, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in MODELS])
-def test_cuda_training_step_passes_sync_debug_mode(name, over):
+@pytest.mark.parametrize("name,over,wrappers", MODELS, ids=IDS)
+def test_cuda_training_step_passes_sync_debug_mode(name, over, wrappers):
     """On a GPU, torch's own detector: sampling, loss, backward and Adam's step run with
     ``torch.cuda.set_sync_debug_mode("error")``, which raises on any blocking device-to-host transfer or
     synchronizing call (issue 16's GPU criterion). Shapes large enough that every kernel path is the GPU one."""
     dev = torch.device("cuda")
     data = synthetic(3000, 1500, num_topics=8, modalities={"image": 64, "text": 48}, seed=3).to(dev)
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, tokenizer_sample=over.get("tokenizer_sample", 256),
-                      **{k: v for k, v in over.items() if k != "tokenizer_sample"})
-    model = build_model(data, cfg, backend="auto", device="cuda")
+    cfg = model_config(name, **({"tokenizer_sample": 256, **over} if name == "motorec" else over))
+    model = build_model(data, cfg, wrappers=wrappers, backend="auto", device="cuda")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sampler = BPRSampler(data.train, data.num_items, batch_size=512)
     gen = torch.Generator(device=dev).manual_seed(0)

@@ -15,7 +15,9 @@ from motorec.eval import evaluate
 from motorec.train import BPRSampler, CheckpointError, Trainer, load_checkpoint, save_checkpoint
 from motorec.train.checkpoint import FORMAT_VERSION
 
-SMALL_MODEL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=32, knn_k=5, content_hidden=64)
+# each model's own small settings (the shared model.dim is 32)
+SMALL_MODEL = {"motorec": dict(codebook_size=16, latent_dim=16, hidden_dims=[32], knn_k=5),
+               "content": dict(hidden=64), "lightgcn_content": dict(hidden=64)}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,9 @@ def ds():
     return synthetic(300, 200, num_topics=8, modalities={"image": 32, "text": 16}, seed=1)
 
 
-def _cfg(name="motorec", epochs=4, **model):
-    return Config().replace(model={"name": name, **SMALL_MODEL, **model},
+def _cfg(name="motorec", epochs=4, dim=32, **own):
+    return Config().replace(model={"name": name, "dim": dim}, **SMALL_MODEL,
+                            **({name: own} if own else {}),
                             train={"epochs": epochs, "pretrain_epochs": 2, "batch_size": 512, "patience": 0,
                                    "lr": 5e-3})
 
@@ -111,7 +114,7 @@ def _assert_close(a, b, where=""):
         assert a.keys() == b.keys(), where
         for k in a:
             _assert_close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):  # e.g. MoToRec's snapshots (ScoreSnapshots)
+    elif isinstance(a, (list, tuple)):  # e.g. a snapshot ensemble's members
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
         for k, (x, y) in enumerate(zip(a, b)):
             _assert_close(x, y, f"{where}[{k}]")
@@ -159,13 +162,15 @@ def test_resume_refuses_other_config_or_dataset(ds, tmp_path):
 
 def test_config_differences_name_the_changed_keys():
     a = Config()
-    b = a.replace(model={"dim": 8, "hidden_dims": [128, 64]}, train={"lr": 0.01, "epochs": 3})
-    assert b.differences(a) == ["model.dim: 64 -> 8", "model.hidden_dims: [256] -> [128, 64]",
+    b = a.replace(model={"dim": 8}, motorec={"hidden_dims": [128, 64]}, wrappers={"ensemble": 3},
+                  train={"lr": 0.01, "epochs": 3})
+    assert b.differences(a) == ["model.dim: 64 -> 8", "motorec.hidden_dims: [256] -> [128, 64]",
+                                "wrappers.ensemble: 1 -> 3",
                                 "train.lr: 0.001 -> 0.01"]  # epochs is an epoch budget, not a different model
     assert a.differences(a.to_dict()) == []
     old = a.to_dict()
-    del old["model"]["rarity_terms"]  # a config written before the key existed
-    assert a.differences(old) == ["model.rarity_terms: '<missing>' -> 'content'"]
+    del old["motorec"]["rarity_terms"]  # a config without the key
+    assert a.differences(old) == ["motorec.rarity_terms: '<missing>' -> 'content'"]
 
 
 def test_early_stopping_restores_best(ds):
@@ -227,103 +232,17 @@ def test_select_rule_picks_the_best_epoch_by_that_rule(ds, rule):
     assert min(i for i, h in enumerate(rows) if h["select_score"] == best) == rows.index(chosen)  # first best
 
 
-def test_separable_model_selects_warm_and_cold_parts_apart_and_resumes(ds, tmp_path):
-    """MoToRec with warm_scorer "id": warm items are scored by the ID branch, cold items by the joint model, so
-    under warm_cold_mean the warm part keeps the epoch of its best validation warm Recall@20 and the cold part the
-    epoch of its own warm_cold_mean (its cold recall and its own scores' warm recall). The joint half trains
-    exactly as a warm_scorer "joint" model under the same seed, so the cold part is selected at that model's
-    epoch, with its validation scores. Early stopping waits for both parts, and a resumed run selects and restores
-    the same."""
-    # cold_ensemble 3: the cold part's snapshots travel through selection, merge and resume (on this data its
-    # epoch then differs from the warm part's)
-    cfg = _cfg("motorec", epochs=10, warm_scorer="id", cold_ensemble=3).replace(train={"patience": 3, "lr": 2e-3})
-    full = Trainer(cfg, ds, checkpoint_dir=tmp_path / "a", quiet=True)
-    r = full.fit()
-    rows = [h for h in r["history"] if "select_score" in h]
-    sel = r["selected_epochs"]
-    assert sel["warm"] != sel["cold"]  # (on this data; else the merge below is not exercised)
-    warm = [h["valid_warm_recall@20"] for h in rows]
-    own = [(h["valid_cold_part_warm_recall@20"] + h["valid_cold_recall@20"]) / 2 for h in rows]
-    assert sel["warm"] == rows[warm.index(max(warm))]["epoch"]  # the first best
-    assert sel["cold"] == rows[own.index(max(own))]["epoch"]
-    cold_row = next(h for h in rows if h["epoch"] == sel["cold"])
-    assert r["valid"]["warm"]["recall@20"] == pytest.approx(max(warm), abs=1e-9)
-    assert r["valid"]["cold"]["recall@20"] == pytest.approx(cold_row["valid_cold_recall@20"], abs=1e-9)
-    if r["early_stopped"]:  # neither part improved over the last `patience` evaluations
-        assert max(sel.values()) == rows[-4]["epoch"]
-    assert r["best_epoch"] == max(sel.values())
-    # the cold part is the joint model: same validation curve, same selected epoch, same cold scores
-    joint_cfg = cfg.replace(model={"warm_scorer": "joint"})
-    rj = Trainer(joint_cfg.replace(train={"patience": 0}), ds, quiet=True).fit()
-    joint_rows = [h for h in rj["history"] if "select_score" in h]
-    assert [h["valid_warm_recall@20"] for h in joint_rows] == pytest.approx(
-        [h["valid_cold_part_warm_recall@20"] for h in rows], abs=1e-6)
-    assert rj["best_epoch"] == sel["cold"]
-    for split in ("valid", "test"):
-        assert rj[split]["cold"]["recall@20"] == pytest.approx(r[split]["cold"]["recall@20"], abs=1e-6)
-    part = _cfg("motorec", epochs=6, warm_scorer="id", cold_ensemble=3).replace(train={"patience": 3, "lr": 2e-3})
-    Trainer(part, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit()
-    resumed = Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True)
-    rb = resumed.fit(resume=True)
-    assert rb["selected_epochs"] == sel and rb["best_epoch"] == r["best_epoch"]
-    _assert_close(full.model.state_dict(), resumed.model.state_dict(), "best")
-    # a checkpoint whose cold part was selected by the older rule (cold recall alone) is not resumed
-    state = load_checkpoint(tmp_path / "b" / "last.pt")
-    del state["parts_best"]["rule"]
-    save_checkpoint(state, tmp_path / "b" / "last.pt")
-    with pytest.raises(CheckpointError, match="selected the cold part by an older rule"):
-        Trainer(cfg, ds, checkpoint_dir=tmp_path / "b", quiet=True).fit(resume=True)
-    # the joint-scoring model is selected as a whole; so is a separable model under another rule
-    assert Trainer(_cfg("motorec", epochs=2, warm_scorer="joint"), ds, quiet=True).fit()["selected_epochs"] is None
-    r = Trainer(_cfg("motorec", epochs=2, warm_scorer="id").replace(train={"select": "warm"}), ds, quiet=True).fit()
-    assert r["selected_epochs"] is None
-
-
-def test_select_rule_validation_and_replaced_select_group():
+def test_select_rule_validation_and_select_score():
     from motorec.train.trainer import select_score
 
     with pytest.raises(ConfigError, match="train.select must be one of warm_cold_mean, warm, cold, hybrid"):
         _cfg("lightgcn").replace(train={"select": "popular"})
-    # an old config naming select_group is refused in one line that names what replaced it
-    with pytest.raises(ConfigError, match=r"train.select_group is no longer a setting: it was replaced by "
-                                          r"train.select \(default 'warm_cold_mean'"):
-        Config.from_dict({"train": {"select_group": "warm"}})
-    # a trained checkpoint's stored config is still loadable (the key is dropped)
-    old = Config().to_dict()
-    old["train"]["select_group"] = "warm"
-    assert Config.from_dict(old, saved=True) == Config()
     # a setting without validation users leaves the mean, a single setting falls back to hybrid
     v = {"warm": {"recall@20": 0.4, "num_users": 3}, "cold": {"recall@20": 0.0, "num_users": 0},
          "hybrid": {"recall@20": 0.3, "num_users": 3}}
     assert select_score(v, "warm_cold_mean") == 0.4 and select_score(v, "cold") == 0.3
     v["cold"] = {"recall@20": 0.2, "num_users": 2}
     assert select_score(v, "warm_cold_mean") == pytest.approx(0.3) and select_score(v, "cold") == 0.2
-
-
-def test_run_saved_before_warm_scorer_loads_as_the_joint_model(ds, tmp_path):
-    """model.warm_scorer came with a default ("id") that changed what MoToRec is. A checkpoint whose stored config
-    predates the key was the joint model: it loads as one (its [*, dim] ID tables fit) and scores as it did,
-    where today's default would build [*, 2 * dim] tables; a config given by a user still gets the default, and
-    resuming such a run is refused naming the key."""
-    from motorec.train import RunDir
-
-    trainer = Trainer(_cfg("motorec", epochs=1, warm_scorer="joint"), ds, quiet=True)
-    trainer.fit()
-    old = trainer.config.to_dict()
-    del old["model"]["warm_scorer"], old["model"]["cl_target"]  # as written before the keys existed
-    assert Config.from_dict(old, saved=True).model.warm_scorer == "joint"
-    assert Config.from_dict(old).model.warm_scorer == "id"
-    assert Config.from_dict({"model": {"warm_scorer": "sum"}}, saved=True).model.warm_scorer == "sum"
-    run = RunDir(tmp_path)
-    run.checkpoint_dir("motorec").mkdir(parents=True)
-    save_checkpoint({"model": trainer.model.state_dict(), "best_state": None, "config": old,
-                     "dataset_fingerprint": ds.fingerprint()}, run.checkpoint("motorec"))
-    model, cfg = run.load_trained("motorec", ds)
-    assert cfg.model.warm_scorer == "joint"
-    users = torch.arange(5)
-    torch.testing.assert_close(model.score(users), trainer.model.eval().score(users))
-    diff = Config().differences(old)
-    assert "model.warm_scorer: '<missing>' -> 'id'" in diff
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -371,27 +290,3 @@ def test_make_optimizer_fused_matches_the_loop_and_loads_its_state():
     b(x).pow(2).sum().backward()
     fresh.step()  # the loaded state steps without error
     assert all(torch.isfinite(p).all() for p in b.parameters())
-
-
-def test_snapshot_ensemble_leaves_training_as_it_was_and_checkpoints_hold_each_snapshot_once(ds, tmp_path):
-    """cold_ensemble changes how the trained model scores, not how it trains: the loss of every epoch is the same
-    with 1 and 3; the checkpoint's current and selected states share the snapshots they have in common, and the
-    warm part's selected state holds none."""
-    runs = {}
-    for w in (1, 3):
-        cfg = _cfg("motorec", epochs=5, cold_ensemble=w).replace(train={"patience": 0, "lr": 2e-3})
-        runs[w] = Trainer(cfg, ds, checkpoint_dir=tmp_path / str(w), quiet=True).fit()
-    losses = {w: [h["loss"] for h in r["history"] if h["stage"] == "joint"] for w, r in runs.items()}
-    assert losses[1] == losses[3] and len(losses[1]) == 5
-    state = load_checkpoint(tmp_path / "3" / "last.pt")
-    now = {x["epoch"]: x for x in state["model"]["snapshots._extra_state"]["members"]}
-    assert sorted(now) == [2, 3]  # the ends of joint epochs 2 and 3; epoch 4 is the current weights
-    best = {x["epoch"]: x for x in state["best_state"]["model"]["snapshots._extra_state"]["members"]}
-    common = sorted(set(now) & set(best))
-    assert common  # the selected epoch is one of the last ones on this data
-    key = "lightgcn.user_embedding.weight"
-    for e in common:
-        assert now[e]["state"][key].data_ptr() == best[e]["state"][key].data_ptr()  # one storage in the file
-    # the warm part's selected state keeps no snapshots (merge_selected reads only its ID branch columns)
-    assert state["parts_best"]["warm"]["snap"]["model"]["snapshots._extra_state"] == {"members": []}
-    assert state["parts_best"]["cold"]["snap"]["model"]["snapshots._extra_state"]["members"]

@@ -160,6 +160,7 @@ def test_cache_key_and_info_carry_the_encoder_versions(monkeypatch, tmp_path):
     assert enc["model"] == ml.TEXT_MODEL and enc["recipe"] == ml._TEXT_RECIPE
     assert list(enc["versions"]) == list(ml.TEXT_ENCODER_PACKAGES)
     assert enc["versions"]["torch"] == torch.__version__
+    assert enc["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert json.loads(json.dumps(d.info))["text_encoder"] == enc  # run.json can carry it as it is
     real = ml.md.version
     monkeypatch.setattr(ml.md, "version", lambda n: "0.0.other" if n == "transformers" else real(n))

@@ -136,9 +136,10 @@ class RunDir:
         if state.get("dataset_fingerprint") != dataset.fingerprint():
             raise CheckpointError(f"the {name} checkpoint of {str(self.path)!r} was trained on other data or another "
                                   "split")
-        cfg = Config.from_dict(state["config"], saved=True)  # a replaced key (old selection rule) is dropped
-        model = build_model(dataset.to(dev), cfg.model, backend=cfg.train.backend, device=str(dev))
-        model.load_state_dict((state["best_state"] or state)["model"])
+        cfg = Config.from_dict(state["config"])
+        model = build_model(dataset.to(dev), cfg.settings(), wrappers=cfg.wrappers, backend=cfg.train.backend,
+                            device=str(dev))
+        model.load_state_dict(state["best_state"] or state["model"])
         model.eval()
         return model, cfg
 

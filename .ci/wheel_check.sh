@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The package a user installs, checked outside the source tree: build an sdist and a wheel (with motorec._C),
-# check what they hold, install the wheel into a fresh venv in a temp dir (torch==2.13.0 first, so that pip
-# never resolves torch to a CUDA build), then from a temp dir: import with _C loaded, one LightGCN epoch on
-# the bundled MovieLens-100k through the console script, and the compiled ops against the references.
+# check what they hold, install the wheel with its [text] extra into a fresh venv in a temp dir (torch==2.13.0
+# first, so that pip never resolves torch to a CUDA build), then from a temp dir: import with _C loaded, one
+# LightGCN epoch on the bundled MovieLens-100k through the console script (its text features encoded there, in
+# an empty cache: the Hugging Face `kernels` distribution that transformers imports is installed beside
+# motorec.kernels), and the compiled ops against the references.
 #
 # Run by .ci/run after the editable build, from the active CI venv (which has torch, setuptools, wheel and
 # `build`): the wheel build reuses that build's objects in build/ (ninja: link only), so this takes a few
@@ -16,10 +18,11 @@ mkdir -p "$TMP"
 [ -n "${MOTOREC_WHEEL_TMP:-}" ] || trap 'rm -rf "$TMP"' EXIT
 case "$TMP" in "$ROOT"/*) echo "MOTOREC_WHEEL_TMP must be outside the checkout" >&2; exit 1;; esac
 T0=$(date +%s)
+PINS=(-c "$ROOT/.ci/constraints.txt")  # the versions .ci/run installs (.ci/README.md)
 step() { printf '\n---- wheel: %s (%ss) ----\n' "$*" "$(( $(date +%s) - T0 ))"; }
 
 step "python -m build --no-isolation (sdist + wheel, the active venv's torch)"
-python -m pip install -q build
+python -m pip install -q "${PINS[@]}" build
 MOTOREC_WITH_CUDA=0 python -m build --no-isolation --sdist --wheel --outdir "$TMP/dist" . > "$TMP/build.log" 2>&1 \
     || { tail -40 "$TMP/build.log"; exit 1; }
 ls -l "$TMP/dist"
@@ -32,7 +35,7 @@ import sys, tarfile, zipfile
 wheel, sdist = sys.argv[1], sys.argv[2]
 names = zipfile.ZipFile(wheel).namelist()
 need = ["motorec/__init__.py", "motorec/kernels/__init__.py", "motorec/kernels/residual_quantize.py",
-        "motorec/cli.py", "motorec/ops/__init__.py"]
+        "motorec/kernels/code_usage.py", "motorec/cli.py", "motorec/ops/__init__.py"]
 missing = [n for n in need if n not in names]
 assert not missing, f"wheel lacks {missing}"
 assert any(n.startswith("motorec/_C") and n.endswith(".so") for n in names), "wheel has no compiled motorec/_C*.so"
@@ -45,19 +48,25 @@ for field in ("Classifier: License :: OSI Approved :: MIT License", "Requires-Di
               "Project-URL: Paper, https://arxiv.org/abs/2602.11062"):
     assert field in meta, f"wheel METADATA lacks {field!r}"
 src = tarfile.open(sdist).getnames()
-for n in ("csrc/ops.cpp", "CMakeLists.txt", "LICENSE", "kernels/__init__.py", "setup.py", "pyproject.toml"):
+# the sdist keeps the checkout's layout: kernels/ is a plain folder (an __init__.py there made it a package
+# named `kernels` that shadowed the distribution of that name), motorec/kernels/__init__.py the package
+for n in ("csrc/ops.cpp", "CMakeLists.txt", "LICENSE", "kernels/residual_quantize.py", "kernels/code_usage.py",
+          "motorec/kernels/__init__.py", "setup.py", "pyproject.toml"):
     assert any(s.endswith("/" + n) for s in src), f"sdist lacks {n}"
+top = {s.split("/", 1)[1] for s in src if s.count("/") >= 1}
+assert "kernels/__init__.py" not in top, "sdist has kernels/__init__.py: a top-level package named kernels"
+assert not any(n.startswith("kernels/") for n in names), "wheel installs a top-level kernels/"
 print(f"wheel: {len(names)} files incl. motorec/_C and motorec/kernels; sdist: {len(src)} files incl. csrc/")
 EOF
 
 step "fresh venv outside the checkout, torch==2.13.0 first, then the wheel"
 python3 -m venv "$TMP/venv"
 VPY="$TMP/venv/bin/python"
-"$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q torch==2.13.0
-"$VPY" -m pip install -q "$WHEEL"
+"$VPY" -m pip install -q "${PINS[@]}" --upgrade pip
+"$VPY" -m pip install -q "${PINS[@]}" torch==2.13.0
+"$VPY" -m pip install -q "${PINS[@]}" "$WHEEL[text]"
 # MovieLens-100k ships inside recbole's wheel; --no-deps keeps its heavy dependencies out.
-"$VPY" -m pip install -q --no-deps recbole==1.2.1
+"$VPY" -m pip install -q "${PINS[@]}" --no-deps recbole==1.2.1
 "$VPY" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__)"
 "$TMP/venv/bin/pip" show motorec
 
@@ -71,14 +80,23 @@ venv = os.path.realpath(sys.argv[1])
 assert os.path.realpath(motorec.__file__).startswith(venv), f"motorec imported from {motorec.__file__}, not the venv"
 assert _ext.HAS_C, f"motorec._C did not load: {_ext.C_REASON}"
 assert md.version("motorec") == motorec.__version__, (md.version("motorec"), motorec.__version__)
-assert importlib.util.find_spec("motorec.kernels") is not None and importlib.util.find_spec("kernels") is None
+assert importlib.util.find_spec("motorec.kernels") is not None
+# `kernels`, when installed (transformers pulls it in), is that distribution's package, never motorec's
+ks = importlib.util.find_spec("kernels")
+if ks is not None:
+    theirs = [f for f in md.distribution("kernels").files if f.parts == ("kernels", "__init__.py")]
+    assert theirs and os.path.realpath(ks.origin) == os.path.realpath(theirs[0].locate()), f"kernels is {ks.origin}"
+rq = importlib.util.find_spec("motorec.kernels.residual_quantize")  # located, not imported: triton is optional
+assert rq is not None and os.path.realpath(rq.origin).startswith(venv), f"motorec.kernels.residual_quantize: {rq}"
 print(motorec.ops.explain())
 print("motorec", motorec.__version__, "from", os.path.dirname(motorec.__file__))
 EOF
 
 step "motorec train --model lightgcn --epochs 1 (bundled MovieLens-100k)"
-"$TMP/venv/bin/motorec" train --model lightgcn --epochs 1 --out "$TMP/run" --quiet --threads 2
+MOTOREC_CACHE="$TMP/cache" "$TMP/venv/bin/motorec" train --model lightgcn --epochs 1 --out "$TMP/run" --quiet \
+    --threads 2
 test -s "$TMP/run/metrics.json" || { echo "motorec train wrote no metrics.json" >&2; exit 1; }
+ls "$TMP"/cache/ml-100k-text-*.npy > /dev/null || { echo "no text features were encoded into $TMP/cache" >&2; exit 1; }
 
 step "compiled ops against the references"
 "$VPY" - <<'EOF'

@@ -14,7 +14,8 @@ from motorec.train import Trainer
 
 pytestmark = pytest.mark.skipif(not _ext.c_has_op("rank_topk"), reason=f"motorec._C has no rank_topk ({_ext.C_REASON})")
 
-SMALL_MODEL = dict(codebook_size=16, latent_dim=16, hidden_dims=[32], dim=32, knn_k=5, content_hidden=64)
+SMALL = {"model": {"dim": 32}, "motorec": dict(codebook_size=16, latent_dim=16, hidden_dims=[32], knn_k=5),
+         "lightgcn_content": {"hidden": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +23,10 @@ def ds():
     return synthetic(300, 200, num_topics=8, modalities={"image": 32, "text": 16}, seed=3)
 
 
-def _trained(ds, name, **model):
-    cfg = Config().replace(model={"name": name, **SMALL_MODEL, **model},
-                           train={"epochs": 1, "pretrain_epochs": 1, "batch_size": 512, "patience": 0, "lr": 5e-3,
+def _trained(ds, name, wrappers=None, **model):
+    cfg = Config().replace(model={"name": name, **SMALL["model"], **model}, motorec=SMALL["motorec"],
+                           lightgcn_content=SMALL["lightgcn_content"], wrappers=wrappers or {},
+                           train={"epochs": 3, "pretrain_epochs": 1, "batch_size": 512, "patience": 0, "lr": 5e-3,
                                   "backend": "cpu"})
     t = Trainer(cfg, ds, quiet=True)
     t.fit()
@@ -43,13 +45,19 @@ def _assert_same(a, b):
             assert b[g][m] == pytest.approx(v, abs=1e-12, rel=0), f"{g} {m}: {v} vs {b[g][m]}"
 
 
-@pytest.mark.parametrize("name,model", [("motorec", {}), ("lightgcn", {}),
-                                        ("motorec", {"cold_calibration": 0.7, "cold_score_shift": 0.25}),
-                                        ("lightgcn_content", {"cold_calibration": 1.0})],
-                         ids=["motorec", "lightgcn", "motorec-calibrated", "lightgcn_content-calibrated"])
+WRAPPED = {"ensemble": 3, "decoupled": True}
+
+
+@pytest.mark.parametrize("name,model,wrappers", [("motorec", {}, None), ("lightgcn", {}, None),
+                                                 ("motorec", {"cold_calibration": 0.7}, None),
+                                                 ("lightgcn_content", {"cold_calibration": 1.0}, None),
+                                                 ("motorec", {}, WRAPPED),
+                                                 ("lightgcn_content", {"cold_calibration": 1.0}, WRAPPED)],
+                         ids=["motorec", "lightgcn", "motorec-calibrated", "lightgcn_content-calibrated",
+                              "motorec-wrapped", "lightgcn_content-wrapped"])
 @pytest.mark.parametrize("split", ["valid", "test"])
-def test_fused_matches_dense(ds, name, model, split):
-    m = _trained(ds, name, **model)
+def test_fused_matches_dense(ds, name, model, wrappers, split):
+    m = _trained(ds, name, wrappers, **model)
     parts = m.ranking_parts()
     assert parts is not None
     if model:
@@ -60,17 +68,12 @@ def test_fused_matches_dense(ds, name, model, split):
     assert fused["cold"]["num_users"] > 0 and fused["warm"]["num_users"] > 0
 
 
-def test_ranking_parts_reproduce_score(ds):
-    m = _trained(ds, "motorec", cold_calibration=0.5, cold_score_shift=0.1)
+@pytest.mark.parametrize("wrappers", [None, WRAPPED], ids=["plain", "wrapped"])
+def test_ranking_parts_reproduce_score(ds, wrappers):
+    m = _trained(ds, "motorec", wrappers, cold_calibration=0.5)
     u, i, scale, shift = m.ranking_parts()
     users = torch.arange(17)
     torch.testing.assert_close((u[users] @ i.t()) * scale + shift, m.score(users), rtol=1e-5, atol=1e-5)
-
-
-def test_user_scope_takes_the_dense_path(ds):
-    m = _trained(ds, "motorec", cold_calibration=1.0, cold_calibration_scope="user")
-    assert m.ranking_parts() is None
-    _assert_same(evaluate(m.score, ds, backend="cpu"), evaluate(_dense(m), ds))
 
 
 def test_torch_backend_uses_dense_path_and_fused_skips_score_fn(ds, monkeypatch):

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "; default: bundled MovieLens-100k)")
     t.add_argument("--model", choices=MODEL_NAMES, action="append",
                    help="model to train (repeatable; default: " + ", ".join(DEFAULT_MODELS) + ")")
-    t.add_argument("--config", metavar="FILE", help="YAML config (sections model/train/data)")
+    t.add_argument("--config", metavar="FILE", help="YAML config (sections model, one per model, wrappers, train, "
+                   "data)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the full effective config (the defaults with --config and the flags applied) and exit")
     t.add_argument("--epochs", type=int, help="joint training epochs (overrides the config)")
     t.add_argument("--pretrain-epochs", type=int, help="tokenizer pre-training epochs (overrides the config)")
     t.add_argument("--split", choices=("cold", "warm"), help="cold-start split (default) or the data's x_label")
@@ -176,6 +179,9 @@ def cmd_train(args) -> Outcome:
 
     cfg = build_config(args.config, epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, device=args.device,
                        backend=args.backend, seed=args.seed, split=args.split, split_seed=args.split_seed)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return Outcome(0)
     res = train_models(args.model, config=cfg, data=args.data, out=args.out, resume=args.resume,
                        inductive=args.inductive, threads=args.threads, quiet=args.quiet)
     if res.is_main:

@@ -127,6 +127,22 @@ def test_user_errors_in_process(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("motorec"), err
 
 
+def test_print_config_shows_every_section_with_config_and_flags_applied(tmp_path, capsys):
+    import yaml
+
+    from motorec.cli import main
+    from motorec.config import MODEL_NAMES, Config
+
+    (tmp_path / "c.yaml").write_text("motorec: {codebook_size: 32}\nwrappers: {ensemble: 3}\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "7", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert set(shown) == {"model", "wrappers", "train", "data", *MODEL_NAMES}
+    assert shown["motorec"]["codebook_size"] == 32 and shown["wrappers"]["ensemble"] == 3
+    assert shown["train"]["epochs"] == 7
+    assert Config.from_dict(shown).to_dict() == shown  # what it prints loads back as the same config
+    assert not (tmp_path / "runs").exists()
+
+
 def test_evaluate_and_tokenize_a_run(run, capsys):
     from motorec.cli import main
 

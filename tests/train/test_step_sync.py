@@ -70,7 +70,7 @@ def test_detector_sees_a_sync_in_a_step(ds):
     with pytest.raises(AssertionError):
         with no_host_sync():
             loss, _ = model.loss(batch)
-            float(loss)
+            float(loss.detach())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.set_sync_debug_mode)")

@@ -405,23 +405,21 @@ def check_codes(codes: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor, *
         gap = ((r - c_chosen) ** 2).sum(1) - ((r - c_best) ** 2).sum(1)
         pair = r.norm(dim=1) + torch.maximum(c_best.norm(dim=1), c_chosen.norm(dim=1))
         bound = rounding * pair * pair
-        bad = gap > bound
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            raise CheckFailed(
-                f"codes: {int(bad.sum())} of {n} rows pick a codeword farther than the float64 best beyond "
-                f"rounding (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
-                f"{int(oc[j, first[j]])}, distance gap {float(gap[j]):.3g} > bound {float(bound[j]):.3g}, "
-                f"oracle margin {float(orc.margin[rows[j], first[j]]):.3g})")
+
+        def fail_where(bad: torch.Tensor, what: str, detail) -> None:
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0, 0])
+                lvl = int(first[j])
+                raise CheckFailed(
+                    f"codes: {int(bad.sum())} of {n} rows {what} (e.g. row {int(rows[j])} level {lvl}: code "
+                    f"{int(pc[j, lvl])} vs {int(oc[j, lvl])}, {detail(j)}oracle margin "
+                    f"{float(orc.margin[rows[j], lvl]):.3g})")
+
+        fail_where(gap > bound, "pick a codeword farther than the float64 best beyond rounding",
+                   lambda j: f"distance gap {float(gap[j]):.3g} > bound {float(bound[j]):.3g}, ")
         # Within the bound but decided beyond rounding: only an identical codeword at another index gets here.
-        bad = ~excused[rows, first]
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            raise CheckFailed(
-                f"codes: {int(bad.sum())} of {n} rows differ from the float64 codes where the choice is not a "
-                f"near-tie (e.g. row {int(rows[j])} level {int(first[j])}: code {int(pc[j, first[j]])} vs "
-                f"{int(oc[j, first[j]])}, oracle margin {float(orc.margin[rows[j], first[j]]):.3g} above "
-                f"rounding; identical codewords resolve to the lowest index)")
+        fail_where(~excused[rows, first], "differ from the float64 codes where the choice is not a near-tie "
+                   "(identical codewords resolve to the lowest index)", lambda j: "above rounding: ")
     num_excused = int(excused.any(1).sum())
     if max_excused is not None and num_excused > max(3, max_excused * n):
         raise CheckFailed(f"codes: {num_excused} of {n} rows excused as near-ties (more than "

@@ -183,12 +183,16 @@ class TrainConfig:
     select: str = "warm_cold_mean"
     eval_every: int = 1
     eval_batch_size: int = 1024
+    # validation during training ranks a fixed sample of this many validation users (drawn once per run from
+    # ``seed``; the log row carries the sample's standard error of select_score); 0 = every user. The final
+    # valid and test reports rank every user. A sample bounds validation's cost on a large catalog.
+    eval_users: int = 0
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
 
     def validate(self) -> None:
-        for k in ("epochs", "pretrain_epochs", "patience", "seed"):
+        for k in ("epochs", "pretrain_epochs", "patience", "seed", "eval_users"):
             _nonneg_int(self, k)
         for k in ("batch_size", "eval_every", "eval_batch_size"):
             _positive_int(self, k)

@@ -26,8 +26,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "eval_batch_size", "SETTINGS", "HYBRID_GROUPS",
-           "RESULT_KEYS", "EVAL_MEMORY_MB"]
+__all__ = ["evaluate", "recall_ndcg_at_k", "metrics_from_hits", "eval_batch_size", "sample_users", "mean_se",
+           "mean_of_means_se", "SETTINGS", "HYBRID_GROUPS", "RESULT_KEYS", "EVAL_MEMORY_MB"]
 
 # the three settings (primary report), then the hybrid ranking's warm and cold pairs (secondary)
 SETTINGS = ("cold", "warm", "hybrid")
@@ -247,7 +247,7 @@ def _rank_dense(score_fn, users: Tensor, n_items: int, device, m_rowptr: Tensor,
 @torch.no_grad()
 def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "test", ks: Sequence[int] = (10, 20),
              batch_size: int = 1024, device=None, progress: bool = False, memory_mb: Optional[float] = None,
-             backend: Optional[str] = None) -> dict:
+             backend: Optional[str] = None, users: Optional[Tensor] = None, per_user: bool = False) -> dict:
     """Full-ranking evaluation of ``score_fn`` on ``dataset``'s ``"valid"`` or ``"test"`` pairs in the three
     settings ``cold``, ``warm``, ``hybrid`` (and the hybrid ranking's ``hybrid_warm`` / ``hybrid_cold`` pairs;
     see the module docstring), all from one ``score_fn`` call per user batch.
@@ -275,6 +275,14 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             ``rank_topk`` kernel, e.g. on CUDA; any other callable) the dense path: ``score_fn``, masking and
             three ``torch.topk``. Both give the same rankings up to the matmul's rounding (exactly equal
             scores: the fused op lists the lower item index first, ``torch.topk`` in no promised order).
+        users: rank only these user ids (e.g. a fixed sample of the validation users, see
+            :func:`sample_users`); ``None`` (default): every user with a held-out pair. Ids without one are
+            ignored; the result is that of the dataset restricted to these users' held-out pairs.
+        per_user: also return each user's values under the key ``"per_user"``:
+            ``{key: {"users": [n] int64, "recall@K": [n] float64, "ndcg@K": [n] float64, ...}}`` on the CPU for
+            each key of :data:`RESULT_KEYS`, over the users counted in that key's mean (ascending ids), so that
+            ``per_user[key][metric].mean()`` is the key's metric (see :func:`mean_se` for its standard error).
+            Without it (the default) the result holds exactly the keys below.
 
     Returns ``{key: {"recall@K": float, "ndcg@K": float, ..., "num_users": int, "num_interactions": int}}`` for
     key in :data:`RESULT_KEYS` = ``("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")``. A key with no
@@ -283,7 +291,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
     position is ignored; torch ranks NaN above every number, so any other NaN reaches a top K).
 
     Shapes:
-        score_fn: user_ids [B] int64 -> scores [B, num_items] float
+        score_fn: user_ids [B] int64 -> scores [B, num_items] float; users: [n] int64
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
@@ -302,6 +310,12 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         # mkey is sorted and unique: a binary search beats torch.isin on millions of pairs.
         pos = torch.searchsorted(mkey, tkey).clamp_(max=mkey.numel() - 1)
         tkey = tkey[mkey[pos] != tkey]
+    if users is not None:
+        if not isinstance(users, Tensor) or users.dim() != 1 or users.dtype != torch.int64:
+            raise ValueError(f"users must be a 1-d int64 tensor of user ids, got "
+                             f"{tuple(users.shape) if isinstance(users, Tensor) else type(users).__name__}"
+                             f"{' ' + str(users.dtype) if isinstance(users, Tensor) else ''}")
+        tkey = tkey[torch.isin(tkey // n_items, users.to(device))]
     t_user, t_item = tkey // n_items, tkey % n_items
     eval_users, t_counts = torch.unique_consecutive(t_user, return_counts=True)
     t_rowptr = torch.zeros(eval_users.numel() + 1, dtype=torch.int64, device=device)
@@ -320,6 +334,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
                 for name in (f"recall@{k}", f"ndcg@{k}")} for g in RESULT_KEYS}
     n_users_in = {g: torch.zeros((), dtype=torch.int64, device=device) for g in RESULT_KEYS}
     saw_nan = torch.zeros((), dtype=torch.bool, device=device)
+    kept: Dict[str, Dict[str, list]] = {g: {} for g in RESULT_KEYS} if per_user else {}
 
     n_eval = eval_users.numel()
     bar = None
@@ -329,13 +344,13 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         bar = tqdm(total=n_eval, desc=f"evaluate {split}", unit="user", leave=False)
     for s in range(0, n_eval, batch_size):
         e = min(s + batch_size, n_eval)
-        users = eval_users[s:e]
-        b = users.numel()
+        batch = eval_users[s:e]
+        b = batch.numel()
         if fused is not None:
-            rankings = _rank_fused(fused, users, m_rowptr, m_item, ~warm_item, kmax, min(kmax, cold_idx.numel()))
+            rankings = _rank_fused(fused, batch, m_rowptr, m_item, ~warm_item, kmax, min(kmax, cold_idx.numel()))
             saw_nan |= rankings.pop("nan").any()
         else:
-            rankings = _rank_dense(score_fn, users, n_items, device, m_rowptr, m_item, cold_idx, kmax)
+            rankings = _rank_dense(score_fn, batch, n_items, device, m_rowptr, m_item, cold_idx, kmax)
             saw_nan |= rankings.pop("nan")
 
         t_local = torch.repeat_interleave(torch.arange(b, device=device), t_counts[s:e])
@@ -353,10 +368,14 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
             sel = in_g & found
             hits[t_local[sel], rank[sel]] = True
             nrel = torch.bincount(t_local[in_g], minlength=b)
-            per_user = metrics_from_hits(hits, nrel, ks)
-            for name, v in per_user.items():
+            values = metrics_from_hits(hits, nrel, ks)
+            for name, v in values.items():
                 sums[g][name] += v.sum()  # users without relevant items contribute 0
             n_users_in[g] += (nrel > 0).sum()
+            if kept:
+                has = nrel > 0
+                for name, v in (("users", batch), *values.items()):
+                    kept[g].setdefault(name, []).append(v[has].cpu())
         if bar is not None:
             bar.update(b)
     if bar is not None:
@@ -372,4 +391,72 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], dataset, *, split: str = "tes
         res["num_users"] = nu
         res["num_interactions"] = int(t_in[g].sum())
         out[g] = res
+    if per_user:
+        empty = {"users": torch.zeros(0, dtype=torch.int64), **{name: torch.zeros(0, dtype=torch.float64)
+                                                                 for name in sums["hybrid"]}}
+        out["per_user"] = {g: {name: torch.cat(parts) for name, parts in kept[g].items()} or dict(empty)
+                           for g in RESULT_KEYS}
     return out
+
+
+def sample_users(dataset, split: str, n: int, *, seed: int) -> Optional[Tensor]:
+    """A fixed sample of ``n`` of the users with a held-out pair in ``split`` (``"valid"`` or ``"test"``), drawn
+    from ``seed`` alone (its own generator: the caller's random streams do not move), sorted; ``None`` when
+    ``n`` is 0 or covers every such user (rank them all).
+
+    Shapes:
+        -> [n] int64 on the dataset's device, or None
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    held = torch.unique(dataset.interactions(split)[:, 0]).cpu()
+    if n == 0 or n >= held.numel():
+        return None
+    gen = torch.Generator().manual_seed(int(seed))
+    pick = held[torch.randperm(held.numel(), generator=gen)[:n]]
+    return torch.sort(pick).values.to(dataset.device)
+
+
+def mean_se(values: Tensor) -> float:
+    """The standard error of the mean of ``values`` (per-user metric values): ``std(ddof=1) / sqrt(n)``; NaN with
+    fewer than two values.
+
+    Shapes:
+        values: [n] -> float
+    """
+    n = values.numel()
+    if n < 2:
+        return float("nan")
+    return float(values.double().std(unbiased=True)) / math.sqrt(n)
+
+
+def mean_of_means_se(a_users: Tensor, a: Tensor, b_users: Tensor, b: Tensor) -> float:
+    """The standard error of ``(mean(a) + mean(b)) / 2`` where ``a`` and ``b`` are per-user values over two user
+    sets that may overlap (``a_users``, ``b_users``: distinct ids): with users drawn independently,
+    ``Var = (s_a^2 / n_a + s_b^2 / n_b + 2 n_ab s_ab / (n_a n_b)) / 4``, ``s_ab`` the sample covariance of the
+    two values over the ``n_ab`` users in both sets (0 with fewer than two). NaN when either set has fewer
+    than two users.
+
+    Shapes:
+        a_users, a: [n_a]; b_users, b: [n_b] -> float
+    """
+    na, nb = a.numel(), b.numel()
+    if na < 2 or nb < 2:
+        return float("nan")
+    a, b = a.double(), b.double()
+    var = float(a.var(unbiased=True)) / na + float(b.var(unbiased=True)) / nb
+    common, ia, ib = _common(a_users, b_users)
+    if common >= 2:
+        x, y = a[ia], b[ib]
+        cov = float(((x - x.mean()) * (y - y.mean())).sum()) / (common - 1)
+        var += 2.0 * common * cov / (na * nb)
+    return math.sqrt(max(var, 0.0)) / 2.0
+
+
+def _common(a_users: Tensor, b_users: Tensor):
+    """(count, positions in a, positions in b) of the ids in both distinct-id vectors, in ``a``'s order."""
+    in_b = torch.isin(a_users, b_users)
+    ia = torch.nonzero(in_b).flatten()
+    order = torch.argsort(b_users)
+    ib = order[torch.searchsorted(b_users[order], a_users[ia])]
+    return ia.numel(), ia, ib

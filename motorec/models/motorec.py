@@ -28,6 +28,7 @@ warm scorer) is not part of the model: any model takes it through :func:`motorec
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -320,7 +321,8 @@ class MoToRec(Recommender):
         """``churn_<modality>``: the fraction of items whose tokens changed (any level) since the previous
         epoch's catalog pass, and ``churn_<modality>_level0``, whose first-level token did
         (:meth:`MultimodalTokenizer.code_churn`; absent on the first joint epoch and when the catalog is not
-        re-encoded that epoch)."""
+        re-encoded that epoch); ``seconds_catalog`` and ``seconds_knn``: that epoch start's catalog pass and
+        item-item graph rebuild (0.0 when not done)."""
         return dict(self._epoch_log)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -330,12 +332,23 @@ class MoToRec(Recommender):
         c = self.config
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
         sampling = self.tokenizer.sampling()
-        self._epoch_log = {}
+        self._epoch_log = {"seconds_catalog": 0.0, "seconds_knn": 0.0}
         if not (rebuild or sampling):
             return
+        t0 = _clock(self.device)
         latents, codes = self.tokenizer.encode_catalog()
-        self._epoch_log = {f"churn_{m}": v for m, v in self.tokenizer.code_churn(codes).items()}
+        self._epoch_log["seconds_catalog"] = _clock(self.device) - t0
+        self._epoch_log.update({f"churn_{m}": v for m, v in self.tokenizer.code_churn(codes).items()})
         if sampling:
             self.tokenizer.set_cache(latents, codes)
         if rebuild:
+            t0 = _clock(self.device)
             self.rebuild_item_graphs(latents)
+            self._epoch_log["seconds_knn"] = _clock(self.device) - t0
+
+
+def _clock(device: torch.device) -> float:
+    """A stage boundary's clock: waits for the device's queued work first."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

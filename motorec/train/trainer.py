@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from motorec.config import Config
+from motorec.eval.metrics import mean_of_means_se, mean_se, sample_users
 from motorec.models import Recommender, build_model
 from motorec.train import distributed as _dist
 from motorec.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -27,7 +29,8 @@ from motorec.train.device import resolve_device
 from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
-__all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "make_optimizer"]
+__all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "select_score_se", "make_optimizer",
+           "peak_memory_mb"]
 
 SELECT_METRIC = "recall@20"
 
@@ -41,6 +44,40 @@ def select_score(valid: Dict[str, Dict[str, float]], rule: str) -> float:
         parts = [valid[st][SELECT_METRIC] for st in ("warm", "cold") if valid[st].get("num_users")]
         return sum(parts) / len(parts) if parts else valid["hybrid"][SELECT_METRIC]
     return valid[rule if valid[rule].get("num_users") else "hybrid"][SELECT_METRIC]
+
+
+def select_score_se(per_user: Dict[str, Dict[str, torch.Tensor]], rule: str) -> float:
+    """The standard error of :func:`select_score` over the validation users, from :func:`motorec.eval.evaluate`'s
+    ``per_user`` values (the same settings and fallbacks as :func:`select_score`): a setting's Recall@20 has
+    :func:`~motorec.eval.metrics.mean_se`; the warm/cold mean :func:`~motorec.eval.metrics.mean_of_means_se`
+    (a user with warm and cold held-out items is in both means). NaN with fewer than two users."""
+    def has(st: str) -> bool:
+        return per_user[st]["users"].numel() > 0
+
+    if rule == "warm_cold_mean":
+        parts = [per_user[st] for st in ("warm", "cold") if has(st)]
+        if len(parts) == 2:
+            (w, c) = parts
+            return mean_of_means_se(w["users"], w[SELECT_METRIC], c["users"], c[SELECT_METRIC])
+        return mean_se((parts[0] if parts else per_user["hybrid"])[SELECT_METRIC])
+    return mean_se(per_user[rule if has(rule) else "hybrid"][SELECT_METRIC])
+
+
+def peak_memory_mb(device: Optional[torch.device] = None) -> Dict[str, float]:
+    """``{"peak_rss_mb": the process's peak resident memory so far}``, plus ``"peak_cuda_mb"`` (the peak of
+    ``torch.cuda.max_memory_allocated``) when ``device`` is a CUDA device; MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": rss / 2**20 if sys.platform == "darwin" else rss / 1024}
+    if device is not None and device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _now(device: torch.device) -> float:
+    """A stage boundary's clock: waits for the device's queued work first (once per stage, not per step)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -84,12 +121,24 @@ class Trainer:
             ``device`` is then this rank's device.
 
     :meth:`fit` returns ``{"valid": metrics, "test": metrics, "best_epoch", "epochs_run", "early_stopped",
-    "hit_epoch_cap", "seconds_per_epoch", "history"}`` (``early_stopped`` false: the epoch cap ended training;
-    ``hit_epoch_cap``: it did so with ``patience`` > 0, and a warning says the model may be undertrained), with
-    ``metrics[key][metric]`` for ``key`` in cold / warm / hybrid / hybrid_warm / hybrid_cold
-    (:func:`motorec.eval.evaluate`). Each evaluated ``history`` row also holds ``valid_cold_recall@20``,
-    ``valid_warm_recall@20``, ``valid_hybrid_recall@20`` and ``select_score``: what ``train.select`` makes of
-    them (:func:`select_score`), which early stopping compares; all from one evaluation pass.
+    "hit_epoch_cap", "seconds_per_epoch", "seconds", "peak_rss_mb", "history"}`` (and ``peak_cuda_mb`` on CUDA;
+    :func:`peak_memory_mb`) (``early_stopped`` false: the epoch cap ended training; ``hit_epoch_cap``: it did so
+    with ``patience`` > 0, and a warning says the model may be undertrained), with ``metrics[key][metric]`` for
+    ``key`` in cold / warm / hybrid / hybrid_warm / hybrid_cold (:func:`motorec.eval.evaluate`). Each evaluated
+    ``history`` row also holds ``valid_cold_recall@20``, ``valid_warm_recall@20``, ``valid_hybrid_recall@20``
+    and ``select_score``: what ``train.select`` makes of them (:func:`select_score`), which early stopping
+    compares, and ``select_score_se``, its standard error over the users ranked (:func:`select_score_se`); all
+    from one evaluation pass. With ``train.eval_users`` > 0 these validations rank a fixed sample of that many
+    validation users, drawn once from ``train.seed`` (:func:`motorec.eval.metrics.sample_users`); the final
+    ``valid`` and ``test`` results rank every user.
+
+    Time and memory per stage, in every row: ``seconds_pretrain`` (a pre-training epoch's steps) or, for joint
+    epochs, ``seconds_steps`` (sampling and steps) and ``seconds_epoch_start`` (the model's
+    :meth:`~motorec.models.base.Recommender.on_epoch_start`: catalog passes, graph rebuilds; a model may itemize
+    them in its ``epoch_log``), ``seconds_valid`` on validated epochs, ``seconds_checkpoint`` with a checkpoint
+    directory (the epoch's write; the copy of the row stored in that write lacks it), and the peaks so far
+    (:func:`peak_memory_mb`). ``seconds`` in the result sums every ``seconds_*`` key over the rows by stage and
+    adds ``final_valid`` and ``test``, the final evaluations.
 
     Which epoch's weights are kept is the model's selection strategy (``Recommender.selection``: one state at the
     best ``train.select`` score, or, for a model whose parts are scored apart, one state per part); early
@@ -123,14 +172,26 @@ class Trainer:
         self.model.eval()
         return self._evaluate_scores(self.model.score, split)
 
-    def _evaluate_scores(self, score_fn: Callable, split: str) -> Dict[str, Dict[str, float]]:
+    def _evaluate_scores(self, score_fn: Callable, split: str, *, users: Optional[torch.Tensor] = None,
+                         per_user: bool = False):
+        """Metrics of ``score_fn`` on ``split`` (the ``users`` given, or all); with ``per_user``, ``(metrics,
+        the per-user values)``."""
+        extra: Dict[str, Any] = {"per_user": True} if per_user else {}
+        if users is not None:
+            extra["users"] = users
         res = _dist.on_main(self.dist, lambda: self.evaluate_fn(
             score_fn, self.dataset, split=split, batch_size=self.config.train.eval_batch_size,
-            device=self.device, backend=self.config.train.backend))
-        return {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
+            device=self.device, backend=self.config.train.backend, **extra))
+        res = dict(res)
+        values = res.pop("per_user", None)
+        out = {g: {k: v if isinstance(v, int) else float(v) for k, v in m.items()} for g, m in res.items()}
+        return (out, values) if per_user else out
 
     def _snapshot(self) -> Dict[str, Any]:
-        return copy.deepcopy(self.model.state_dict())
+        state = self.model.state_dict()
+        # inference tensors cannot be changed in place (torch refuses), so the copies share them: the selected
+        # states and the checkpoint (torch.save writes a shared storage once) hold each of them once
+        return copy.deepcopy(state, {id(t): t for t in _tensors(state) if t.is_inference()})
 
     def _check_compatible(self, state: Dict[str, Any], fingerprint: str) -> None:
         path = self.checkpoint_path
@@ -155,6 +216,9 @@ class Trainer:
         sampler = BPRSampler(ds.train, ds.num_items, batch_size=tc.batch_size)
         pre = tc.pretrain_epochs if model.has_tokenizer else 0
         total_epochs = pre + tc.epochs
+        # the same users every validation (and after a resume): scores of different epochs stay comparable
+        valid_users = sample_users(ds, "valid", tc.eval_users, seed=tc.seed)
+        dev = self.device
 
         epoch, bad, stopped = 0, 0, False
         selection = model.selection(tc.select, lambda v: select_score(v, tc.select), SELECT_METRIC)
@@ -180,39 +244,42 @@ class Trainer:
             self.log.info("resumed %s from %s at epoch %d", cfg.model.name, path, epoch)
 
         while epoch < total_epochs and not stopped:
-            t0 = time.perf_counter()
+            t0 = _now(dev)
             model.train()
             if epoch < pre:
                 parts = self._pretrain_epoch(model, opt, gen, epoch)
-                row = {"epoch": epoch, "stage": "pretrain", **parts}
+                row = {"epoch": epoch, "stage": "pretrain", "seconds_pretrain": _now(dev) - t0, **parts}
             else:
                 joint = epoch - pre
                 model.on_epoch_start(joint)
+                t1 = _now(dev)
                 parts = self._joint_epoch(model, opt, sampler, gen, joint)
-                seconds = time.perf_counter() - t0
-                train_seconds.append(seconds)
-                row = {"epoch": epoch, "stage": "joint", "seconds": seconds, **parts}
+                t2 = _now(dev)
+                train_seconds.append(t2 - t0)
+                row = {"epoch": epoch, "stage": "joint", "seconds": t2 - t0, "seconds_epoch_start": t1 - t0,
+                       "seconds_steps": t2 - t1, **parts}
                 row.update(model.epoch_log())
                 if (joint + 1) % tc.eval_every == 0 or epoch == total_epochs - 1:
-                    valid = self.evaluate("valid")
+                    model.eval()
+                    valid, values = self._evaluate_scores(model.score, "valid", users=valid_users, per_user=True)
                     score = select_score(valid, tc.select)
                     for st in ("cold", "warm", "hybrid"):
                         row[f"valid_{st}_{SELECT_METRIC}"] = valid[st][SELECT_METRIC]
                     row["select_score"] = score
+                    row["select_score_se"] = select_score_se(values, tc.select)
                     improved = selection.update(
                         epoch=epoch, valid=valid, snapshot=self._snapshot, row=row,
-                        evaluate=lambda scorer: self._evaluate_scores(scorer.score, "valid"))
+                        evaluate=lambda scorer: self._evaluate_scores(scorer.score, "valid", users=valid_users))
                     if improved:
                         bad = 0
                     else:
                         bad += 1
                         if tc.patience and bad >= tc.patience:
                             stopped = True
+                    row["seconds_valid"] = _now(dev) - t2
             history.append(row)
-            self.log.info("%s epoch %d %s", cfg.model.name, epoch,
-                          " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                                   if k != "epoch"))
             epoch += 1
+            t_save = _now(dev)
             if self.checkpoint_path is not None:
                 def save() -> None:  # on rank 0; a failed write (WriteError) is raised on every rank alike
                     save_checkpoint({
@@ -226,6 +293,11 @@ class Trainer:
                     }, self.checkpoint_path)
 
                 _dist.on_main(self.dist, save)
+                row["seconds_checkpoint"] = time.perf_counter() - t_save
+            row.update(peak_memory_mb(dev))
+            self.log.info("%s epoch %d %s", cfg.model.name, epoch - 1,
+                          " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                   if k != "epoch"))
             if stopped:
                 self.log.info("%s: early stop after epoch %d (best valid %s %s %.4f at epoch %d)",
                               cfg.model.name, epoch - 1, tc.select, SELECT_METRIC, selection.best,
@@ -244,14 +316,22 @@ class Trainer:
             model.load_state_dict(selection.best_state)
         elif pre and tc.epochs == 0:
             model.on_epoch_start(0)
-        valid, test = self.evaluate("valid"), self.evaluate("test")
+        t_final = _now(dev)
+        valid = self.evaluate("valid")
+        t_test = _now(dev)
+        test = self.evaluate("test")
+        stage_seconds = _stage_seconds(history)
+        stage_seconds.update(final_valid=t_test - t_final, test=_now(dev) - t_test)
+        self.log.info("%s: seconds per stage %s; peak memory %s", cfg.model.name,
+                      " ".join(f"{k}={v:.2f}" for k, v in stage_seconds.items()),
+                      " ".join(f"{k}={v:.0f}" for k, v in peak_memory_mb(dev).items()))
         for phrase in selection.describe():
             self.log.info("%s: %s", cfg.model.name, phrase)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
                 "selected_epochs": selection.summary(),
                 "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
-                "history": history}
+                "seconds": stage_seconds, **peak_memory_mb(dev), "history": history}
 
     def _pretrain_epoch(self, model, opt, gen, epoch) -> Dict[str, float]:
         n = model.num_items
@@ -280,6 +360,28 @@ class Trainer:
             steps += 1
             _accumulate(sums, {"loss": loss.detach(), **parts})
         return _epoch_means(sums, steps)
+
+
+def _stage_seconds(history: list) -> Dict[str, float]:
+    """Each ``seconds_<stage>`` key of the history rows summed over the rows, keyed by ``<stage>``."""
+    out: Dict[str, float] = {}
+    for row in history:
+        for k, v in row.items():
+            if k.startswith("seconds_") and isinstance(v, (int, float)):
+                out[k[len("seconds_"):]] = out.get(k[len("seconds_"):], 0.0) + float(v)
+    return out
+
+
+def _tensors(obj: Any):
+    """Every tensor in a nest of dicts, lists and tuples (a state dict and its extra states)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def _accumulate(sums: Dict[str, torch.Tensor], parts: Dict[str, Any]) -> None:

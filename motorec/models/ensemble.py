@@ -65,6 +65,7 @@ class SnapshotEnsemble(Wrapper):
         super().on_epoch_start(epoch)
         if epoch >= 1:
             self.members = (self.members + [self._snapshot(epoch - 1)])[-(self.size - 1):]
+            self.drop_caches()
         self.model.on_epoch_start(epoch)
 
     @torch.no_grad()
@@ -72,7 +73,7 @@ class SnapshotEnsemble(Wrapper):
         with self.model.eval_mode():
             users, items = self.model.embeddings()
         users, _ = standardized(users, items)
-        return {"epoch": int(epoch), "users": users.clone(), "items": items.index_select(0, self.items).clone()}
+        return _frozen({"epoch": int(epoch), "users": users, "items": items.index_select(0, self.items)})
 
     # ------------------------------------------------------------------ scoring
     def embeddings(self) -> Tuple[Tensor, Tensor]:
@@ -110,13 +111,12 @@ class SnapshotEnsemble(Wrapper):
                 raise ValueError(f"the snapshot of epoch {m['epoch']} has {m['users'].shape[0]} users and "
                                  f"{m['items'].shape[0]} items, this ensemble {self.num_users} and {self.items.numel()}")
         dev = self.items.device
-        self.members = [{"epoch": m["epoch"], "users": m["users"].to(dev), "items": m["items"].to(dev)}
-                        for m in members]
+        self.members = [_frozen(m, dev) for m in members]
+        self.drop_caches()
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        dev = self.items.device
-        self.members = [{**m, "users": m["users"].to(dev), "items": m["items"].to(dev)} for m in self.members]
+        self.members = [_frozen(m, self.items.device) for m in self.members]
         return out
 
     @torch.no_grad()
@@ -127,6 +127,13 @@ class SnapshotEnsemble(Wrapper):
         grown.members = list(self.members)
         grown.epoch = self.epoch
         return grown.eval()
+
+
+def _frozen(member: Dict[str, Any], device=None) -> Dict[str, Any]:
+    """A snapshot whose tensors are fresh inference tensors (on ``device``): torch refuses to change them in place,
+    so copies of a state dict may share them instead of copying (the trainer's selected states do)."""
+    with torch.inference_mode():
+        return {"epoch": member["epoch"], **{k: member[k].to(device, copy=True) for k in ("users", "items")}}
 
 
 def standardized(users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:

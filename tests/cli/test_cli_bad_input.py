@@ -46,7 +46,7 @@ def _cli_cases(root: Path):
                             r"broken\.inter: column 'itemID' has a non-integer value 'banana'"),
         "nan-features": ([*train, "--data", str(nan_feat)], r"image_feat\.npy: non-finite value nan"),
         "config-unknown-key": ([*train, "--data", str(data), "--config", str(root / "unknown_key.yaml")],
-                               r"unknown key\(s\) in model: \['dimension'\]"),
+                               r"model\.dimension is not a shared model key"),
         "config-bad-value": ([*train, "--data", str(data), "--config", str(root / "bad_value.yaml")],
                              r"train\.lr must be > 0, got -0\.5"),
         "config-not-yaml": ([*train, "--data", str(data), "--config", str(root / "not_yaml.yaml")],

@@ -194,3 +194,23 @@ def test_trainer_trains_as_without_the_ensemble_and_resumes_to_the_same_scores(d
     assert rb["best_epoch"] == r["best_epoch"] and rb["valid"] == r["valid"] and rb["test"] == r["test"]
     users = torch.arange(ds.num_users)
     assert torch.equal(resumed.model.eval().score(users), full.model.eval().score(users))
+
+
+def test_selected_states_share_the_snapshots_instead_of_copying_them(ds):
+    """Snapshots are inference tensors (torch refuses to change them in place), so the trainer's copies of the
+    state share them: the selected state and the checkpoint hold each snapshot once, whatever ``size``."""
+    t = Trainer(_cfg("lightgcn_content", 4, 3), ds, quiet=True)
+    t.fit()
+    members = t.model.members
+    assert members and all(m["users"].is_inference() and m["items"].is_inference() for m in members)
+    copied = t._snapshot()["_extra_state"]["members"]
+    assert all(a["users"] is b["users"] and a["items"] is b["items"] for a, b in zip(copied, members))
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        members[0]["users"].add_(1.0)
+    buf = io.BytesIO()  # they still round-trip through a checkpoint, and load back as inference tensors
+    torch.save(t.model.state_dict(), buf)
+    buf.seek(0)
+    other = copy.deepcopy(t.model)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert all(m["users"].is_inference() for m in other.members)
+    assert all(torch.equal(a["users"], b["users"]) for a, b in zip(other.members, members))

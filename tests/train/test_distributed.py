@@ -44,7 +44,7 @@ def test_torchrun_cli_matches_single_process(tmp_path, capsys):
     batch) and without pre-training (k-means on a shard), so that equality is exact up to rounding; its
     quantizer statistics are then identical too (counted once, not once per rank)."""
     data = write_mmrec(tmp_path / "data")
-    cfg = small_config(tmp_path / "cfg.yaml", model={"lambda_cl": 0.0, "rarity": False, "cold_dropout": 0.0},
+    cfg = small_config(tmp_path / "cfg.yaml", motorec={"lambda_cl": 0.0, "rarity": False},
                        train={"epochs": 2})
     common = ["train", "--data", str(data), "--config", str(cfg), "--split", "warm", "--model", "lightgcn",
               "--model", "motorec", "--quiet"]
@@ -126,8 +126,8 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
     torch.manual_seed(0)
     ds = synthetic(100, 70, num_interactions=1200, modalities={"image": 12, "text": 6}, seed=data_seed)
     cfg = Config.from_dict({
-        "model": {"name": "motorec", "dim": 16, "latent_dim": 8, "hidden_dims": [16], "num_levels": 2,
-                  "codebook_size": 8, "knn_k": 4, "ema": True},
+        "model": {"name": "motorec", "dim": 16},
+        "motorec": {"latent_dim": 8, "hidden_dims": [16], "num_levels": 2, "codebook_size": 8, "knn_k": 4, "ema": True},
         "train": {"epochs": 1, "pretrain_epochs": 1, "batch_size": 48, "lr": 0.01, "patience": 0, "seed": 0}})
     trainer = Trainer(cfg, ds, quiet=True, dist=ctx, device=ctx.device)  # the context is passed, not looked up
     res = trainer.fit()

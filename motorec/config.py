@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type
 
-MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content", "knn", "aldi")
+MODEL_NAMES = ("motorec", "lightgcn", "content", "lightgcn_content", "knn", "aldi", "aldi_published", "dropoutnet",
+               "heater", "clcrec", "gar")
 __all__ = ["MODEL_NAMES", "Config", "ModelConfig", "TrainConfig", "DataConfig", "WrapperConfig", "ConfigError", "DEFAULT_MODELS",
            "SELECT_RULES", "model_names", "model_config", "register_model_config"]
 

@@ -13,13 +13,18 @@ from typing import Optional
 
 from motorec.config import MODEL_NAMES, ConfigError, ModelConfig, WrapperConfig, model_config, register_model_config
 from motorec.models.aldi import ALDIConfig, ALDIRec
+from motorec.models.aldi_published import ALDIPublishedConfig, ALDIPublishedRec
 from motorec.models.base import Recommender, item_degrees
 from motorec.models.baselines import ContentConfig, ContentRec, LightGCNContentRec, LightGCNRec
+from motorec.models.clcrec import CLCRecConfig, CLCRecRec
 from motorec.models.cold import ColdScorer
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.decoupled import Decoupled
+from motorec.models.dropoutnet import DropoutNetConfig, DropoutNetRec
 from motorec.models.ensemble import SnapshotEnsemble
 from motorec.models.features import FeatureEncoder, ItemFeatures
+from motorec.models.gar import GARConfig, GARRec
+from motorec.models.heater import HeaterConfig, HeaterRec
 from motorec.models.knn import KNNConfig, KNNRec
 from motorec.models.losses import bpr_loss, info_nce, rarity_weights
 from motorec.models.motorec import MoToRec, MoToRecConfig
@@ -27,14 +32,17 @@ from motorec.models.tokenizer import MultimodalTokenizer
 from motorec.models.wrapper import Wrapper, unwrap
 
 __all__ = ["MoToRec", "MoToRecConfig", "LightGCNRec", "ContentRec", "LightGCNContentRec", "ContentConfig", "KNNRec",
-           "KNNConfig", "ALDIRec", "ALDIConfig", "Recommender", "SnapshotEnsemble", "Decoupled", "Wrapper", "unwrap",
+           "KNNConfig", "ALDIRec", "ALDIConfig", "ALDIPublishedRec", "ALDIPublishedConfig", "DropoutNetRec",
+           "DropoutNetConfig", "HeaterRec", "HeaterConfig", "CLCRecRec", "CLCRecConfig", "GARRec", "GARConfig", "Recommender", "SnapshotEnsemble", "Decoupled", "Wrapper", "unwrap",
            "build_model", "wrap", "MODELS", "bpr_loss", "info_nce", "item_degrees", "rarity_weights", "ItemFeatures",
            "FeatureEncoder", "MultimodalTokenizer", "TokenEncoder", "ItemItemEncoder", "SourceAttention", "ColdScorer"]
 
 # name -> (model class, its config class); the name is also the model's config section
 MODELS = {"motorec": (MoToRec, MoToRecConfig), "lightgcn": (LightGCNRec, ModelConfig),
           "content": (ContentRec, ContentConfig), "lightgcn_content": (LightGCNContentRec, ContentConfig),
-          "knn": (KNNRec, KNNConfig), "aldi": (ALDIRec, ALDIConfig)}
+          "knn": (KNNRec, KNNConfig), "aldi": (ALDIRec, ALDIConfig),
+          "aldi_published": (ALDIPublishedRec, ALDIPublishedConfig), "dropoutnet": (DropoutNetRec, DropoutNetConfig),
+          "heater": (HeaterRec, HeaterConfig), "clcrec": (CLCRecRec, CLCRecConfig), "gar": (GARRec, GARConfig)}
 for _name, (_, _cfg) in MODELS.items():
     register_model_config(_name, _cfg)
 assert tuple(MODELS) == MODEL_NAMES

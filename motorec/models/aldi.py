@@ -67,13 +67,13 @@ class ALDIConfig(ModelConfig):
         for k in ("alpha", "beta", "gamma", "supervised"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-                raise ConfigError(f"aldi.{k} must be a finite number >= 0, got {v!r}")
+                raise ConfigError(f"{self.name}.{k} must be a finite number >= 0, got {v!r}")
         if isinstance(self.tws_m, bool) or not isinstance(self.tws_m, (int, float)) or not self.tws_m > 0:
-            raise ConfigError(f"aldi.tws_m must be a number > 0, got {self.tws_m!r}")
+            raise ConfigError(f"{self.name}.tws_m must be a number > 0, got {self.tws_m!r}")
         if not isinstance(self.tws, bool):
-            raise ConfigError(f"aldi.tws must be true or false, got {self.tws!r}")
+            raise ConfigError(f"{self.name}.tws must be true or false, got {self.tws!r}")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden <= 0:
-            raise ConfigError(f"aldi.hidden must be an integer > 0, got {self.hidden!r}")
+            raise ConfigError(f"{self.name}.hidden must be an integer > 0, got {self.hidden!r}")
 
 
 @torch.no_grad()

@@ -18,6 +18,11 @@ SMALL = {
     "lightgcn_content": dict(dim=16, hidden=32),
     "knn": dict(dim=16),
     "aldi": dict(dim=16, hidden=32),
+    "aldi_published": dict(dim=16, hidden=32, teacher_epochs=1),
+    "dropoutnet": dict(dim=16, hidden=32),
+    "heater": dict(dim=16, hidden=32, experts=3),
+    "clcrec": dict(dim=16, hidden=32),
+    "gar": dict(dim=16, hidden=32),
 }
 
 

@@ -30,6 +30,11 @@ OWN_KEYS = {
     "lightgcn_content": {"hidden"},
     "knn": {"cold_k"},
     "aldi": {"alpha", "beta", "gamma", "supervised", "tws", "tws_m", "hidden"},
+    "aldi_published": {"alpha", "beta", "gamma", "supervised", "tws", "tws_m", "hidden", "teacher_epochs", "selection"},
+    "dropoutnet": {"dropout", "hidden"},
+    "heater": {"experts", "alpha", "dropout", "hidden"},
+    "clcrec": {"temperature", "lr_lambda", "num_sample", "hidden"},
+    "gar": {"alpha", "beta", "hidden"},
 }
 SHARED = {"name", "dim", "num_layers", "lambda_reg", "cold_calibration"}
 # switches whose measurements rejected them, and compatibility shims: deleted, so refused as unknown keys
@@ -92,7 +97,7 @@ def test_yaml_round_trip_and_fingerprint(tmp_path):
 @pytest.mark.parametrize("bad,match", [
     ({"model": {"codebook_size": 8}}, r"model.codebook_size is not a shared model key; it is a setting of motorec"),
     ({"model": {"hidden": 8}}, r"model.hidden is not a shared model key; it is a setting of content, "
-                               r"lightgcn_content, aldi: put it under content:"),
+                               r"lightgcn_content, aldi, aldi_published, dropoutnet, heater, clcrec, gar: put it under content:"),
     ({"content": {"codebook_size": 8}}, r"unknown key content.codebook_size for model 'content'; it is a setting "
                                         r"of motorec \(section motorec:\); content's own keys: hidden"),
     ({"lightgcn": {"hidden": 8}}, r"unknown key lightgcn.hidden for model 'lightgcn'.*own keys: \(none\)"),

@@ -8,7 +8,7 @@ by two InfoNCE terms, mixed by ``lr_lambda``:
 * item-item (weight ``lr_lambda``): an item's ID embedding against its own content embedding, the other items'
   content embeddings as negatives (both L2-normalized, temperature ``temperature``): the collaborative and
   content views of an item agree;
-* user-item (weight ``1 - lambda``): a user against their positive item, the other items as negatives, where
+* user-item (weight ``1 - lr_lambda``): a user against their positive item, the other items as negatives, where
   each item is represented by its ID embedding or, with probability ``num_sample``, by its content embedding
   (inner products, temperature ``temperature``): the user's embedding learns to score content embeddings too.
 

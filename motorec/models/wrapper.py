@@ -3,13 +3,14 @@
 recommenders, sharing their catalog and training data instead of holding copies."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from motorec.graph import Graph
 from motorec.models.base import Recommender, _drop_cache
 from motorec.models.cold import ColdScorer
+from motorec.models.selection import Selection
 
 __all__ = ["Wrapper", "unwrap"]
 
@@ -74,6 +75,10 @@ class Wrapper(Recommender):
 
     def epoch_log(self) -> Dict[str, float]:
         return self.base.epoch_log()
+
+    def selection(self, rule: str, score: Callable[[Dict[str, Any]], float], metric: str) -> Selection:
+        """``base``'s own strategy (e.g. a published baseline's rule), run on the wrapper's scores and state."""
+        return self.base.selection(rule, score, metric)
 
 
 def unwrap(model: Recommender) -> Recommender:

@@ -214,3 +214,19 @@ def test_selected_states_share_the_snapshots_instead_of_copying_them(ds):
     other.load_state_dict(torch.load(buf, weights_only=True))
     assert all(m["users"].is_inference() for m in other.members)
     assert all(torch.equal(a["users"], b["users"]) for a, b in zip(other.members, members))
+
+
+def test_the_ensemble_runs_the_wrapped_models_own_selection(ds):
+    """A model with a selection rule of its own (aldi_published's teacher/student rule) keeps it when wrapped in
+    the ensemble; a plain model keeps the common rule."""
+    from motorec.models.selection import Selection
+
+    def score(valid):
+        return 0.0
+
+    for name in ("aldi_published", "lightgcn_content"):
+        model = make_model(ds, name)
+        own = type(model.selection("warm_cold_mean", score, "recall@20"))
+        wrapped = SnapshotEnsemble(model, 3).selection("warm_cold_mean", score, "recall@20")
+        assert type(wrapped) is own and isinstance(wrapped, Selection)
+    assert own is Selection

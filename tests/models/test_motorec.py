@@ -450,9 +450,9 @@ def test_code_churn_counts_items_whose_tokens_changed(ds):
     m = make_model(ds, "motorec", tokenizer_sample=8)
     m.train()
     m.on_epoch_start(0)
-    assert m.epoch_log() == {}
+    assert set(m.epoch_log()) == {"seconds_catalog", "seconds_knn"}  # the pass's timings, no churn yet
     m.on_epoch_start(1)  # same weights: nothing changed
-    stats = m.epoch_log()
+    stats = {k: v for k, v in m.epoch_log().items() if not k.startswith("seconds_")}
     assert set(stats) == {f"churn_{mod}{lv}" for mod in m.tokenizer.modalities for lv in ("", "_level0")}
     assert all(v == 0.0 for v in stats.values())
     tok = m.tokenizer

@@ -152,10 +152,10 @@ class WrapperConfig:
 
     # snapshot ensemble: cold items scored by the mean of standardized scores under the model's weights at the
     # ends of its last `ensemble` epochs (1: off)
-    ensemble: int = 1
+    ensemble: int = 20
     # warm items scored by a pure-ID LightGCN trained in the same step, cold items by the model; each part
     # selected at its own best epoch (feature models only)
-    decoupled: bool = False
+    decoupled: bool = True
 
     def validate(self) -> None:
         _positive_int(self, "ensemble")

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from motorec.experiments.errors import ArgumentError
 from motorec.experiments.training import load_data
+from motorec.models import unwrap
 from motorec.train import CheckpointError, RunDir, atomic_write, resolve_device
 
 __all__ = ["open_run", "evaluate_run", "tokenize", "Tokens", "recommend", "Recommendations"]
@@ -96,7 +97,7 @@ def tokenize(run: str | Path | RunDir, *, output: Optional[str | Path] = None, d
     model, cfg = rd.load_trained("motorec", ds, device)
     if cfg.settings().continuous:
         raise ArgumentError("this MoToRec was trained with motorec.continuous=true: it has no tokens")
-    tokens = {m: c.cpu().numpy() for m, c in model.tokenize().items()}
+    tokens = {m: c.cpu().numpy() for m, c in unwrap(model).tokenize().items()}  # the model inside any wrapper
     mods = list(tokens)
     table = np.concatenate([tokens[m] for m in mods], axis=1) if mods else np.zeros((ds.num_items, 0), np.int64)
     targets = [Path(output)] if output is not None else [rd.path / "tokens.tsv", rd.path / "tokens.npy"]

@@ -103,7 +103,7 @@ def check_state_round_trip(name, own):
 def check_trainer(name, own, wrapped: bool, extra_train=None):
     ds = catalog()
     cfg = Config.from_dict({"model": {"name": name, "dim": 16}, name: own,
-                            **({"wrappers": {"ensemble": 3, "decoupled": True}} if wrapped else {}),
+                            **({"wrappers": {"ensemble": 3, "decoupled": True} if wrapped else {"ensemble": 1, "decoupled": False}}),
                             "train": {"epochs": 2, "batch_size": 1024, "patience": 0, **(extra_train or {})}})
     r = Trainer(cfg, ds, quiet=True).fit()
     assert r["epochs_run"] == 2

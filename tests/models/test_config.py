@@ -56,7 +56,7 @@ def test_a_section_per_model_with_its_own_keys_and_defaults():
         assert dataclasses.asdict(cfg) == dataclasses.asdict(Config().settings(name))
     assert model_config("knn").cold_k == 10 and model_config("content").hidden == 256
     assert model_config("aldi").alpha == 0.9 and model_config("motorec").rarity_clip == (0.5, 5.0)
-    assert Config().wrappers == WrapperConfig(ensemble=1, decoupled=False)
+    assert Config().wrappers == WrapperConfig() == WrapperConfig(ensemble=20, decoupled=True)
 
 
 def test_settings_merge_the_shared_section_with_the_models_own():

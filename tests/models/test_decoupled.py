@@ -27,7 +27,7 @@ def test_parts_train_exactly_as_their_models_alone_and_score_their_items(ds, nam
     seed = 4
     over = dict(cold_calibration=0.0, lambda_reg=3e-4)
     torch.manual_seed(seed)
-    dec = build_model(ds, small_config(name, **over), wrappers=WrapperConfig(decoupled=True))
+    dec = build_model(ds, small_config(name, **over), wrappers=WrapperConfig(ensemble=1, decoupled=True))
     after = torch.get_rng_state()
     assert isinstance(dec, Decoupled) and unwrap(dec) is dec.cold_model
     torch.manual_seed(seed)
@@ -77,7 +77,7 @@ def test_parts_train_exactly_as_their_models_alone_and_score_their_items(ds, nam
 def test_decoupled_takes_feature_models_and_composes_with_the_ensemble(ds):
     torch.manual_seed(0)
     lightgcn = build_model(ds, small_config("lightgcn"))
-    assert wrap(lightgcn, WrapperConfig(decoupled=True)) is lightgcn  # an ID model has no cold part to decouple
+    assert wrap(lightgcn, WrapperConfig(ensemble=1, decoupled=True)) is lightgcn  # an ID model has no cold part to decouple
     with pytest.raises(ValueError, match="the cold part must score cold items from features"):
         Decoupled(lightgcn, lightgcn)
     content = build_model(ds, small_config("content"))

@@ -36,7 +36,7 @@ def _trained_ensemble(ds, name, size=3, epochs=4, **over):
     """An ensemble of ``size`` around ``name`` after ``epochs`` epoch starts with two Adam steps each, and a copy
     of the inner model at every epoch start (before the ensemble's own ``on_epoch_start``: the weights a
     snapshot takes)."""
-    ens = make_model(ds, name, wrappers=WrapperConfig(ensemble=size), **{**OVER[name], **over})
+    ens = make_model(ds, name, wrappers=WrapperConfig(ensemble=size, decoupled=False), **{**OVER[name], **over})
     assert isinstance(ens, SnapshotEnsemble) and ens.size == size
     opt = torch.optim.Adam(ens.parameters(), lr=1e-2)
     copies = {}
@@ -105,7 +105,7 @@ def test_snapshots_are_taken_at_epoch_starts_and_hold_only_what_cold_scoring_nee
         SnapshotEnsemble(unwrap(ens), 1)
     with pytest.raises(ValueError, match="items must be a 1-d int64"):
         SnapshotEnsemble(unwrap(ens), 2, torch.tensor([1.0]))
-    assert wrap(unwrap(ens), WrapperConfig(ensemble=1)) is unwrap(ens)  # 1: no ensemble
+    assert wrap(unwrap(ens), WrapperConfig(ensemble=1, decoupled=False)) is unwrap(ens)  # 1: no ensemble
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -115,14 +115,14 @@ def test_state_dict_round_trip_and_bad_state_refused(ds, name):
     torch.save(ens.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    other = make_model(ds, name, seed=9, wrappers=WrapperConfig(ensemble=3), **OVER[name])
+    other = make_model(ds, name, seed=9, wrappers=WrapperConfig(ensemble=3, decoupled=False), **OVER[name])
     other.load_state_dict(state)
     other.eval()
     assert [m["epoch"] for m in other.members] == [1, 2]
     users = torch.arange(ds.num_users)
     assert torch.equal(other.score(users), ens.score(users))
     extra = state["_extra_state"]
-    small = make_model(ds, name, wrappers=WrapperConfig(ensemble=2), **OVER[name])
+    small = make_model(ds, name, wrappers=WrapperConfig(ensemble=2, decoupled=False), **OVER[name])
     with pytest.raises(ValueError, match="holds 2 snapshots, this ensemble keeps 1"):
         small.set_extra_state(extra)
     with pytest.raises(ValueError, match="averages other items"):
@@ -169,7 +169,7 @@ def test_with_new_items_scores_new_items_by_the_current_weights(ds):
 def _cfg(name, epochs, ensemble):
     own = {k: v for k, v in SMALL[name].items() if k != "dim"}
     return Config().replace(model={"name": name, "dim": 16, "cold_calibration": 0.0}, **{name: own},
-                            wrappers={"ensemble": ensemble},
+                            wrappers={"ensemble": ensemble, "decoupled": False},
                             train={"epochs": epochs, "pretrain_epochs": 1, "batch_size": 256, "patience": 0,
                                    "lr": 1e-2})
 

@@ -126,7 +126,7 @@ def _worker(rank: int, world: int, port: int, data_seed: int, out: str) -> None:
     torch.manual_seed(0)
     ds = synthetic(100, 70, num_interactions=1200, modalities={"image": 12, "text": 6}, seed=data_seed)
     cfg = Config.from_dict({
-        "model": {"name": "motorec", "dim": 16},
+        "model": {"name": "motorec", "dim": 16}, "wrappers": {"ensemble": 1, "decoupled": False},
         "motorec": {"latent_dim": 8, "hidden_dims": [16], "num_levels": 2, "codebook_size": 8, "knn_k": 4, "ema": True},
         "train": {"epochs": 1, "pretrain_epochs": 1, "batch_size": 48, "lr": 0.01, "patience": 0, "seed": 0}})
     trainer = Trainer(cfg, ds, quiet=True, dist=ctx, device=ctx.device)  # the context is passed, not looked up

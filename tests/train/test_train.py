@@ -26,8 +26,9 @@ def ds():
 
 
 def _cfg(name="motorec", epochs=4, dim=32, **own):
+    # the models as they are: the trainer's mechanics (wrapped models have their own tests)
     return Config().replace(model={"name": name, "dim": dim}, **SMALL_MODEL,
-                            **({name: own} if own else {}),
+                            **({name: own} if own else {}), wrappers={"ensemble": 1, "decoupled": False},
                             train={"epochs": epochs, "pretrain_epochs": 2, "batch_size": 512, "patience": 0,
                                    "lr": 5e-3})
 
@@ -165,7 +166,7 @@ def test_config_differences_name_the_changed_keys():
     b = a.replace(model={"dim": 8}, motorec={"hidden_dims": [128, 64]}, wrappers={"ensemble": 3},
                   train={"lr": 0.01, "epochs": 3})
     assert b.differences(a) == ["model.dim: 64 -> 8", "motorec.hidden_dims: [256] -> [128, 64]",
-                                "wrappers.ensemble: 1 -> 3",
+                                "wrappers.ensemble: 20 -> 3",
                                 "train.lr: 0.001 -> 0.01"]  # epochs is an epoch budget, not a different model
     assert a.differences(a.to_dict()) == []
     old = a.to_dict()

@@ -6,7 +6,8 @@ is ``synthetic:users=items/10,items=items,interactions=items`` (``--per-item`` i
 ``motorec train --data`` spec of the same name, image 64-d and text 32-d features) and each model of
 ``--models`` trains for ``--epochs`` joint epochs (default 2, after the config's tokenizer pre-training, for
 MoToRec) under ``--config`` (default ``configs/large.yaml``), with a checkpoint written as ``motorec train``
-writes it. Each run is its own process, so that its peak resident memory is its own. The row reports the last
+writes it (``--steps S``: the batch size that gives S steps per epoch at every size, instead of the config's
+fixed batch). Each run is its own process, so that its peak resident memory is its own. The row reports the last
 joint epoch, the steady state of a run: the first also pays one-off costs (first-call warm-up, and MoToRec's
 first kNN graph build, which ``knn_rebuild_every`` then amortizes), reported apart as ``seconds_first_epoch``
 and ``seconds_knn``.
@@ -24,7 +25,7 @@ the thread count are inflated and noisy).
 The growth exponent of ``seconds_epoch`` against items (the slope of a least-squares line in log-log, per model,
 and between successive sizes) is fitted on the latest row per (model, items) of this device in the CSV,
 printed, and stored beside the CSV (``.json``); ``--plot`` draws the rows in log-log (default beside the CSV,
-``.png``).
+``.png``; with ``--steps S``, ``_stepsS.json`` and ``_stepsS.png``, fitted on the rows run with ``--steps S``).
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_scale.py`` (``--items 10000,100000,1000000`` for the 1M row;
 ``--tiny``: a small model, for tests).
@@ -52,7 +53,7 @@ DEFAULT_CONFIG = ROOT / "configs" / "large.yaml"
 COLUMNS = ("device", "torch", "git_sha", "items", "users", "interactions", "model", "seconds_step_total",
            "seconds_catalog", "seconds_valid", "peak_rss_mb", "seconds_epoch", "seconds_first_epoch", "seconds_knn",
            "steps", "epochs", "seconds_pretrain", "seconds_checkpoint", "seconds_test", "seconds_data", "wall_s",
-           "eval_users", "batch_size", "config", "load_avg_1m")
+           "eval_users", "batch_size", "config", "load_avg_1m", "fixed_steps")
 # --tiny: a model small enough that a test runs the benchmark in seconds
 TINY = {"model": {"dim": 16},
         "motorec": {"codebook_size": 16, "latent_dim": 16, "hidden_dims": [32], "knn_k": 5, "num_levels": 2},
@@ -66,8 +67,10 @@ def spec(items: int, *, per_item: float, users_per_item: float) -> Dict[str, int
             "interactions": max(1, int(round(items * per_item)))}
 
 
-def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epochs: int) -> Dict[str, Any]:
-    """One run in this process: the synthetic catalog, ``epochs`` joint epochs of ``model``; the CSV row."""
+def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epochs: int,
+            steps: Optional[int] = None) -> Dict[str, Any]:
+    """One run in this process: the synthetic catalog, ``epochs`` joint epochs of ``model`` (``steps`` per epoch:
+    the batch size that gives them, instead of the config's); the CSV row."""
     import torch
 
     import motorec.models  # noqa: F401  (registers every model's config section)
@@ -85,6 +88,8 @@ def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epoch
     if tiny:
         cfg = cfg.replace(**TINY)
     cfg = cfg.replace(model={"name": model}, train={"epochs": epochs, "patience": 0, "eval_every": 1})
+    if steps:
+        cfg = cfg.replace(train={"batch_size": max(1, math.ceil(ds.train.shape[0] / steps))})
     with tempfile.TemporaryDirectory() as ckpt:
         res = Trainer(cfg, ds, quiet=True, checkpoint_dir=ckpt).fit()
     rows = [h for h in res["history"] if h["stage"] == "joint"]
@@ -101,7 +106,7 @@ def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epoch
             "seconds_checkpoint": res["seconds"].get("checkpoint", 0.0), "seconds_test": res["seconds"]["test"],
             "seconds_data": t_data, "wall_s": time.perf_counter() - t0, "eval_users": tc.eval_users,
             "batch_size": tc.batch_size, "config": Path(config).name + (" +tiny" if tiny else ""),
-            "load_avg_1m": load}
+            "load_avg_1m": load, "fixed_steps": steps or ""}
 
 
 def append(path: Path, row: Dict[str, Any]) -> None:
@@ -127,11 +132,13 @@ def append(path: Path, row: Dict[str, Any]) -> None:
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def latest(rows: Sequence[Dict[str, str]], device: str) -> Dict[str, Dict[int, Dict[str, str]]]:
-    """``{model: {items: row}}``: the last row of each (model, items) measured on ``device``."""
+def latest(rows: Sequence[Dict[str, str]], device: str,
+           steps: Optional[int] = None) -> Dict[str, Dict[int, Dict[str, str]]]:
+    """``{model: {items: row}}``: the last row of each (model, items) measured on ``device`` with the config's
+    batch size (``steps`` None) or with ``steps`` fixed steps per epoch."""
     out: Dict[str, Dict[int, Dict[str, str]]] = {}
     for r in rows:
-        if r["device"] == device:
+        if r["device"] == device and (r.get("fixed_steps") or "") == (str(steps) if steps else ""):
             out.setdefault(r["model"], {})[int(r["items"])] = r
     return out
 
@@ -185,7 +192,9 @@ def plot(by_model: Dict[str, Dict[int, Dict[str, str]]], fits: Dict[str, Any], d
     ax.set_yscale("log")
     ax.set_xlabel("items (users = items / 10, interactions = items)")
     ax.set_ylabel("seconds")
-    ax.set_title(f"one joint epoch (steady state), {device}", fontsize=9)
+    steps = {r.get("fixed_steps") for rows in by_model.values() for r in rows.values()} - {"", None}
+    how = f"{steps.pop()} steps per epoch at every size" if steps else "the config's batch size"
+    ax.set_title(f"one joint epoch (steady state, {how}), {device}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -204,6 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--plot", default=None, help="log-log plot (default: the CSV's path with .png)")
     p.add_argument("--no-plot", action="store_true", help="no plot")
     p.add_argument("--epochs", type=int, default=2, help="joint epochs per run; the row reports the last (default 2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per epoch at every size: the batch size grows with the catalog (default: the "
+                        "config's batch size, so the steps grow with it)")
     p.add_argument("--tiny", action="store_true", help="a small model (for tests)")
     p.add_argument("--refit", action="store_true", help="run nothing: fit and plot the CSV's rows of --device")
     p.add_argument("--device", help="with --refit: the device column to fit (default: the last row's)")
@@ -213,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.worker:  # one run, its row printed as JSON on the last line
         job = json.loads(args.worker)
         print(json.dumps(run_one(job["model"], job["sizes"], config=job["config"], tiny=job["tiny"],
-                                 epochs=job["epochs"])))
+                                 epochs=job["epochs"], steps=job["steps"])))
         return 0
 
     try:
@@ -224,6 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--items must name sizes of at least 10 items, got {args.items!r}")
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         p.error("--models is empty")
@@ -239,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sz = spec(n, per_item=args.per_item, users_per_item=args.users_per_item)
         for model in models:
             job = {"model": model, "sizes": sz, "config": str(Path(args.config).resolve()), "tiny": args.tiny,
-                   "epochs": args.epochs}
+                   "epochs": args.epochs, "steps": args.steps}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
                                   capture_output=True, text=True)
@@ -257,18 +271,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"peak RSS {row['peak_rss_mb']:.0f} MB; run {time.perf_counter() - t0:.1f} s", flush=True)
 
     with out.open(newline="") as f:
-        by_model = latest(list(csv.DictReader(f)), device)
+        by_model = latest(list(csv.DictReader(f)), device, args.steps)
+    if not by_model:
+        print(f"{out} has no rows of {device!r} with --steps {args.steps}", file=sys.stderr)
+        return 1
     fits = fit(by_model)
     for model, r in fits.items():
         segs = ", ".join(f"{k}: {v:.2f}" for k, v in r["segments"].items())
         print(f"{model}: growth exponent of the epoch time vs items {r['exponent_epoch']:.2f} (steps alone "
               f"{r['exponent_steps']:.2f}, first epoch {r['exponent_first_epoch']:.2f}) over {r['items']}; "
               f"between sizes {segs}")
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "fits": fits}, indent=1) + "\n")
+    tag = f"_steps{args.steps}" if args.steps else ""
+    fit_path = out.with_name(out.stem + tag + ".json")
+    fit_path.write_text(json.dumps({"device": device, "fixed_steps": args.steps, "fits": fits}, indent=1) + "\n")
     if not args.no_plot:
-        path = Path(args.plot) if args.plot else out.with_suffix(".png")
+        path = Path(args.plot) if args.plot else out.with_name(out.stem + tag + ".png")
         plot(by_model, fits, device, path)
-        print(f"wrote {out}, {out.with_suffix('.json')}, {path}")
+        print(f"wrote {out}, {fit_path}, {path}")
     return 0
 
 

@@ -163,7 +163,8 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
 def test_bench_scale_tiny(tmp_path):
     out = tmp_path / "scale.csv"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--items", "300,600",
-                        "--models", "lightgcn,motorec", "--tiny", "--csv", str(out), "--plot", str(tmp_path / "p.png")],
+                        "--models", "lightgcn,motorec", "--tiny", "--steps", "2", "--csv", str(out),
+                        "--plot", str(tmp_path / "p.png")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     with out.open() as f:
@@ -175,13 +176,18 @@ def test_bench_scale_tiny(tmp_path):
         for k in ("seconds_step_total", "seconds_catalog", "seconds_valid", "peak_rss_mb"):
             assert float(r[k]) >= 0, k
         assert float(r["peak_rss_mb"]) > 10
+        assert int(r["steps"]) == 2 and int(r["batch_size"]) < (150 if r["items"] == "300" else 300)
     assert "growth exponent" in p.stdout and (tmp_path / "p.png").stat().st_size > 1000
-    fits = json.loads(out.with_suffix(".json").read_text())["fits"]
+    fits = json.loads((tmp_path / "scale_steps2.json").read_text())["fits"]
     assert set(fits) == {"lightgcn", "motorec"} and fits["motorec"]["items"] == [300, 600]
     assert math.isfinite(fits["motorec"]["exponent_epoch"])
     # --refit: the fit and plot again from the CSV alone, no run
     (tmp_path / "p.png").unlink()
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--refit", "--csv", str(out),
-                        "--plot", str(tmp_path / "p.png")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    refit = [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--refit", "--csv", str(out)]
+    p = subprocess.run(refit + ["--steps", "2", "--plot", str(tmp_path / "p.png")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert len(out.read_text().splitlines()) == 5 and (tmp_path / "p.png").exists()
+    # rows of the config's batch size are fitted apart from those of fixed steps: there are none here
+    p = subprocess.run(refit, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "no rows" in p.stderr

@@ -1,4 +1,5 @@
-"""Paired comparison of two methods over several runs: the Wilcoxon signed-rank test.
+"""Paired comparison of two methods over several runs: the Wilcoxon signed-rank test, draw-level values and a
+bootstrap interval of the ratio of means.
 
 Used by ``motorec compare`` to say whether MoToRec's per-run metric differs from the strongest baseline's
 beyond what the spread of cold-item draws and seeds explains. No SciPy needed: for up to
@@ -6,14 +7,18 @@ beyond what the spread of cold-item draws and seeds explains. No SciPy needed: f
 enumerated, ties keeping their average ranks, as a permutation test); above it the normal approximation with
 the tie correction is used (SciPy's ``wilcoxon(..., method="approx")`` without continuity correction).
 Zero differences are dropped before ranking (Wilcoxon's original treatment, SciPy's ``zero_method="wilcox"``).
+
+Seeds of one cold-item draw share its test items, so they are not independent observations: :func:`draw_means`
+averages them first, and the tests run over draws (one value per draw).
 """
 from __future__ import annotations
 
 import math
+import random
 from itertools import product
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["wilcoxon_signed_rank", "EXACT_MAX_PAIRS"]
+__all__ = ["wilcoxon_signed_rank", "EXACT_MAX_PAIRS", "draw_means", "bootstrap_ratio_ci"]
 
 EXACT_MAX_PAIRS = 20
 
@@ -80,3 +85,62 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> Dict[str, fl
     z = observed / math.sqrt(var) if var > 0 else 0.0
     p = math.erfc(z / math.sqrt(2.0))
     return {**out, "w_plus": w_plus, "w_minus": w_minus, "p_value": min(1.0, p), "exact": 0.0}
+
+
+def draw_means(values: Sequence[float], draws: Sequence[int]) -> Tuple[List[int], List[float]]:
+    """One value per draw: the mean of ``values[i]`` over the runs with the same ``draws[i]``. Returns
+    ``(sorted draw ids, their means)``. Raises ValueError when the lengths differ or nothing is given."""
+    if len(values) != len(draws):
+        raise ValueError(f"values and draws must have the same length, got {len(values)} and {len(draws)}")
+    if not values:
+        raise ValueError("values is empty")
+    by: Dict[int, List[float]] = {}
+    for v, d in zip(values, draws):
+        by.setdefault(int(d), []).append(float(v))
+    ids = sorted(by)
+    return ids, [sum(by[d]) / len(by[d]) for d in ids]
+
+
+def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, level: float = 0.95,
+                       seed: int = 0) -> Dict[str, float]:
+    """Percentile bootstrap interval of ``mean(a) / mean(b)`` over paired units (draws): each resample draws
+    ``len(a)`` unit indices with replacement (the same indices for ``a`` and ``b``, keeping the pairing) and
+    takes the ratio of the two means. The seed is fixed, so a summary is reproducible.
+
+    Returns ``{"ratio": observed, "low": , "high": , "level": , "resamples": , "n": }``; a resample whose
+    ``b`` mean is 0 gives ``inf`` (it sorts last). Raises ValueError for unpaired or empty input, a non-finite
+    value, ``resamples < 1`` or ``level`` outside (0, 1).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"a and b must be paired (same length), got {len(a)} and {len(b)}")
+    n = len(a)
+    if n == 0:
+        raise ValueError("a and b are empty")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be an int >= 1, got {resamples!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    xs, ys = [float(v) for v in a], [float(v) for v in b]
+    if not all(math.isfinite(v) for v in xs + ys):
+        raise ValueError("a and b must hold finite values")
+
+    def ratio(sa: float, sb: float) -> float:
+        return sa / sb if sb != 0 else math.inf
+
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        stats.append(ratio(sum(xs[i] for i in idx), sum(ys[i] for i in idx)))
+    stats.sort()
+    tail = (1.0 - level) / 2.0
+
+    def quantile(q: float) -> float:  # linear interpolation between order statistics (numpy's default)
+        pos = q * (resamples - 1)
+        lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+        if stats[hi] == math.inf:
+            return math.inf if pos > lo or stats[lo] == math.inf else stats[lo]
+        return stats[lo] + (stats[hi] - stats[lo]) * (pos - lo)
+
+    return {"ratio": ratio(sum(xs), sum(ys)), "low": quantile(tail), "high": quantile(1.0 - tail),
+            "level": level, "resamples": float(resamples), "n": float(n)}

@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train every model on several cold-item draws and seeds (one subprocess "
                        "per run, resumable); write summary.json / summary.md and print the table")
     c.add_argument("--out", metavar="DIR", required=True, help="output directory (runs/draw<d>_seed<s>/, summary)")
-    c.add_argument("--draws", type=int, default=5, help="cold-item draws: split seeds 0..N-1 (default 5)")
+    c.add_argument("--draws", type=int, default=5, help="cold-item draws: split seeds F..F+N-1 (default 5)")
+    c.add_argument("--draws-from", type=int, default=0, metavar="F", help="first draw (default 0); tuning stays "
+                   "on draw 0, so a report on --draws-from 5 uses draws no choice was made on")
+    c.add_argument("--variants", default="plain,wrapped", help="plain (wrappers off: ensemble 1, decoupled false; "
+                   "row <model>) and/or wrapped (the config's wrappers; row <model>+wrapped); default both")
+    c.add_argument("--ablations", action="store_true", help="add MoToRec's ablation rows (motorec-no_sparse, "
+                   "motorec-no_rarity, motorec-no_item_item, motorec-continuous)")
     c.add_argument("--seeds", type=int, default=1, help="training seeds per draw: 0..N-1 (default 1)")
     c.add_argument("--model", choices=MODEL_NAMES, action="append",
                    help="model to compare (repeatable; default: " + ", ".join(COMPARE_MODELS) + ")")
@@ -142,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "train.lr x model.lambda_reg from a small grid by its validation score on draw 0 / seed 0 "
                    "(OUT/tune/), then one run per draw, seed and model with its choice (docs/BASELINES.md)")
     c.add_argument("--tune-reference", action="store_true", help="with --tune: tune motorec as well")
+    c.add_argument("--no-own-grids", action="store_true", help="with --tune: only lr x reg, not each model's own "
+                   "keys (motorec.experiments.grids)")
     c.add_argument("--grid-lr", metavar="LRS", type=_grid_arg("lr"),
                    help="with --tune: comma-separated train.lr values, each > 0 (default 1e-3,5e-3)")
     c.add_argument("--grid-reg", metavar="REGS", type=_grid_arg("lambda_reg"),
@@ -211,7 +219,9 @@ def cmd_compare(args) -> Outcome:
         run_compare(args.out, models=args.model, draws=args.draws, seeds=args.seeds, data=args.data,
                     config=args.config, epochs=args.epochs, threads=args.threads, jobs=args.jobs,
                     backend=args.backend, device=args.device, progress=not args.quiet, tune=args.tune,
-                    grid_lr=args.grid_lr, grid_reg=args.grid_reg, tune_reference=args.tune_reference)
+                    grid_lr=args.grid_lr, grid_reg=args.grid_reg, tune_reference=args.tune_reference,
+                    draws_from=args.draws_from, variants=args.variants.split(","), ablations=args.ablations,
+                    own_grids=not args.no_own_grids)
     except RuntimeError as e:  # some runs failed: the finished ones stay, a re-run resumes the others
         print(f"motorec: error: {e}", file=sys.stderr)
         return Outcome(EXIT_WRITE)

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from motorec.eval.stats import wilcoxon_signed_rank
+from motorec.eval.stats import bootstrap_ratio_ci, wilcoxon_signed_rank
 from motorec.experiments.errors import ArgumentError, CompareError
 
 __all__ = ["run_compare", "summarize", "setting_metrics", "SETTING_NAMES", "SCALE_ROWS", "format_summary",
-           "GRID_LR", "GRID_REG", "REFERENCE", "COMPARE_MODELS", "parse_grid", "check_grid", "CompareError"]
+           "GRID_LR", "GRID_REG", "REFERENCE", "COMPARE_MODELS", "parse_grid", "check_grid", "CompareError",
+           "VARIANTS", "PLAIN_WRAPPERS", "ABLATIONS", "check_variants", "compare_command"]
 
 # what run_compare trains by default: MoToRec, the ID backbone and every cold-start baseline
 COMPARE_MODELS = ("motorec", "lightgcn", "lightgcn_content", "content", "knn", "aldi")
@@ -225,20 +226,125 @@ def _execute(runs: Sequence[_Run], *, jobs: int, total: int, progress: bool, opt
     return failures
 
 
+# ---------------------------------------------------------------------------------------------- entries
+# `plain`: the model without the generic machinery; `wrapped`: the config's `wrappers:` section (on by default)
+VARIANTS = ("plain", "wrapped")
+PLAIN_WRAPPERS = {"ensemble": 1, "decoupled": False}
+# the paper's ablation switches (docs/PAPER.md), each a MoToRec run under the config's wrappers
+ABLATIONS: Dict[str, Dict[str, Any]] = {"no_sparse": {"sparse_weight": 0.0}, "no_rarity": {"rarity": False},
+                                        "no_item_item": {"item_item": False}, "continuous": {"continuous": True}}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One row of the comparison: ``model`` trained under the user's config with ``overrides`` (``{section:
+    {key: value}}``), its runs in ``runs/draw<d>_seed<s>/<name>/`` (``metrics.json`` keyed by ``model``)."""
+
+    name: str
+    model: str
+    variant: str  # "config" (the config as given), "plain", "wrapped" or "ablation"
+    overrides: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()
+
+    def override_dict(self) -> Dict[str, Dict[str, Any]]:
+        return {sec: dict(kv) for sec, kv in self.overrides}
+
+
+def _entries(models: Sequence[str], variants: Optional[Sequence[str]], ablations: bool) -> List[_Entry]:
+    """The rows: each model under the config as given (``variants=None``), or once per variant (``<model>``
+    plain, ``<model>+wrapped``), then MoToRec's ablations (``motorec-<name>``)."""
+    out: List[_Entry] = []
+    for m in models:
+        if variants is None:
+            out.append(_Entry(m, m, "config"))
+            continue
+        for v in variants:
+            if v == "plain":
+                out.append(_Entry(m, m, v, (("wrappers", tuple(PLAIN_WRAPPERS.items())),)))
+            else:
+                out.append(_Entry(f"{m}+wrapped", m, v))
+    if ablations:
+        for a, ov in ABLATIONS.items():
+            out.append(_Entry(f"motorec-{a}", "motorec", "ablation", (("motorec", tuple(ov.items())),)))
+    return out
+
+
+def check_variants(variants: Sequence[str]) -> Tuple[str, ...]:
+    """``variants`` as a tuple of :data:`VARIANTS` names; ValueError for an empty list, an unknown or a repeated
+    name."""
+    out = tuple(v.strip() for v in variants if v.strip())
+    if not out:
+        raise ValueError(f"name at least one variant of {VARIANTS}")
+    bad = [v for v in out if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"a variant is repeated: {','.join(out)}")
+    return out
+
+
+def _provenance(command: Optional[str]) -> Dict[str, Any]:
+    """The code a comparison ran on (``git rev-parse HEAD`` of the checkout holding this package, and whether
+    its tracked files had changes; ``None`` outside a git checkout) and the command that ran it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> Optional[str]:  # Popen, not run: the tests stand in for run() as the training worker
+        try:
+            with subprocess.Popen(["git", *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True) as p:
+                text, _ = p.communicate(timeout=20)
+                return text if p.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    commit = head.strip() if head else None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    dirty = None if status is None else bool(status.strip())
+    return {"commit": commit, "dirty": dirty, "command": command}
+
+
+def compare_command(out: str | Path, **kw: Any) -> str:
+    """The ``motorec compare`` command line equivalent to ``run_compare(out, **kw)`` (the summary records it)."""
+    import shlex
+
+    parts = ["motorec", "compare", "--out", str(out)]
+    for m in kw.get("models") or []:
+        parts += ["--model", m]
+    for key in ("draws", "draws_from", "seeds", "data", "config", "epochs", "threads", "jobs", "backend", "device"):
+        if kw.get(key) is not None:
+            parts += ["--" + key.replace("_", "-"), str(kw[key])]
+    if kw.get("variants") is not None:
+        parts += ["--variants", ",".join(kw["variants"])]
+    for flag in ("ablations", "tune", "tune_reference"):
+        if kw.get(flag):
+            parts.append("--" + flag.replace("_", "-"))
+    if kw.get("tune") and not kw.get("own_grids", True):
+        parts.append("--no-own-grids")
+    for key in ("grid_lr", "grid_reg"):
+        if kw.get(key):
+            parts += ["--" + key.replace("_", "-"), _fmt_values(kw[key])]
+    return shlex.join(parts)
+
+
 def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draws: int = 5, seeds: int = 1,
                 data: Optional[str | Path] = None, config: Optional[str | Path] = None, epochs: Optional[int] = None,
                 threads: int = 1, jobs: int = 1, backend: Optional[str] = None, device: Optional[str] = None,
                 progress: bool = True, tune: bool = False, grid_lr: Optional[Sequence[float]] = None,
-                grid_reg: Optional[Sequence[float]] = None, tune_reference: bool = False) -> Dict[str, Any]:
+                grid_reg: Optional[Sequence[float]] = None, tune_reference: bool = False, draws_from: int = 0,
+                variants: Optional[Sequence[str]] = None, ablations: bool = False, own_grids: bool = True,
+                command: Optional[str] = None) -> Dict[str, Any]:
     """Train ``models`` on ``draws`` cold-item draws x ``seeds`` seeds, one process per run, then
     :func:`summarize`. Finished runs are skipped and interrupted ones resumed, so a call can be repeated after a
     stop.
 
     Args:
-        out: the output directory (``runs/draw<d>_seed<s>/``, ``tune/``, ``summary.json``, ``summary.md``).
+        out: the output directory (``runs/draw<d>_seed<s>/``, ``tune/``, ``configs/``, ``summary.json``,
+            ``summary.md``).
         models: model names (default :data:`COMPARE_MODELS`); the paired tests compare :data:`REFERENCE` with
-            the strongest other one.
-        draws: cold-item draws, split seeds ``0 .. draws - 1``.
+            the strongest baseline.
+        draws: cold-item draws, split seeds ``draws_from .. draws_from + draws - 1``.
+        draws_from: the first draw (default 0). Tuning always uses draw 0 (development), so a report on
+            ``draws_from >= 1`` is on draws no choice was made on.
         seeds: training seeds per draw, ``0 .. seeds - 1``.
         data: an MMRec folder, a synthetic spec or ``None`` (bundled MovieLens-100k).
         config: a YAML config file for every run (checked before any run starts).
@@ -246,10 +352,17 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
         threads: torch CPU threads per run. jobs: runs at a time.
         backend, device: the kernel backend and device of every run (``None``: the config's).
         progress: show a progress bar over runs.
-        tune: equal tuning first (see the module docstring): every model but the reference (and it too with
+        tune: equal tuning first (see the module docstring): every entry but the reference's (and those too with
             ``tune_reference``) picks ``train.lr`` in ``grid_lr`` (default :data:`GRID_LR`) x
-            ``model.lambda_reg`` in ``grid_reg`` (default :data:`GRID_REG`) on draw 0 / seed 0; then one run
-            per ``(draw, seed, model)``.
+            ``model.lambda_reg`` in ``grid_reg`` (default :data:`GRID_REG`) on draw 0 / seed 0, then with
+            ``own_grids`` each key of its model's :data:`~motorec.experiments.grids.TUNING_GRID` one at a time;
+            then one run per ``(draw, seed, entry)``.
+        variants: ``None``: each model under the config as given (row ``<model>``); else names of
+            :data:`VARIANTS`: ``plain`` (row ``<model>``, ``wrappers`` = :data:`PLAIN_WRAPPERS`) and/or
+            ``wrapped`` (row ``<model>+wrapped``, the config's ``wrappers``), each tuned by the same grid.
+        ablations: add the rows ``motorec-<name>`` of :data:`ABLATIONS` (MoToRec under the config's wrappers
+            with one switch changed; untuned, like the reference).
+        command: the command line to record (default: :func:`compare_command` of these arguments).
 
     Returns:
         the summary (:func:`summarize`).
@@ -265,6 +378,8 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
     for name, v in (("draws", draws), ("seeds", seeds), ("threads", threads), ("jobs", jobs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ArgumentError(f"`{name}` must be >= 1, got {v!r}")
+    if isinstance(draws_from, bool) or not isinstance(draws_from, int) or draws_from < 0:
+        raise ArgumentError(f"`draws_from` must be >= 0, got {draws_from!r}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ArgumentError(f"`epochs` must be >= 0, got {epochs!r}")
     models = list(dict.fromkeys(models)) if models is not None else list(COMPARE_MODELS)
@@ -273,6 +388,11 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ArgumentError(f"`models`: unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
+    if variants is not None:
+        try:
+            variants = check_variants(variants)
+        except ValueError as e:
+            raise ArgumentError(f"`variants`: {e}") from None
     data = resolve_data(data)  # a missing folder or a bad synthetic spec is refused before any run
     if config is not None:
         config = str(Path(config).resolve())
@@ -282,16 +402,26 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
                                         ("grid_reg", grid_reg)) if v]
         if extra:
             raise ArgumentError(f"{', '.join(extra)} only apply with `tune`")
+    if command is None:
+        command = compare_command(out, models=models, draws=draws, draws_from=draws_from or None, seeds=seeds,
+                                  data=data, config=config, epochs=epochs, threads=threads, jobs=jobs,
+                                  backend=backend, device=device, variants=variants, ablations=ablations, tune=tune,
+                                  tune_reference=tune_reference, own_grids=own_grids, grid_lr=grid_lr,
+                                  grid_reg=grid_reg)
     grid_lr = GRID_LR if grid_lr is None else grid_lr
     grid_reg = GRID_REG if grid_reg is None else grid_reg
     out = Path(out)
-    _check_layout(out, tune)
+    entries = _entries(models, variants, ablations)
+    per_entry = tune or variants is not None or ablations
+    _check_layout(out, per_entry, tune)
     opts = dict(data=data, epochs=epochs, threads=threads, backend=backend, device=device)
-    plan = [(d, s) for d in range(draws) for s in range(seeds)]
-    if tune:
+    draw_ids = list(range(draws_from, draws_from + draws))
+    plan = [(d, s) for d in draw_ids for s in range(seeds)]
+    if per_entry:
         grid = _grid_dict(check_grid(grid_lr, "lr"), check_grid(grid_reg, "lambda_reg"))
-        tuned = [m for m in models if m != REFERENCE or tune_reference]
-        failures = _run_tuned(out, models, tuned, plan, grid, config, jobs=jobs, progress=progress, opts=opts)
+        tuned = [e for e in entries if tune and e.variant != "ablation" and (e.model != REFERENCE or tune_reference)]
+        failures = _run_entries(out, entries, tuned, plan, grid, config, tune=tune, own_grids=own_grids, jobs=jobs,
+                                progress=progress, opts=opts)
     else:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         todo = []
@@ -303,120 +433,183 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
         failures = _execute(todo, jobs=jobs, total=len(todo), progress=progress, opts=opts)
     if failures:
         raise RuntimeError("some runs failed: " + "; ".join(failures))
-    return summarize(out, models=models, draws=draws, seeds=seeds, data=data)
+    reference = _reference(entries)
+    return summarize(out, models=[e.name for e in entries], draws=draws, seeds=seeds, data=data, draws_from=draws_from,
+                     entries={e.name: _entry_info(e) for e in entries}, reference=reference,
+                     provenance=_provenance(command))
 
 
-def _check_layout(out: Path, tune: bool) -> None:
-    """Refuse to mix a comparison with ``--tune`` (per-model run directories) and one without in one ``out``."""
-    runs = sorted((out / "runs").glob("draw*_seed*"))
+def _reference(entries: Sequence[_Entry]) -> str:
+    """The row the paired tests are about: MoToRec as shipped (``motorec+wrapped`` where the variants split)."""
+    names = [e.name for e in entries]
+    return f"{REFERENCE}+wrapped" if f"{REFERENCE}+wrapped" in names else REFERENCE
+
+
+def _entry_info(e: _Entry) -> Dict[str, Any]:
+    return {"model": e.model, "variant": e.variant, "overrides": e.override_dict()}
+
+
+def _check_layout(out: Path, per_entry: bool, tune: bool) -> None:
+    """Refuse to mix, in one ``out``, a comparison with one run directory per row (``--tune``, ``--variants``,
+    ``--ablations``) and one without, or a tuned comparison and an untuned one."""
+    runs = sorted(r for r in (out / "runs").glob("draw*_seed*") if r.is_dir())
     flat = [r for r in runs if (r / "config.yaml").is_file() or (r / "metrics.json").is_file()]
-    if tune and flat:
-        raise CompareError(f"{str(out)!r} holds runs of a comparison without --tune ({flat[0].name}); use "
-                           "another --out for a tuned comparison")
-    from motorec.config import MODEL_NAMES
+    per_row = [p for r in runs for p in r.iterdir() if p.is_dir()]
+    tuned_before = (out / "tune").is_dir()
+    if per_entry and flat:
+        raise CompareError(f"{str(out)!r} holds runs of a comparison without --tune ({flat[0].name}: one process "
+                           "for every model); use another --out for a tuned comparison or one with variants")
+    if tune and per_row and not tuned_before:
+        raise CompareError(f"{str(out)!r} holds runs of a comparison without --tune ({per_row[0]}); use another "
+                           "--out for a tuned comparison")
+    if not tune and tuned_before:
+        raise CompareError(f"{str(out)!r} holds a comparison made with --tune; add --tune to continue it, or use "
+                           "another --out")
+    if not per_entry and per_row:
+        raise CompareError(f"{str(out)!r} holds a comparison made with --variants (a run directory per row); pass "
+                           "the same flags to continue it, or use another --out")
 
-    if not tune and ((out / "tune").is_dir() or any((r / m).is_dir() for r in runs for m in MODEL_NAMES)):
-        raise CompareError(f"{str(out)!r} holds a comparison made with --tune; add --tune to continue it, or "
-                           "use another --out")
+
+def _own_grid(model: str, own_grids: bool) -> Dict[str, List[Any]]:
+    from motorec.experiments.grids import TUNING_GRID
+
+    return {k: list(v) for k, v in TUNING_GRID.get(model, {}).items()} if own_grids else {}
 
 
-def _run_tuned(out: Path, models: List[str], tuned: List[str], plan: List[Tuple[int, int]],
-               grid: Dict[str, List[float]], config: Optional[str], *, jobs: int, progress: bool,
-               opts: Dict[str, Any]) -> List[str]:
-    """Stage 1 (the grid on draw 0 / seed 0) and stage 2 (every (draw, seed, model)) of ``tune``: a model's
-    final runs are queued as soon as its last grid point is done. Returns the failures."""
+def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plan: List[Tuple[int, int]],
+                 grid: Dict[str, Any], config: Optional[str], *, tune: bool, own_grids: bool, jobs: int, progress: bool,
+                 opts: Dict[str, Any]) -> List[str]:
+    """One run directory per entry: for a tuned entry, stage 1 (lr x reg on draw 0 / seed 0), then each own key
+    of its model's grid one at a time at the setting chosen so far, then its final runs (every (draw, seed));
+    an untuned entry's final runs start at once. Returns the failures."""
     from motorec.config import Config
 
-    base = Config.load(config) if config else Config()
+    base0 = Config.load(config) if config else Config()
+    bases = {e.name: base0.replace(**e.override_dict()) if e.overrides else base0 for e in entries}
     tune_dir = out / "tune"
-    tune_dir.mkdir(parents=True, exist_ok=True)
     chosen_path = tune_dir / "chosen.json"
     chosen: Dict[str, Any] = json.loads(chosen_path.read_text()) if chosen_path.is_file() else {}
-    for m in tuned:
-        if m in chosen:
-            _check_chosen(chosen_path, m, chosen[m], grid, base)
-    points = [(lr, reg) for lr in grid["lr"] for reg in grid["lambda_reg"]]
+    grids = {e.name: {**grid, **({"own": _own_grid(e.model, own_grids)} if _own_grid(e.model, own_grids) else {})}
+             for e in tuned}
+    if tune:
+        tune_dir.mkdir(parents=True, exist_ok=True)
+    for e in tuned:
+        if e.name in chosen:
+            _check_chosen(chosen_path, e.name, e.model, chosen[e.name], grids[e.name], bases[e.name])
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    problems: List[str] = []
+    launched: set = set()
 
-    def point_dir(m: str, lr: float, reg: float) -> Path:
-        return tune_dir / m / _point_name(lr, reg)
+    def setting_config(e: _Entry, setting: Dict[str, Any]):
+        own = {k: v for k, v in setting.items() if k not in _GRID_KEYS}
+        kw: Dict[str, Dict[str, Any]] = {"train": {"lr": setting["lr"]}, "model": {"lambda_reg": setting["lambda_reg"]}}
+        if own:
+            kw[e.model] = own
+        return bases[e.name].replace(**kw)
 
-    def final_runs(m: str, cfg: Optional[str], want: Tuple[float, float]) -> Tuple[List[_Run], List[str]]:
-        runs, problems = [], []
+    def point_dir(e: _Entry, setting: Dict[str, Any]) -> Path:
+        name = _point_name(setting["lr"], setting["lambda_reg"])
+        section = bases[e.name].to_dict().get(e.model, {})
+        name += "".join(f"_{k}{v!r}" for k, v in setting.items() if k not in _GRID_KEYS and section.get(k) != v)
+        return tune_dir / e.name / name
+
+    def final_runs(e: _Entry, cfg: Optional[str], want: Tuple[float, float]) -> List[_Run]:
+        runs, bad = [], []
         for d, s in plan:
-            run = _run_dir(out, d, s) / m
+            run = _run_dir(out, d, s) / e.name
             got = _trained_lr_reg(run)
             if got is not None and got != want:
-                problems.append(f"{run} was trained with lr {got[0]!r}, lambda_reg {got[1]!r}, not the "
-                                f"{m} setting lr {want[0]!r}, lambda_reg {want[1]!r} (delete it to re-run it)")
-            elif not _run_complete(run, [m]):
-                runs.append(_Run(f"draw {d} seed {s} {m}", run, run.parent / f"{m}.log", d, s, (m,), cfg))
-        return runs, problems
-
-    problems: List[str] = []
-
-    def settle(m: str) -> List[_Run]:
-        """Model ``m``'s final runs, its config written (from ``chosen.json`` for a tuned model)."""
-        if m in tuned:
-            entry = chosen[m]
-            path = tune_dir / f"{m}.yaml"
-            _write_atomic(path, base.replace(train={"lr": entry["lr"]}, model={"lambda_reg": entry["lambda_reg"]})
-                          .to_yaml())
-            runs, bad = final_runs(m, str(path.resolve()), (entry["lr"], entry["lambda_reg"]))
-        else:
-            runs, bad = final_runs(m, config, (base.train.lr, base.model.lambda_reg))
+                bad.append(f"{run} was trained with lr {got[0]!r}, lambda_reg {got[1]!r}, not the "
+                           f"{e.name} setting lr {want[0]!r}, lambda_reg {want[1]!r} (delete it to re-run it)")
+            elif not _run_complete(run, [e.model]):
+                runs.append(_Run(f"draw {d} seed {s} {e.name}", run, run.parent / f"{e.name}.log", d, s, (e.model,),
+                                 cfg))
         problems.extend(bad)
         return [] if bad else runs
 
-    stage1: List[_Run] = []
-    left: Dict[str, int] = {}
-    for m in tuned:
-        if m in chosen:
-            continue
-        for lr, reg in points:
-            pdir = point_dir(m, lr, reg)
-            if _run_complete(pdir, [m], ("valid", "test")):
-                continue
-            yml = pdir.with_name(pdir.name + ".yaml")
-            yml.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(yml, base.replace(train={"lr": lr}, model={"lambda_reg": reg}).to_yaml())
-            stage1.append(_Run(f"tune {m} {pdir.name}", pdir, pdir.with_name(pdir.name + ".log"), 0, 0, (m,),
-                               str(yml.resolve()), tunes=m))
-        left[m] = sum(r.tunes == m for r in stage1)
+    def settle(e: _Entry) -> List[_Run]:
+        """Entry ``e``'s final runs, its config written (from ``chosen.json`` for a tuned entry)."""
+        if e in tuned:
+            c = chosen[e.name]
+            cfg = setting_config(e, {"lr": c["lr"], "lambda_reg": c["lambda_reg"], **c.get("own", {})})
+            path = tune_dir / f"{e.name}.yaml"
+        elif e.overrides:
+            cfg, path = bases[e.name], out / "configs" / f"{e.name}.yaml"
+        else:
+            return final_runs(e, config, (base0.train.lr, base0.model.lambda_reg))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, cfg.to_yaml())
+        return final_runs(e, str(path.resolve()), (float(cfg.train.lr), float(cfg.model.lambda_reg)))
 
-    def choose(m: str) -> bool:
-        unfinished = [point_dir(m, lr, reg) for lr, reg in points
-                      if not _run_complete(point_dir(m, lr, reg), [m], ("valid", "test"))]
-        if unfinished:
-            problems.append(f"tune {m}: grid point {unfinished[0]} has no validation metrics")
-            return False
-        scores = [_point_score(point_dir(m, lr, reg), m, base.train.select) for lr, reg in points]
-        best = max(range(len(points)), key=lambda i: (scores[i], -i))  # a tie keeps the earlier point
-        chosen[m] = {"lr": points[best][0], "lambda_reg": points[best][1], "score": scores[best],
-                     "select": base.train.select, "grid": grid, "on": {"draw": 0, "seed": 0, "split": "valid"},
-                     "points": [{"lr": lr, "lambda_reg": reg, "score": sc} for (lr, reg), sc in zip(points, scores)],
-                     "base_config": base.to_dict()}
+    def advance(e: _Entry) -> List[_Run]:
+        """Walk ``e``'s tuning stages as far as finished points allow: the unfinished points of the first open
+        stage, or (every stage done) the choice written and the final runs."""
+        select = bases[e.name].train.select
+        stages: List[Tuple[Optional[str], List[Any]]] = [(None, [])] + list(grids[e.name].get("own", {}).items())
+        setting: Dict[str, Any] = {}
+        record: Dict[str, Any] = {"own": {}, "own_points": {}}
+        for key, values in stages:
+            if key is None:
+                cands = [{"lr": lr, "lambda_reg": reg} for lr in grid["lr"] for reg in grid["lambda_reg"]]
+            else:
+                cands = [{**setting, key: v} for v in values]
+            dirs = [point_dir(e, c) for c in cands]
+            todo = [i for i, p in enumerate(dirs) if not _run_complete(p, [e.model], ("valid", "test"))]
+            if todo:
+                again = [dirs[i] for i in todo if dirs[i] in launched]
+                if again:
+                    problems.append(f"tune {e.name}: grid point {again[0]} has no validation metrics")
+                    return []
+                runs = []
+                for i in todo:
+                    yml = dirs[i].with_name(dirs[i].name + ".yaml")
+                    yml.parent.mkdir(parents=True, exist_ok=True)
+                    _write_atomic(yml, setting_config(e, cands[i]).to_yaml())
+                    launched.add(dirs[i])
+                    runs.append(_Run(f"tune {e.name} {dirs[i].name}", dirs[i], dirs[i].with_name(dirs[i].name + ".log"),
+                                     0, 0, (e.model,), str(yml.resolve()), tunes=e.name))
+                return runs
+            scores = [_point_score(p, e.model, select) for p in dirs]
+            current = bases[e.name].to_dict().get(e.model, {}).get(key) if key else None
+            # a tie keeps the current value of an own key, else the earlier point (the default first)
+            best = max(range(len(cands)), key=lambda i: (scores[i], key is not None and cands[i][key] == current, -i))
+            setting = cands[best]
+            if key is None:
+                record["points"] = [{"lr": c["lr"], "lambda_reg": c["lambda_reg"], "score": sc}
+                                    for c, sc in zip(cands, scores)]
+            else:
+                record["own"][key] = setting[key]
+                record["own_points"][key] = [{"value": c[key], "score": sc} for c, sc in zip(cands, scores)]
+            record["score"] = scores[best]
+        chosen[e.name] = {"lr": setting["lr"], "lambda_reg": setting["lambda_reg"], "score": record["score"],
+                          "select": select, "grid": grids[e.name], "on": {"draw": 0, "seed": 0, "split": "valid"},
+                          "points": record["points"], "own": record["own"], "own_points": record["own_points"],
+                          "base_config": bases[e.name].to_dict()}
         _write_atomic(chosen_path, json.dumps(chosen, indent=2))
-        return True
+        return settle(e)
 
-    first: List[_Run] = list(stage1)
-    for m in models:  # models whose setting is known now: their final runs join the queue behind the grid
-        if m not in tuned or m in chosen:
-            first += settle(m)
-        elif not left[m] and choose(m):  # every grid point finished before: choose now
-            first += settle(m)
-    pending = len(stage1) + sum(not _run_complete(_run_dir(out, d, s) / m, [m]) for m in models
-                                for d, s in plan)
+    first: List[_Run] = []
+    inflight: Dict[str, int] = {}
+    for e in entries:
+        runs = settle(e) if e not in tuned or e.name in chosen else advance(e)
+        inflight[e.name] = sum(r.tunes is not None for r in runs)
+        first += runs
+    by_name = {e.name: e for e in entries}
+    # the final runs of entries still tuning are not known yet: count them now for the progress bar
+    pending = len(first) + sum(len(plan) for e in tuned if inflight[e.name])
     failed: Dict[str, bool] = {}
 
     def then(run: _Run, ok: bool) -> List[_Run]:
-        m = run.tunes
-        if m is None:
+        name = run.tunes
+        if name is None:
             return []
-        left[m] -= 1
-        failed[m] = failed.get(m, False) or not ok
-        if left[m] or failed[m] or not choose(m):
+        inflight[name] -= 1
+        failed[name] = failed.get(name, False) or not ok
+        if inflight[name] or failed[name]:
             return []
-        return settle(m)
+        nxt = advance(by_name[name])
+        inflight[name] = sum(r.tunes is not None for r in nxt)
+        return nxt
 
     failures = _execute(first, jobs=jobs, total=pending, progress=progress, opts=opts, then=then)
     return failures + problems
@@ -431,16 +624,21 @@ def _point_score(run: Path, model: str, rule: str) -> float:
     return score if math.isfinite(score) else -math.inf
 
 
-def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str, List[float]], base) -> None:
-    """Refuse to reuse a ``chosen.json`` entry made with another grid, selection rule or base config."""
+def _check_chosen(path: Path, name: str, model: str, entry: Dict[str, Any], grid: Dict[str, Any], base) -> None:
+    """Refuse to reuse a ``chosen.json`` entry (row ``name`` of ``model``) made with another grid (own keys
+    included), selection rule or base config."""
     had = entry.get("grid") if isinstance(entry.get("grid"), dict) else {}
-    had = {"lr": had.get("lr") or [], "lambda_reg": had.get("lambda_reg") or []}
+    had = {"lr": had.get("lr") or [], "lambda_reg": had.get("lambda_reg") or [],
+           **({"own": had["own"]} if had.get("own") else {})}
     if had != grid:
-        raise CompareError(f"{path} chose {model}'s setting on the grid {_fmt_grid(had)}, but this run asks for "
-                         f"{_fmt_grid(grid)}: pass --grid-lr {_fmt_values(had['lr'])} --grid-reg "
-                         f"{_fmt_values(had['lambda_reg'])} to continue it, or use another --out")
+        if had.get("own") != grid.get("own"):
+            raise CompareError(f"{path} chose {name}'s setting on the own grid {had.get('own') or {}}, but this run "
+                               f"asks for {grid.get('own') or {}}; use another --out")
+        raise CompareError(f"{path} chose {name}'s setting on the grid {_fmt_grid(had)}, but this run asks for "
+                           f"{_fmt_grid(grid)}: pass --grid-lr {_fmt_values(had['lr'])} --grid-reg "
+                           f"{_fmt_values(had['lambda_reg'])} to continue it, or use another --out")
     if entry.get("select") != base.train.select:
-        raise CompareError(f"{path} chose {model}'s setting by train.select {entry.get('select')!r}, but this run's "
+        raise CompareError(f"{path} chose {name}'s setting by train.select {entry.get('select')!r}, but this run's "
                          f"config selects by {base.train.select!r}; use the same --config or another --out")
     read = _settings_read_by(base.to_dict(), model)
 
@@ -450,7 +648,7 @@ def _check_chosen(path: Path, model: str, entry: Dict[str, Any], grid: Dict[str,
 
     diff = [d for d in base.differences(entry.get("base_config") or {}) if "<missing>" not in d and is_read(d)]
     if diff:
-        raise CompareError(f"{path} chose {model}'s setting under another --config ({'; '.join(diff[:3])}); use the "
+        raise CompareError(f"{path} chose {name}'s setting under another --config ({'; '.join(diff[:3])}); use the "
                          "same --config or another --out")
 
 
@@ -495,28 +693,29 @@ def _scale_rows(data: Optional[str], split: str, draw: int, seed: int) -> Dict[s
     return out
 
 
-def _read_run(out: Path, draw: int, seed: int, models: Sequence[str]) -> Tuple[Dict[str, Any], Optional[str], bool]:
-    """``({model: metrics.json entry}, the run's split or None, per_model)`` of one ``(draw, seed)``: from
-    ``OUT/runs/draw<d>_seed<s>/metrics.json`` (one run of every model) or, as ``--tune`` writes them, from
-    ``OUT/runs/draw<d>_seed<s>/<model>/metrics.json``. Raises FileNotFoundError naming what is missing."""
+def _read_run(out: Path, draw: int, seed: int, rows: Dict[str, str]) -> Tuple[Dict[str, Any], Optional[str], bool]:
+    """``({row: metrics.json entry}, the run's split or None, per_row)`` of one ``(draw, seed)``: from
+    ``OUT/runs/draw<d>_seed<s>/metrics.json`` (one run of every model) or, as ``--tune`` / ``--variants`` write
+    them, from ``OUT/runs/draw<d>_seed<s>/<row>/metrics.json``; ``rows`` maps each row to its model (the
+    ``metrics.json`` key). Raises FileNotFoundError naming what is missing."""
     run = _run_dir(out, draw, seed)
     per_model = not (run / "metrics.json").is_file()
     entries: Dict[str, Any] = {}
     split = None
-    for name in models:
+    for name, model in rows.items():
         where = run / name if per_model else run
-        if not _run_complete(where, [name]):
+        if not _run_complete(where, [model]):
             what = f"run draw {draw} seed {seed}" + (f" of {name}" if per_model else "")
             raise FileNotFoundError(f"{what} is missing or unfinished: {where}")
-        entries[name] = json.loads((where / "metrics.json").read_text())[name]
+        entries[name] = json.loads((where / "metrics.json").read_text())[model]
         if (where / "run.json").is_file():
             split = json.loads((where / "run.json").read_text()).get("split", split)
     return entries, split, per_model
 
 
-def _tuning(out: Path, models: Sequence[str]) -> Dict[str, Any]:
-    """What ``--tune`` chose (``OUT/tune/chosen.json``) for the summary: the grid, the selection rule and per model
-    its lr / lambda_reg (an untuned model: those its draw-0 run was trained with, ``None`` if unknown)."""
+def _tuning(out: Path, models: Sequence[str], own_rule: bool) -> Dict[str, Any]:
+    """What ``--tune`` chose (``OUT/tune/chosen.json``) for the summary: the grid, the selection rule and per row
+    its lr / lambda_reg and own keys (an untuned row: those its first run was trained with, ``None`` if unknown)."""
     path = out / "tune" / "chosen.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
     per: Dict[str, Any] = {}
@@ -524,32 +723,87 @@ def _tuning(out: Path, models: Sequence[str]) -> Dict[str, Any]:
     for name in models:
         if name in chosen:
             e = chosen[name]
-            grid, select = e["grid"], e["select"]
+            grid = {"lr": e["grid"]["lr"], "lambda_reg": e["grid"]["lambda_reg"]}
+            select = e["select"]
             per[name] = {"tuned": True, "lr": e["lr"], "lambda_reg": e["lambda_reg"], "score": e["score"],
-                         "points": e["points"]}
+                         "points": e["points"], "own": e.get("own", {}), "own_points": e.get("own_points", {})}
         else:
-            got = _trained_lr_reg(_run_dir(out, 0, 0) / name)
+            runs = sorted((out / "runs").glob(f"draw*_seed*/{name}"))
+            got = _trained_lr_reg(runs[0]) if runs else None
             per[name] = {"tuned": False, "lr": None if got is None else got[0],
                          "lambda_reg": None if got is None else got[1]}
-    return {"grid": grid, "select": select, "on": {"draw": 0, "seed": 0, "split": "valid"}, "models": per}
+    rule = ("train.lr x model.lambda_reg first; then, at that point, each key of the model's own grid "
+            "(motorec.experiments.grids.TUNING_GRID) one at a time in the grid's order, each at the values chosen "
+            "before it (a tie keeps the config's value)") if own_rule else "train.lr x model.lambda_reg"
+    return {"grid": grid, "select": select, "on": {"draw": 0, "seed": 0, "split": "valid"}, "rule": rule,
+            "models": per}
+
+
+def _cost(entries: Sequence[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+    """Mean over runs of ``seconds_per_epoch`` and of the training seconds (seconds per epoch x epochs run) of a
+    row's ``metrics.json`` entries (``None`` where a run does not record them)."""
+    spe = [e.get("seconds_per_epoch") for e in entries]
+    total = [s * e["epochs_run"] if s is not None and e.get("epochs_run") is not None else None
+             for s, e in zip(spe, entries)]
+    ok = [v for v in spe if isinstance(v, (int, float)) and math.isfinite(v)]
+    ok_t = [v for v in total if isinstance(v, (int, float)) and math.isfinite(v)]
+    return {"seconds_per_epoch": sum(ok) / len(ok) if len(ok) == len(spe) and ok else None,
+            "train_seconds": sum(ok_t) / len(ok_t) if len(ok_t) == len(total) and ok_t else None}
+
+
+def _draw_stats(table: Dict[str, Any], rows: Sequence[str], baselines: Sequence[str], n_draws: int
+                ) -> Dict[str, Any]:
+    """Per setting: the strongest baseline row by mean Recall@20 and, for every row, at the draw level (one value
+    per draw: seeds averaged first), mean ± sd over draws, the ratio of means to that baseline, the paired
+    Wilcoxon p, the bootstrap 95% interval of the ratio and the draws won."""
+    out: Dict[str, Any] = {}
+    if not baselines:
+        return out
+    for st in SETTING_NAMES:
+        best = max(baselines, key=lambda n: table[n][st]["recall@20"]["mean"])
+        per: Dict[str, Any] = {}
+        for name in rows:
+            per[name] = {}
+            for k in ("recall@20", "ndcg@20"):
+                a, b = table[name][st]["per_draw"][k], table[best][st]["per_draw"][k]
+                mean, sd = _mean_sd(a)
+                w = wilcoxon_signed_rank(a, b)
+                ci = bootstrap_ratio_ci(a, b)
+                per[name][k] = {"mean": mean, "sd": sd, "ratio": ci["ratio"], "ci_low": ci["low"],
+                                "ci_high": ci["high"], "p_value": w["p_value"], "wins": int(w["wins"]),
+                                "losses": int(w["losses"]), "n": n_draws}
+        out[st] = {"against": best, "rows": per}
+    return out
 
 
 def summarize(out: str | Path, *, models: Sequence[str], draws: int, seeds: int, data: Optional[str] = None,
-              reference: str = REFERENCE, scale_rows: bool = True) -> Dict[str, Any]:
-    """Read ``OUT/runs/*/metrics.json`` of every ``(draw, seed)`` (or ``OUT/runs/*/<model>/metrics.json``, the
-    per-model runs of ``--tune``) and write ``OUT/summary.json`` and ``OUT/summary.md`` (see the module
-    docstring). With per-model runs the summary's ``tuning`` states the grid and each model's chosen setting
-    (``None`` otherwise). Returns the summary dict."""
+              reference: str = REFERENCE, scale_rows: bool = True, draws_from: int = 0,
+              entries: Optional[Dict[str, Dict[str, Any]]] = None,
+              provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Read ``OUT/runs/*/metrics.json`` of every ``(draw, seed)`` (draws ``draws_from .. draws_from + draws - 1``)
+    or ``OUT/runs/*/<row>/metrics.json`` (the per-row runs of ``--tune`` / ``--variants``) and write
+    ``OUT/summary.json`` and ``OUT/summary.md`` (see the module docstring). ``models`` are the rows; ``entries``
+    maps each row to ``{"model", "variant", "overrides"}`` (default: each row is its model under the config).
+    The paired tests are at the draw level: :data:`REFERENCE`'s row ``reference`` against the strongest
+    baseline row (a row of another model). Returns the summary dict."""
+    from motorec.eval.stats import draw_means
+
     out = Path(out)
+    entries = entries or {name: {"model": name, "variant": "config", "overrides": {}} for name in models}
+    rows = {name: entries[name]["model"] for name in models}
+    draw_ids = list(range(draws_from, draws_from + draws))
     runs: List[Dict[str, Any]] = []
+    cost_in: Dict[str, List[Dict[str, Any]]] = {name: [] for name in models}
     split = "cold"
     tuned_layout = False
-    for d in range(draws):
+    for d in draw_ids:
         for s in range(seeds):
-            entries, run_split, per_model = _read_run(out, d, s, models)
+            got, run_split, per_model = _read_run(out, d, s, rows)
             split = run_split or split
             tuned_layout = tuned_layout or per_model
-            row = {"draw": d, "seed": s, "models": {name: entries[name]["test"] for name in models}}
+            row = {"draw": d, "seed": s, "models": {name: got[name]["test"] for name in models}}
+            for name in models:
+                cost_in[name].append(got[name])
             if scale_rows:
                 row["models"].update(_scale_rows(data, split, d, s))
             runs.append(row)
@@ -563,69 +817,107 @@ def summarize(out: str | Path, *, models: Sequence[str], draws: int, seeds: int,
             for k, v in vals.items():
                 mean, sd = _mean_sd(v)
                 entry[k] = {"mean": mean, "sd": sd, "runs": v}
-            entry["per_draw"] = {k: [_mean_sd([setting_metrics(r["models"][name], st)[k] for r in runs
-                                               if r["draw"] == d])[0] for d in range(draws)]
-                                 for k in ("recall@20", "ndcg@20")}
+            entry["per_draw"] = {k: draw_means(vals[k], [r["draw"] for r in runs])[1] for k in ("recall@20", "ndcg@20")}
             table[name][st] = entry
+        if name in cost_in:
+            table[name]["cost"] = _cost(cost_in[name])
+    baselines = [n for n in models if rows[n] != REFERENCE]
     tests: Dict[str, Any] = {}
-    others = [n for n in models if n != reference]
-    if reference in models and others:
+    if reference in models and baselines:
         for st in SETTING_NAMES:
-            best = max(others, key=lambda n: table[n][st]["recall@20"]["mean"])
-            tests[st] = {"against": best}
+            best = max(baselines, key=lambda n: table[n][st]["recall@20"]["mean"])
+            tests[st] = {"against": best, "level": "draw"}
             for k in ("recall@20", "ndcg@20"):
-                a, b = table[reference][st][k]["runs"], table[best][st][k]["runs"]
-                ratio = table[reference][st][k]["mean"] / table[best][st][k]["mean"] \
-                    if table[best][st][k]["mean"] > 0 else math.inf
-                tests[st][k] = {"ratio": ratio, **wilcoxon_signed_rank(a, b)}
-    summary = {"models": list(models), "draws": draws, "seeds": seeds, "split": split, "data": data,
-               "reference": reference, "table": table, "tests": tests,
-               "tuning": _tuning(out, models) if tuned_layout else None,
+                a, b = table[reference][st]["per_draw"][k], table[best][st]["per_draw"][k]
+                ci = bootstrap_ratio_ci(a, b)
+                tests[st][k] = {"ratio": ci["ratio"], "ci_low": ci["low"], "ci_high": ci["high"],
+                                **wilcoxon_signed_rank(a, b)}
+    own_rule = any(e.get("own") for e in (json.loads((out / "tune" / "chosen.json").read_text()).values()
+                                          if (out / "tune" / "chosen.json").is_file() else []))
+    summary = {"models": list(models), "entries": entries, "draws": draws, "draws_from": draws_from,
+               "draw_ids": draw_ids, "seeds": seeds, "split": split, "data": data, "reference": reference,
+               "table": table, "tests": tests,
+               "draw_stats": _draw_stats(table, list(models), baselines, len(draw_ids)),
+               "tuning": _tuning(out, models, own_rule) if tuned_layout and (out / "tune").is_dir() else None,
+               "provenance": provenance,
                "runs": [{"draw": r["draw"], "seed": r["seed"]} for r in runs]}
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     _write_atomic(out / "summary.md", format_summary(summary))
     return summary
 
 
+def _fmt_seconds(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def format_summary(summary: Dict[str, Any]) -> str:
-    """Markdown tables of a :func:`summarize` result: mean ± sd per model and setting, per-draw Recall@20 of
-    the cold setting, and the paired tests."""
+    """Markdown tables of a :func:`summarize` result: mean ± sd per row and setting with its cost, the
+    draw-level statistics against the strongest baseline, per-draw Recall@20, the paired tests of the reference
+    and the tuning. Reads summaries written before draw ids, cost and draw-level statistics were recorded."""
     table, tests = summary["table"], summary["tests"]
     n_runs = summary["draws"] * summary["seeds"]
-    lines = [f"Test split, {summary['draws']} cold-item draws x {summary['seeds']} seed(s) = {n_runs} runs; "
-             "mean ± sd over runs.", "",
-             "| model | " + " | ".join(f"{st} R@20 | {st} N@20" for st in SETTING_NAMES) + " |",
-             "|---|" + "---|" * (2 * len(SETTING_NAMES))]
+    draw_ids = summary.get("draw_ids") or list(range(summary["draws"]))
+    prov = summary.get("provenance") or {}
+    lines = []
+    if prov:
+        dirty = " (with uncommitted changes)" if prov.get("dirty") else ""
+        lines += [f"Commit: {prov.get('commit') or 'unknown'}{dirty}", "", f"Command: `{prov.get('command')}`", ""]
+    lines += [f"Test split, cold-item draws {_fmt_draws(draw_ids)} x {summary['seeds']} seed(s) = {n_runs} runs; "
+              "mean ± sd over runs; cost: mean over runs of seconds per training epoch and of training seconds "
+              "(epochs run x seconds per epoch).", "",
+              "| model | " + " | ".join(f"{st} R@20 | {st} N@20" for st in SETTING_NAMES) + " | s/epoch | train s |",
+              "|---|" + "---|" * (2 * len(SETTING_NAMES) + 2)]
     for name, per in table.items():
         cells = []
         for st in SETTING_NAMES:
             for k in ("recall@20", "ndcg@20"):
                 cells.append(f"{per[st][k]['mean']:.4f} ± {per[st][k]['sd']:.4f}")
+        cost = per.get("cost") or {}
+        cells += [_fmt_seconds(cost.get("seconds_per_epoch")), _fmt_seconds(cost.get("train_seconds"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    n_draws = len(draw_ids)
+    for st, ds in (summary.get("draw_stats") or {}).items():
+        lines += ["", f"Draw level, {st} setting, Recall@20 (one value per draw, seeds averaged first; ratio of "
+                  f"means to the strongest baseline by mean, {ds['against']}; paired two-sided Wilcoxon over "
+                  f"{n_draws} draws; percentile bootstrap 95% interval of the ratio, 10,000 resamples of draws, "
+                  "seed 0):", "",
+                  "| model | mean ± sd over draws | ratio | 95% interval | p | wins |", "|---|---|---|---|---|---|"]
+        for name, r in ds["rows"].items():
+            r = r["recall@20"]
+            lines.append(f"| {name} | {r['mean']:.4f} ± {r['sd']:.4f} | {r['ratio']:.3f} | "
+                         f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_value']:.4f} | {r['wins']}/{r['n']} |")
     if summary.get("tuning"):
         lines += [""] + _format_tuning(summary["tuning"], summary.get("reference", REFERENCE))
-    draws = summary["draws"]
     for st in SETTING_NAMES:
         lines += ["", f"Per-draw Recall@20, {st} setting (mean over seeds):", "",
-                  "| model | " + " | ".join(f"draw {d}" for d in range(draws)) + " |",
-                  "|---|" + "---|" * draws]
+                  "| model | " + " | ".join(f"draw {d}" for d in draw_ids) + " |",
+                  "|---|" + "---|" * len(draw_ids)]
         for name, per in table.items():
             lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per[st]["per_draw"]["recall@20"]) + " |")
     if tests:
+        level = "draws" if any(t.get("level") == "draw" for t in tests.values()) else "runs"
+        n = n_draws if level == "draws" else n_runs
         lines += ["", f"Paired two-sided Wilcoxon signed-rank tests, {summary['reference']} against the strongest "
-                  f"other model per setting (by mean Recall@20), over {n_runs} runs:", "",
+                  f"baseline per setting (by mean Recall@20), over {n} {level}:", "",
                   "| setting | against | R@20 ratio | wins/losses | p | N@20 ratio | p |", "|---|---|---|---|---|---|---|"]
         for st, t in tests.items():
             r, nd = t["recall@20"], t["ndcg@20"]
             lines.append(f"| {st} | {t['against']} | {r['ratio']:.3f} | {int(r['wins'])}/{int(r['losses'])} | "
                          f"{r['p_value']:.4f} | {nd['ratio']:.3f} | {nd['p_value']:.4f} |")
         lines.append("")
-        lines.append(f"(with {n_runs} runs the smallest attainable exact p is {2 / 2 ** n_runs:.4f})")
+        lines.append(f"(with {n} {level} the smallest attainable exact p is {2 / 2 ** n:.4f})")
     return "\n".join(lines) + "\n"
 
 
+def _fmt_draws(ids: Sequence[int]) -> str:
+    ids = list(ids)
+    if ids and ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 1:
+        return f"{ids[0]}-{ids[-1]}"
+    return ",".join(map(str, ids))
+
+
 def _format_tuning(tuning: Dict[str, Any], reference: str) -> List[str]:
-    """The summary.md lines of :func:`_tuning`: the grid, the rule, and a table of each model's setting."""
+    """The summary.md lines of :func:`_tuning`: the grid, the rule, and a table of each row's setting."""
     grid = tuning["grid"]
     if grid is None:
         lines = ["Equal tuning (--tune): no compared model was tuned."]
@@ -634,8 +926,9 @@ def _format_tuning(tuning: Dict[str, Any], reference: str) -> List[str]:
                  f"model.lambda_reg in {{{', '.join(map(repr, grid['lambda_reg']))}}}, chosen by the validation "
                  f"checkpoint-selection score (train.select = {tuning['select']}) of one run per point on draw 0, "
                  "seed 0 (a tie keeps the earlier point, the default first); every run above uses its model's "
-                 "choice."]
-    lines += ["", "| model | lr | lambda_reg | valid score | grid (lr / lambda_reg: score) |", "|---|---|---|---|---|"]
+                 "choice." + (f" Rule: {tuning['rule']}." if tuning.get("rule") else "")]
+    lines += ["", "| model | lr | lambda_reg | own keys | valid score | grid (lr / lambda_reg: score) |",
+              "|---|---|---|---|---|---|"]
 
     def num(v: Optional[float]) -> str:
         return "-" if v is None else repr(v)
@@ -643,10 +936,12 @@ def _format_tuning(tuning: Dict[str, Any], reference: str) -> List[str]:
     for name, t in tuning["models"].items():
         if t["tuned"]:
             pts = ", ".join(f"{p['lr']!r} / {p['lambda_reg']!r}: {p['score']:.4f}" for p in t["points"])
-            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | {t['score']:.4f} | {pts} |")
+            own = ", ".join(f"{k} {v!r}" for k, v in (t.get("own") or {}).items()) or "-"
+            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | {own} | {t['score']:.4f} | {pts} |")
         else:
-            why = "not tuned: its defaults were chosen on validation" if name == reference else "not tuned"
-            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | - | {why} |")
+            own_defaults = name == reference or name.startswith(REFERENCE)
+            why = "not tuned: its defaults were chosen on validation" if own_defaults else "not tuned"
+            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | - | - | {why} |")
     return lines
 
 

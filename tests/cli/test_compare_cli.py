@@ -17,9 +17,12 @@ from _mmrec import subprocess_env  # noqa: E402
 
 def _fake_train(calls, fail=()):
     """A stand-in for the per-run ``motorec train`` subprocess: records the command and writes a metrics.json
-    with every setting (test recall@20 = the draw's number + a per-model offset; validation recall@20 also
-    grows with train.lr, read from ``--config``) and the run's config.yaml."""
+    with every setting (test recall@20 = the draw's number + a per-model offset (its place in COMPARE_MODELS)
+    + 0.01 when the run's config keeps the wrappers on; validation recall@20 also grows with train.lr, read from
+    ``--config``), the cost keys (seconds per epoch 2 + the model's place, 3 epochs) and the run's config.yaml."""
     import yaml
+
+    from motorec.cli import COMPARE_MODELS
 
     class Done:
         def __init__(self, rc):
@@ -33,22 +36,30 @@ def _fake_train(calls, fail=()):
             return Done(4)
         cfg = yaml.safe_load(Path(cmd[cmd.index("--config") + 1]).read_text()) if "--config" in cmd else {}
         lr = (cfg.get("train") or {}).get("lr", 1e-3)
+        wrapped = (cfg.get("wrappers") or {}).get("ensemble", 20) > 1
         (out / "config.yaml").write_text(yaml.safe_dump({"train": {"lr": lr}, "model": cfg.get("model") or {}}))
         models = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--model"]
         m = {}
-        for j, name in enumerate(models):
-            v = 0.1 + 0.01 * draw + 0.05 * j
+        for name in models:
+            j = COMPARE_MODELS.index(name) if name in COMPARE_MODELS else 0
+            v = 0.1 + 0.01 * draw + 0.05 * j + 0.01 * wrapped
             block = {"recall@10": v / 2, "ndcg@10": v / 3, "recall@20": v, "ndcg@20": v / 4, "num_users": 5}
             m[name] = {"test": {k: dict(block) for k in ("cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold")},
-                       "valid": {k: {**block, "recall@20": v + lr} for k in ("cold", "warm", "hybrid")}}
+                       "valid": {k: {**block, "recall@20": v + lr} for k in ("cold", "warm", "hybrid")},
+                       "seconds_per_epoch": 2.0 + j, "epochs_run": 3}
         (out / "metrics.json").write_text(json.dumps(m))
         return Done(0)
 
     return run
 
 
+def _arg(cmd, flag):
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+
 def test_compare_passes_flags_and_prints_summary(tmp_path, monkeypatch, capsys):
     from motorec.cli import COMPARE_MODELS, main
+    from motorec.config import Config
 
     calls = []
     monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
@@ -59,23 +70,41 @@ def test_compare_passes_flags_and_prints_summary(tmp_path, monkeypatch, capsys):
             "--threads", "2", "--backend", "torch", "--device", "cpu", "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert len(calls) == 4  # 2 draws x 2 seeds, one subprocess each
-    plan = sorted((c[c.index("--split-seed") + 1], c[c.index("--seed") + 1]) for c in calls)
-    assert plan == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    # default variants plain and wrapped: one subprocess per (draw, seed, model, variant), one model each
+    assert len(calls) == 2 * 2 * len(COMPARE_MODELS) * 2
+    rows = sorted((Path(_arg(c, "--out")).parent.name, Path(_arg(c, "--out")).name) for c in calls)
+    assert rows == sorted((f"draw{d}_seed{s}", f"{m}{v}") for d in (0, 1) for s in (0, 1) for m in COMPARE_MODELS
+                          for v in ("", "+wrapped"))
     for c in calls:
-        assert [c[i + 1] for i, a in enumerate(c) if a == "--model"] == list(COMPARE_MODELS)
-        for flag, v in (("--epochs", "3"), ("--config", str(cfg.resolve())), ("--threads", "2"),
-                        ("--backend", "torch"), ("--device", "cpu")):
-            assert c[c.index(flag) + 1] == v
+        name = Path(_arg(c, "--out")).name
+        assert [c[i + 1] for i, a in enumerate(c) if a == "--model"] == [name.split("+")[0]]
+        for flag, v in (("--epochs", "3"), ("--threads", "2"), ("--backend", "torch"), ("--device", "cpu")):
+            assert _arg(c, flag) == v
+        if name.endswith("+wrapped"):  # the config as given
+            assert _arg(c, "--config") == str(cfg.resolve())
+        else:  # plain: the config with the wrappers off, beside the runs
+            assert _arg(c, "--config") == str((out / "configs" / f"{name}.yaml").resolve())
+            plain = Config.load(_arg(c, "--config"))
+            assert (plain.wrappers.ensemble, plain.wrappers.decoupled) == (1, False)
+            assert plain.model.cold_calibration == 1.0
     assert COMPARE_MODELS == ("motorec", "lightgcn", "lightgcn_content", "content", "knn", "aldi")
     md = (out / "summary.md").read_text()
     assert md in printed and "summary.json" in printed
     s = json.loads((out / "summary.json").read_text())
-    assert s["draws"] == 2 and s["seeds"] == 2 and s["models"] == list(COMPARE_MODELS)
-    # aldi is the last model: the fake gives it the highest numbers, so it is motorec's strongest rival
-    assert s["tests"]["cold"]["against"] == "aldi"
-    # fake recall@20 of motorec on draw d = 0.1 + 0.01 d
+    assert s["draws"] == 2 and s["seeds"] == 2 and s["draw_ids"] == [0, 1]
+    assert s["models"] == [f"{m}{v}" for m in COMPARE_MODELS for v in ("", "+wrapped")]
+    assert s["entries"]["knn"] == {"model": "knn", "variant": "plain",
+                                   "overrides": {"wrappers": {"ensemble": 1, "decoupled": False}}}
+    # aldi is the last model: the fake gives it the highest numbers, so aldi+wrapped is the strongest baseline
+    assert s["reference"] == "motorec+wrapped" and s["tests"]["cold"]["against"] == "aldi+wrapped"
+    # fake recall@20 of motorec on draw d = 0.1 + 0.01 d (+ 0.01 wrapped)
     assert s["table"]["motorec"]["cold"]["per_draw"]["recall@20"] == pytest.approx([0.10, 0.11])
+    assert s["table"]["motorec+wrapped"]["cold"]["per_draw"]["recall@20"] == pytest.approx([0.11, 0.12])
+    assert s["table"]["knn"]["cost"] == {"seconds_per_epoch": pytest.approx(6.0), "train_seconds": pytest.approx(18.0)}
+    assert "| knn+wrapped |" in md and "| 6.0 | 18.0 |" in md and "s/epoch" in md
+    prov = s["provenance"]
+    assert prov["command"].startswith("motorec compare --out ") and "--variants plain,wrapped" in prov["command"]
+    assert prov["commit"] is None or len(prov["commit"]) == 40
 
     # re-running resumes: every run is finished, so nothing is started again
     calls.clear()
@@ -89,13 +118,49 @@ def test_compare_models_flag_and_failed_run(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls, fail=(1,)))
     out = tmp_path / "cmp"
-    rc = main(["compare", "--out", str(out), "--draws", "2", "--model", "lightgcn", "--model", "knn", "--quiet"])
+    rc = main(["compare", "--out", str(out), "--draws", "2", "--model", "lightgcn", "--model", "knn", "--quiet",
+               "--variants", "wrapped"])
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "draw 1 seed 0 (exit 4" in err[0]
-    assert [calls[0][i + 1] for i, a in enumerate(calls[0]) if a == "--model"] == ["lightgcn", "knn"]
+    assert len(err) == 1 and "draw 1 seed 0 lightgcn+wrapped (exit 4" in err[0] and "knn+wrapped" in err[0]
+    assert sorted(_arg(c, "--model") for c in calls) == ["knn", "knn", "lightgcn", "lightgcn"]
     assert "--epochs" not in calls[0] and "--config" not in calls[0]
-    assert (out / "runs" / "draw0_seed0" / "metrics.json").is_file()  # the finished run stays
+    assert (out / "runs" / "draw0_seed0" / "knn+wrapped" / "metrics.json").is_file()  # the finished run stays
+
+
+def test_compare_report_draws_ablations_and_variants_flags(tmp_path, monkeypatch, capsys):
+    """The report's command: draws 5-6 (--draws-from), tuning on draw 0, the ablation rows, one variant."""
+    from motorec.cli import main
+    from motorec.config import Config
+
+    calls = []
+    monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--draws", "2", "--draws-from", "5", "--model", "motorec",
+                 "--model", "lightgcn", "--variants", "wrapped", "--ablations", "--tune", "--grid-reg", "1e-4",
+                 "--quiet"]) == 0
+    grid = [c for c in calls if "tune" in Path(_arg(c, "--out")).parts]
+    finals = [c for c in calls if c not in grid]
+    assert {_arg(c, "--split-seed") for c in grid} == {"0"} and len(grid) == 2  # lightgcn+wrapped: 2 lr points
+    assert sorted({_arg(c, "--split-seed") for c in finals}) == ["5", "6"]
+    names = ["motorec+wrapped", "lightgcn+wrapped", "motorec-no_sparse", "motorec-no_rarity", "motorec-no_item_item",
+             "motorec-continuous"]
+    assert sorted(Path(_arg(c, "--out")).name for c in finals) == sorted(names * 2)
+    ab = Config.load(out / "configs" / "motorec-no_item_item.yaml")
+    assert ab.to_dict()["motorec"]["item_item"] is False and ab.wrappers.ensemble == Config().wrappers.ensemble
+    assert Config.load(out / "configs" / "motorec-no_sparse.yaml").to_dict()["motorec"]["sparse_weight"] == 0.0
+    assert Config.load(out / "configs" / "motorec-continuous.yaml").to_dict()["motorec"]["continuous"] is True
+    s = json.loads((out / "summary.json").read_text())
+    assert s["models"] == names and s["draw_ids"] == [5, 6] and s["draws_from"] == 5
+    assert s["tuning"]["on"] == {"draw": 0, "seed": 0, "split": "valid"}
+    # the ablations are MoToRec rows: compared with the strongest baseline, never chosen as it
+    assert s["draw_stats"]["cold"]["against"] == "lightgcn+wrapped"
+    assert set(s["draw_stats"]["cold"]["rows"]) == set(names)
+    cmd = s["provenance"]["command"]
+    assert "--draws 2 --draws-from 5" in cmd and "--ablations" in cmd and "--tune" in cmd
+    md = (out / "summary.md").read_text()
+    assert "cold-item draws 5-6" in md and "| draw 5 | draw 6 |" in md and "| motorec-no_rarity |" in md
+    assert "95% interval" in md and "/2 |" in md
 
 
 def test_compare_tune_grid_then_one_run_per_model(tmp_path, monkeypatch, capsys):
@@ -104,14 +169,18 @@ def test_compare_tune_grid_then_one_run_per_model(tmp_path, monkeypatch, capsys)
     calls = []
     monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
     out = tmp_path / "cmp"
-    args = ["compare", "--out", str(out), "--draws", "2", "--tune", "--jobs", "2", "--epochs", "1", "--quiet"]
+    args = ["compare", "--out", str(out), "--draws", "2", "--tune", "--jobs", "2", "--epochs", "1", "--quiet",
+            "--variants", "plain"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    # 5 baselines x 4 grid points on draw 0, then 6 models x 2 draws: one subprocess each, one model each
-    assert len(calls) == 5 * 4 + 6 * 2
+    # 5 baselines x 4 grid points on draw 0, then the own keys one at a time at the chosen point (the config's
+    # value is that point: knn.cold_k 5, 20; aldi alpha, beta, gamma one more each), then 6 models x 2 draws
+    assert len(calls) == 5 * 4 + 2 + 3 + 6 * 2
     assert all(len([a for a in c if a == "--model"]) == 1 for c in calls)
     grid = [c for c in calls if "tune" in Path(c[c.index("--out") + 1]).parts]
-    assert len(grid) == 20 and "motorec" not in {c[c.index("--model") + 1] for c in grid}
+    assert len(grid) == 25 and "motorec" not in {c[c.index("--model") + 1] for c in grid}
+    assert sorted(Path(_arg(c, "--out")).name for c in grid if "cold_k" in _arg(c, "--out")) == [
+        "lr0.005_reg0.0001_cold_k20", "lr0.005_reg0.0001_cold_k5"]
     s = json.loads((out / "summary.json").read_text())
     assert s["tuning"]["grid"] == {"lr": [1e-3, 5e-3], "lambda_reg": [1e-4, 1e-3]}
     # the fake's validation recall grows with lr; lambda_reg ties, so the default 1e-4 stays
@@ -120,7 +189,9 @@ def test_compare_tune_grid_then_one_run_per_model(tmp_path, monkeypatch, capsys)
                                                "lambda_reg": 1e-4}
     assert s["tuning"]["models"]["motorec"] == {"tuned": False, "lr": 1e-3, "lambda_reg": 1e-4}
     md = (out / "summary.md").read_text()
-    assert md in printed and "Equal tuning" in md and "| aldi | 0.005 | 0.0001 |" in md
+    assert md in printed and "Equal tuning" in md and "| aldi | 0.005 | 0.0001 | alpha 0.9, beta 0.05, gamma 0.1 |" in md
+    assert s["tuning"]["models"]["knn"]["own"] == {"cold_k": 10} and "one at a time" in s["tuning"]["rule"]
+    assert [p["value"] for p in s["tuning"]["models"]["knn"]["own_points"]["cold_k"]] == [5, 10, 20]
 
     calls.clear()  # resumable: nothing left to run
     assert main(args) == 0 and calls == []
@@ -139,7 +210,8 @@ def test_compare_tune_reference_and_custom_grid(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
     out = tmp_path / "cmp"
     assert main(["compare", "--out", str(out), "--draws", "1", "--model", "motorec", "--model", "knn", "--tune",
-                 "--tune-reference", "--grid-lr", "1e-3", "--grid-reg", "0,1e-4", "--quiet"]) == 0
+                 "--tune-reference", "--grid-lr", "1e-3", "--grid-reg", "0,1e-4", "--quiet", "--variants", "plain",
+                 "--no-own-grids"]) == 0
     assert len(calls) == 2 * 2 + 2
     chosen = json.loads((out / "tune" / "chosen.json").read_text())
     assert set(chosen) == {"motorec", "knn"} and chosen["knn"]["grid"] == {"lr": [1e-3], "lambda_reg": [0.0, 1e-4]}
@@ -147,7 +219,7 @@ def test_compare_tune_reference_and_custom_grid(tmp_path, monkeypatch, capsys):
     assert (out / "tune" / "motorec" / "lr0.001_reg0.0").is_dir()
     # the plain layout and the tuned one do not mix
     capsys.readouterr()
-    assert main(["compare", "--out", str(out), "--draws", "1", "--model", "knn", "--quiet"]) == 2
+    assert main(["compare", "--out", str(out), "--draws", "1", "--model", "knn", "--quiet", "--variants", "plain"]) == 2
     assert "made with --tune" in capsys.readouterr().err
 
 

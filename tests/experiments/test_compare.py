@@ -49,8 +49,18 @@ def test_summary_means_spread_per_draw_and_tests(tmp_path):
     assert s["tests"]["warm"]["against"] == "lightgcn"
     assert s["tests"]["hybrid"]["against"] == "lightgcn"
     knn = [VALUES[k]["knn"][0] for k in sorted(VALUES)]
-    assert s["tests"]["cold"]["recall@20"]["p_value"] == wilcoxon_signed_rank(cold, knn)["p_value"]
+    # the test is at the draw level: the two seeds of a draw are averaged first (they share its test items)
+    draw_mot, draw_knn = [0.31, 0.22], [0.26, 0.215]
+    assert s["tests"]["cold"]["recall@20"]["p_value"] == wilcoxon_signed_rank(draw_mot, draw_knn)["p_value"]
+    assert s["tests"]["cold"]["recall@20"]["wins"] == 2 and s["tests"]["cold"]["level"] == "draw"
     assert s["tests"]["cold"]["recall@20"]["ratio"] == pytest.approx(mean / (sum(knn) / 4))
+    t = s["tests"]["cold"]["recall@20"]
+    assert t["ci_low"] <= t["ratio"] <= t["ci_high"]
+    ds = s["draw_stats"]["cold"]
+    assert ds["against"] == "knn" and ds["rows"]["knn"]["recall@20"]["ratio"] == pytest.approx(1.0)
+    assert ds["rows"]["motorec"]["recall@20"]["mean"] == pytest.approx(mean)
+    assert ds["rows"]["motorec"]["recall@20"]["sd"] == pytest.approx(math.sqrt((0.31 - mean) ** 2 + (0.22 - mean) ** 2))
+    assert ds["rows"]["motorec"]["recall@20"]["wins"] == 2 and ds["rows"]["motorec"]["recall@20"]["n"] == 2
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["tests"]["cold"]["against"] == "knn"
     md = (tmp_path / "summary.md").read_text()
@@ -175,7 +185,7 @@ def test_tune_picks_best_point_ties_to_default_and_runs_per_model(tmp_path, monk
     calls = []
     monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls, _valid))
     s = compare.run_compare(tmp_path, models=["motorec", "lightgcn", "knn"], draws=2, seeds=1, epochs=2,
-                            tune=True, progress=False)
+                            tune=True, own_grids=False, progress=False)
     points = [c for c in calls if "/tune/" in _arg(c, "--out")]
     finals = [c for c in calls if c not in points]
     # stage 1: the 2 x 2 grid for each baseline, never for the reference motorec, on draw 0 / seed 0
@@ -209,13 +219,13 @@ def test_tune_picks_best_point_ties_to_default_and_runs_per_model(tmp_path, monk
     t = s["tuning"]
     assert t["grid"] == {"lr": [1e-3, 5e-3], "lambda_reg": [1e-4, 1e-3]} and t["select"] == "warm_cold_mean"
     assert t["models"]["lightgcn"] == {"tuned": True, "lr": 5e-3, "lambda_reg": 1e-4, "score": pytest.approx(0.35),
-                                       "points": chosen["lightgcn"]["points"]}
+                                       "points": chosen["lightgcn"]["points"], "own": {}, "own_points": {}}
     assert t["models"]["motorec"] == {"tuned": False, "lr": 1e-3, "lambda_reg": 1e-4}
     assert json.loads((tmp_path / "summary.json").read_text())["tuning"]["models"]["knn"]["lr"] == 1e-3
     md = (tmp_path / "summary.md").read_text()
     assert "Equal tuning" in md and "warm_cold_mean" in md and "{0.001, 0.005}" in md
-    assert "| lightgcn | 0.005 | 0.0001 | 0.3500 |" in md and "| knn | 0.001 | 0.0001 | 0.2500 |" in md
-    assert "| motorec | 0.001 | 0.0001 | - | not tuned" in md
+    assert "| lightgcn | 0.005 | 0.0001 | - | 0.3500 |" in md and "| knn | 0.001 | 0.0001 | - | 0.2500 |" in md
+    assert "| motorec | 0.001 | 0.0001 | - | - | not tuned" in md
     assert s["table"]["lightgcn"]["cold"]["per_draw"]["recall@20"] == pytest.approx([0.10, 0.11])
 
 

@@ -71,7 +71,6 @@ def test_bootstrap_ratio_interval_hand_case_and_reproducible():
     assert r1 == r2 and r1["resamples"] == 10_000 and r1["level"] == 0.95
     assert r1["low"] < r1["ratio"] < r1["high"]
     assert r1["ratio"] == pytest.approx(sum(a) / sum(b))
-    assert bootstrap_ratio_ci(a, b, seed=1) != r1
 
 
 def test_bootstrap_interval_shrinks_with_more_draws():

@@ -265,7 +265,7 @@ def test_compare_tune_real_tiny_run_on_bundled_data(tmp_path):
     out = tmp_path / "cmp"
     p = subprocess.run([sys.executable, "-m", "motorec", "compare", "--model", "lightgcn", "--epochs", "1",
                         "--draws", "1", "--tune", "--grid-lr", "1e-3,5e-3", "--grid-reg", "1e-4", "--out", str(out),
-                        "--quiet"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                        "--quiet", "--variants", "plain"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     chosen = json.loads((out / "tune" / "chosen.json").read_text())["lightgcn"]
     for pt in chosen["points"]:
@@ -286,13 +286,13 @@ def test_compare_real_tiny_run_on_bundled_data(tmp_path):
     """One real run (takes seconds): lightgcn, one epoch, one draw, through the subprocess path."""
     out = tmp_path / "cmp"
     p = subprocess.run([sys.executable, "-m", "motorec", "compare", "--model", "lightgcn", "--epochs", "1",
-                        "--draws", "1", "--out", str(out), "--quiet"], env=subprocess_env(), capture_output=True,
-                       text=True, timeout=600)
+                        "--draws", "1", "--out", str(out), "--quiet", "--variants", "wrapped"], env=subprocess_env(),
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    m = json.loads((out / "runs" / "draw0_seed0" / "metrics.json").read_text())
+    m = json.loads((out / "runs" / "draw0_seed0" / "lightgcn+wrapped" / "metrics.json").read_text())
     assert set(m["lightgcn"]["test"]) == {"cold", "warm", "hybrid", "hybrid_warm", "hybrid_cold"}
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["table"]) == {"lightgcn", "random", "popularity_oracle"}
-    r = s["table"]["lightgcn"]["warm"]["recall@20"]["mean"]
+    assert set(s["table"]) == {"lightgcn+wrapped", "random", "popularity_oracle"}
+    r = s["table"]["lightgcn+wrapped"]["warm"]["recall@20"]["mean"]
     assert r == m["lightgcn"]["test"]["warm"]["recall@20"] and 0.0 < r <= 1.0
-    assert "| lightgcn |" in p.stdout and "| popularity_oracle |" in p.stdout
+    assert "| lightgcn+wrapped |" in p.stdout and "| popularity_oracle |" in p.stdout

@@ -31,6 +31,21 @@ chosen setting is reused across config changes its results do not depend on (:fu
 final runs start as soon as its grid points are done; ``jobs`` runs go at a time across both stages, and a
 re-run skips finished points and runs, resumes interrupted ones and reuses ``chosen.json`` (refusing a
 different grid). The summary then states the grid and each model's choice.
+
+Rows (issue 35): with ``variants`` every model runs ``plain`` (row ``<model>``: ``wrappers`` =
+:data:`PLAIN_WRAPPERS`, the config beside the runs in ``OUT/configs/<model>.yaml``) and ``wrapped`` (row
+``<model>+wrapped``: the config's ``wrappers``), each tuned by the same grid as its own row; ``ablations`` adds
+MoToRec rows with one paper switch changed (:data:`ABLATIONS`). Rows run one subprocess per ``(draw, seed,
+row)`` into ``OUT/runs/draw<d>_seed<s>/<row>/``. With ``own_grids`` (default) a tuned row then tunes each key of
+its model's :data:`motorec.experiments.grids.TUNING_GRID` one at a time, in the grid's order, at the setting
+chosen so far (a tie keeps the config's value; the point at the config's value is the one already run).
+``draws_from`` moves the compared draws (e.g. 5-14) while tuning stays on draw 0. Statistics are at the draw
+level (:func:`motorec.eval.stats.draw_means`: a draw's seeds share its test items): per setting, every row
+against the strongest baseline row (a row of another model than MoToRec, by mean Recall@20): mean ± sd over
+draws, the ratio of means with a percentile bootstrap 95% interval over draws
+(:func:`motorec.eval.stats.bootstrap_ratio_ci`), the paired Wilcoxon p and the draws won. Each row's cost (mean
+seconds per epoch and training seconds) sits beside its quality; the summary records the draws, the commit
+(``git rev-parse HEAD``, and whether tracked files had changes) and the command.
 """
 from __future__ import annotations
 

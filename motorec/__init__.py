@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from motorec import (
     _ext,  # noqa: F401  (capability flags; loads motorec._C when built)
+    models,  # noqa: F401  (registers each model's config section, so any Config reads them)
     ops,  # noqa: F401
 )
 from motorec._dispatch import BackendUnavailable

@@ -179,3 +179,15 @@ def test_no_config_dataclass_has_more_than_30_fields():
     classes = {ModelConfig, TrainConfig, DataConfig, WrapperConfig, Config, *(c for _, c in MODELS.values())}
     for cls in classes:
         assert len(dataclasses.fields(cls)) <= 30, cls.__name__
+
+
+def test_a_fresh_interpreter_reads_model_sections_without_importing_the_models():
+    """``import motorec`` registers every model's section, so a config file loads whatever the caller imported."""
+    import subprocess
+    import sys
+
+    code = ("from motorec.config import Config; c = Config.from_dict({'motorec': {'codebook_size': 8}, "
+            "'knn': {'cold_k': 3}}); print(c.settings().codebook_size, c.settings('knn').cold_k)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8", "3"]

@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=("auto", "torch", "cpu", "cuda", "triton"), help="kernel backend")
     c.add_argument("--device", help="cpu, cuda or cuda:N")
     c.add_argument("--tune", action="store_true", help="equal tuning first: every model but motorec picks "
-                   "train.lr x model.lambda_reg from a small grid by its validation score on draw 0 / seed 0 "
-                   "(OUT/tune/), then one run per draw, seed and model with its choice (docs/BASELINES.md)")
+                   "train.lr x model.lambda_reg, then each own key one at a time, by its validation score on draw 0 / "
+                   "seed 0 (OUT/tune/), then one run per draw, seed and row with its choice (docs/BASELINES.md)")
     c.add_argument("--tune-reference", action="store_true", help="with --tune: tune motorec as well")
     c.add_argument("--no-own-grids", action="store_true", help="with --tune: only lr x reg, not each model's own "
                    "keys (motorec.experiments.grids)")

@@ -862,7 +862,9 @@ def summarize(out: str | Path, *, models: Sequence[str], draws: int, seeds: int,
 
 
 def _fmt_seconds(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:.1f}"
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
 
 
 def format_summary(summary: Dict[str, Any]) -> str:

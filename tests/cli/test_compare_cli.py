@@ -101,7 +101,7 @@ def test_compare_passes_flags_and_prints_summary(tmp_path, monkeypatch, capsys):
     assert s["table"]["motorec"]["cold"]["per_draw"]["recall@20"] == pytest.approx([0.10, 0.11])
     assert s["table"]["motorec+wrapped"]["cold"]["per_draw"]["recall@20"] == pytest.approx([0.11, 0.12])
     assert s["table"]["knn"]["cost"] == {"seconds_per_epoch": pytest.approx(6.0), "train_seconds": pytest.approx(18.0)}
-    assert "| knn+wrapped |" in md and "| 6.0 | 18.0 |" in md and "s/epoch" in md
+    assert "| knn+wrapped |" in md and "| 6.00 | 18.0 |" in md and "s/epoch" in md
     prov = s["provenance"]
     assert prov["command"].startswith("motorec compare --out ") and "--variants plain,wrapped" in prov["command"]
     assert prov["commit"] is None or len(prov["commit"]) == 40

@@ -417,6 +417,9 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
                                         ("grid_reg", grid_reg)) if v]
         if extra:
             raise ArgumentError(f"{', '.join(extra)} only apply with `tune`")
+    if ablations and tune_reference:
+        raise ArgumentError("`ablations` with `tune_reference`: the ablation rows run under the config's MoToRec "
+                            "setting, not a tuned one; compare the ablations in a run without `tune_reference`")
     if command is None:
         command = compare_command(out, models=models, draws=draws, draws_from=draws_from or None, seeds=seeds,
                                   data=data, config=config, epochs=epochs, threads=threads, jobs=jobs,
@@ -905,6 +908,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
                          f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_value']:.4f} | {r['wins']}/{r['n']} |")
     if summary.get("tuning"):
         lines += [""] + _format_tuning(summary["tuning"], summary.get("reference", REFERENCE))
+        if 0 in draw_ids:
+            lines += ["", "Note: draw 0, where the tuning chose each setting, is among the compared draws; a report "
+                      "on draws no choice was made on uses --draws-from 1 or later."]
     for st in SETTING_NAMES:
         lines += ["", f"Per-draw Recall@20, {st} setting (mean over seeds):", "",
                   "| model | " + " | ".join(f"draw {d}" for d in draw_ids) + " |",

@@ -82,6 +82,7 @@ def test_own_grid_is_tuned_one_key_at_a_time_after_lr_reg(tmp_path, monkeypatch)
     assert s["tuning"]["models"]["aldi"]["own"] == chosen["own"] and "one at a time" in s["tuning"]["rule"]
     md = (tmp_path / "summary.md").read_text()
     assert "alpha 0.5, beta 0.5, gamma 0.1" in md and "Rule:" in md
+    assert "Note: draw 0, where the tuning chose each setting, is among the compared draws" in md
     # resumable: nothing runs again; another own grid on the same output is refused by name
     calls.clear()
     compare.run_compare(tmp_path, models=["aldi"], draws=1, tune=True, grid_reg=(1e-4,), progress=False)
@@ -120,7 +121,7 @@ def test_variants_are_tuned_apart_and_the_report_draws_skip_the_tuning_draw(tmp_
     assert s["tests"]["cold"]["recall@20"]["ratio"] == pytest.approx(r["ratio"])
     md = (tmp_path / "summary.md").read_text()
     assert "| motorec+wrapped | 0.3560 ± 0.0010 | 1.391 |" in md and "| 3/3 |" in md
-    assert "over 3 draws" in md and "Commit:" in md and "--draws-from 5" in md
+    assert "over 3 draws" in md and "Commit:" in md and "--draws-from 5" in md and "Note: draw 0" not in md
 
 
 def test_ablation_rows_are_motorec_runs_never_the_strongest_baseline(tmp_path, monkeypatch):
@@ -169,6 +170,9 @@ def test_bad_variants_are_refused(tmp_path, variants, match):
         compare.run_compare(tmp_path, models=["knn"], variants=variants, progress=False)
     with pytest.raises(ArgumentError, match="draws_from"):
         compare.run_compare(tmp_path, models=["knn"], draws_from=-1, progress=False)
+    with pytest.raises(ArgumentError, match="ablations.*tune_reference"):
+        compare.run_compare(tmp_path, models=["motorec"], tune=True, tune_reference=True, ablations=True,
+                            progress=False)
 
 
 def test_cli_bad_variants_one_line(tmp_path, capsys):

@@ -36,16 +36,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from motorec.config import ConfigError
 from motorec.models.aldi import ALDIConfig, ALDIRec
 from motorec.models.base import loss_part
-from motorec.models.losses import bpr_loss
+from motorec.models.losses import aldi_distill_losses, bpr_loss
 from motorec.models.selection import Metrics, Selection
 
-__all__ = ["ALDIPublishedRec", "ALDIPublishedConfig", "TeacherStudentSelection", "student_alignment_losses",
-           "SELECTIONS"]
+__all__ = ["ALDIPublishedRec", "ALDIPublishedConfig", "TeacherStudentSelection", "SELECTIONS"]
 
 # aldi_published.selection: the published rule (teacher on warm, student on cold validation), or the run's rule
 SELECTIONS = ("published", "common")
@@ -68,32 +66,6 @@ class ALDIPublishedConfig(ALDIConfig):
             raise ConfigError(f"{self.name}.teacher_epochs must be an integer >= 0, got {t!r}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"{self.name}.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-
-
-def student_alignment_losses(tu: Tensor, tp: Tensor, tn: Tensor, su: Tensor, sp: Tensor, sn: Tensor,
-                             weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
-    """ALDI's student terms with the student's own user embedding ``su = f_U(tu)``: teacher scores
-    ``<tu, t_item>``, student scores ``<su, s_item>``; otherwise as
-    :func:`~motorec.models.losses.aldi_distill_losses` (the teacher's embeddings are constants).
-
-    Shapes:
-        tu, tp, tn, su, sp, sn: [B, d]; weights: optional [B] -> {"supervised", "rating", "ranking",
-        "identification"} scalars.
-    """
-    tu, tp, tn = tu.detach(), tp.detach(), tn.detach()
-    if tu.shape[0] == 0:
-        zero = sp.sum() * 0.0 + su.sum() * 0.0
-        return {"supervised": zero, "rating": zero, "ranking": zero, "identification": zero}
-    t_pos, t_neg = (tu * tp).sum(1), (tu * tn).sum(1)
-    s_pos, s_neg = (su * sp).sum(1), (su * sn).sum(1)
-    w = torch.ones_like(t_pos) if weights is None else weights
-    rating = ((t_pos - s_pos).abs() + (t_neg - s_neg).abs()).mean()
-    ranking = (w * F.binary_cross_entropy_with_logits(s_pos - s_neg, torch.sigmoid(t_pos - t_neg),
-                                                      reduction="none")).mean()
-    t_iden = (tp * tp).sum(1) - (tp @ tn.t()).mean(1)
-    s_iden = (sp * sp).sum(1) - (sp @ sn.t()).mean(1)
-    iden = (w * F.binary_cross_entropy_with_logits(s_iden, torch.sigmoid(t_iden), reduction="none")).mean()
-    return {"supervised": bpr_loss(s_pos, s_neg), "rating": rating, "ranking": ranking, "identification": iden}
 
 
 class TeacherStudentSelection(Selection):
@@ -208,8 +180,8 @@ class ALDIPublishedRec(ALDIRec):
             users, items = self.teacher_embeddings()
         ue, tp, tn = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
         s = self.student_embeddings(torch.cat([p, n]))
-        parts = student_alignment_losses(ue, tp, tn, self.mapper(ue), s[: p.numel()], s[p.numel():],
-                                         self.tws_weights[p] if c.tws else None)
+        parts = aldi_distill_losses(ue, tp, tn, s[: p.numel()], s[p.numel():],
+                                    self.tws_weights[p] if c.tws else None, su=self.mapper(ue))
         student = (c.supervised * parts["supervised"] + c.gamma * parts["rating"]
                    + c.alpha * parts["ranking"] + c.beta * parts["identification"])
         return student, {f"student_{k}": loss_part(v) for k, v in parts.items()}

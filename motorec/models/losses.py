@@ -147,23 +147,25 @@ def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, tau: float, m
 
 
 def aldi_distill_losses(tu: Tensor, tp: Tensor, tn: Tensor, sp: Tensor, sn: Tensor,
-                        weights: Tensor | None = None) -> Dict[str, Tensor]:
+                        weights: Tensor | None = None, su: Tensor | None = None) -> Dict[str, Tensor]:
     """ALDI's student terms (unweighted by their coefficients) from the teacher's user, positive and negative
     embeddings (``tu, tp, tn``, treated as constants) and the student's positive and negative embeddings.
+    The student scores with ``su`` (ALDI's mapped user ``f_U(tu)``) when given, else with ``tu``.
 
     Returns ``{"supervised", "rating", "ranking", "identification"}`` (scalars; see the module docstring).
     ``weights`` ([B], teacher-aware) scale the ranking and identification terms per positive.
 
     Shapes:
-        tu, tp, tn, sp, sn: [B, d]; weights: optional [B] -> dict of scalars.
+        tu, tp, tn, sp, sn, su: [B, d]; weights: optional [B] -> dict of scalars.
     """
     tu, tp, tn = tu.detach(), tp.detach(), tn.detach()
-    t_pos, t_neg = (tu * tp).sum(1), (tu * tn).sum(1)
-    s_pos, s_neg = (tu * sp).sum(1), (tu * sn).sum(1)
-    w = torch.ones_like(t_pos) if weights is None else weights
-    if t_pos.numel() == 0:
-        zero = sp.sum() * 0.0
+    su = tu if su is None else su
+    if tu.shape[0] == 0:
+        zero = sp.sum() * 0.0 + su.sum() * 0.0
         return {"supervised": zero, "rating": zero, "ranking": zero, "identification": zero}
+    t_pos, t_neg = (tu * tp).sum(1), (tu * tn).sum(1)
+    s_pos, s_neg = (su * sp).sum(1), (su * sn).sum(1)
+    w = torch.ones_like(t_pos) if weights is None else weights
     rating = ((t_pos - s_pos).abs() + (t_neg - s_neg).abs()).mean()
     ranking = (w * F.binary_cross_entropy_with_logits(s_pos - s_neg, torch.sigmoid(t_pos - t_neg),
                                                       reduction="none")).mean()

@@ -8,10 +8,9 @@ import pytest
 import torch
 from _model_helpers import make_batch, make_model
 
-from motorec.config import Config
 from motorec.models.aldi import aldi_item_weights
 from motorec.models.losses import aldi_distill_losses
-from motorec.train import BPRSampler, Trainer
+from motorec.train import BPRSampler
 
 # users' degrees: u0 2, u1 2, u2 3 (items 4 and 5 have no interaction)
 TINY_TRAIN = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3], [2, 0], [2, 3], [2, 1]])
@@ -99,23 +98,3 @@ def test_aldi_loss_decreases_and_student_learns_the_teacher(ds, tws):
                      ("student_identification", 0.8)):
         assert trained[k] < ratio * untrained[k], (k, trained[k], untrained[k])
 
-
-def test_trains_through_the_trainer(ds):
-    cfg = Config.from_dict({"model": {"name": "aldi", "dim": 16},
-                            "train": {"epochs": 1, "batch_size": 512, "pretrain_epochs": 0}})
-    r = Trainer(cfg, ds, quiet=True).fit()
-    assert r["epochs_run"] == 1
-    for group in ("cold", "warm", "hybrid"):
-        assert 0.0 <= r["test"][group]["recall@20"] <= 1.0
-
-
-def test_cold_items_ignore_their_untrained_id_embedding(ds):
-    m = make_model(ds, "aldi")
-    m.eval()
-    before_u, before_i = m.user_embeddings().clone(), m.item_embeddings().clone()
-    cold = ~m.warm_mask
-    with torch.no_grad():
-        m.item_emb[cold] += 10.0
-    m.train(), m.eval()
-    assert torch.allclose(m.item_embeddings(), before_i, atol=1e-6)
-    assert torch.allclose(m.user_embeddings(), before_u, atol=1e-6)

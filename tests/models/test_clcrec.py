@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from _coldstart_checks import (
-    WRAPPERS,
     build,
     check_feature_scoring,
-    check_no_host_sync,
-    check_state_round_trip,
-    check_trainer,
     grads_after_one_step,
     train_epochs,
 )
@@ -62,19 +58,6 @@ def test_cold_items_scored_from_content_warm_items_by_id():
     train_epochs(m, 1)
     check_feature_scoring(m, _perturb, warm_from_features=False)
 
-
-def test_state_dict_round_trip():
-    check_state_round_trip("clcrec", OWN)
-
-
-@pytest.mark.parametrize("wrapped", [False, True])
-def test_trainer_fit(wrapped):
-    check_trainer("clcrec", OWN, wrapped)
-
-
-@pytest.mark.parametrize("wrappers", [None, WRAPPERS], ids=["plain", "wrapped"])
-def test_step_has_no_host_sync(wrappers):
-    check_no_host_sync("clcrec", OWN, wrappers)
 
 
 def test_bad_config_named():

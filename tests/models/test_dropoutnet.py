@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from _coldstart_checks import (
-    WRAPPERS,
     build,
     check_feature_scoring,
-    check_no_host_sync,
-    check_state_round_trip,
-    check_trainer,
     grads_after_one_step,
     train_epochs,
 )
@@ -66,19 +62,6 @@ def test_cold_item_enters_the_tower_with_a_zero_preference():
         _, again = m.embeddings()
     assert torch.allclose(items[~m.warm_mask], again[~m.warm_mask])
 
-
-def test_state_dict_round_trip():
-    check_state_round_trip("dropoutnet", OWN)
-
-
-@pytest.mark.parametrize("wrapped", [False, True])
-def test_trainer_fit(wrapped):
-    check_trainer("dropoutnet", OWN, wrapped)
-
-
-@pytest.mark.parametrize("wrappers", [None, WRAPPERS], ids=["plain", "wrapped"])
-def test_step_has_no_host_sync(wrappers):
-    check_no_host_sync("dropoutnet", OWN, wrappers)
 
 
 def test_bad_config_named():

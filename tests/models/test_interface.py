@@ -67,3 +67,29 @@ def test_loss_backward_sums_repeated_rows_without_atomics(ds, name):
         loss, _ = model.loss(batch)
         loss.backward()
     assert rec.bad == [], f"{name}: {rec.bad}"
+
+
+@pytest.mark.parametrize("name", ["knn", "aldi"])
+def test_trains_through_the_trainer(ds, name):
+    from motorec.config import Config
+    from motorec.train import Trainer
+
+    cfg = Config.from_dict({"model": {"name": name, "dim": 16},
+                            "train": {"epochs": 1, "batch_size": 512, "pretrain_epochs": 0}})
+    r = Trainer(cfg, ds, quiet=True).fit()
+    assert r["epochs_run"] == 1
+    for group in ("cold", "warm", "hybrid"):
+        assert 0.0 <= r["test"][group]["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["knn", "aldi"])
+def test_cold_items_ignore_their_untrained_id_embedding(ds, name):
+    m = make_model(ds, name)
+    m.eval()
+    before_u, before_i = m.user_embeddings().clone(), m.item_embeddings().clone()
+    cold = ~m.warm_mask
+    with torch.no_grad():
+        m.item_emb[cold] += 10.0
+    m.train(), m.eval()
+    assert torch.allclose(m.item_embeddings(), before_i, atol=1e-6)
+    assert torch.allclose(m.user_embeddings(), before_u, atol=1e-6)

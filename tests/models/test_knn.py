@@ -11,7 +11,6 @@ from _model_helpers import make_batch, make_model
 from motorec.config import Config, ConfigError, model_config
 from motorec.models.baselines import LightGCNRec
 from motorec.models.knn import KNNRec, content_neighbours
-from motorec.train import Trainer
 
 # Items 0-3 warm, 4-5 cold; two modalities. Sum of per-modality cosines of cold item 4 (a=[1,0], b=[1,0]):
 # item 0: 1 + 0 = 1.0, item 1: 0.6 + 1 = 1.6, item 2 (no b features): 0.8 + 0 = 0.8, item 3: -1 + 0 = -1.
@@ -100,25 +99,6 @@ def test_knn_bad_k_rejected(bad):
         content_neighbours(TINY_FEATS, torch.tensor([4]), torch.arange(4), bad)
 
 
-def test_trains_through_the_trainer(ds):
-    cfg = Config.from_dict({"model": {"name": "knn", "dim": 16},
-                            "train": {"epochs": 1, "batch_size": 512, "pretrain_epochs": 0}})
-    r = Trainer(cfg, ds, quiet=True).fit()
-    assert r["epochs_run"] == 1
-    for group in ("cold", "warm", "hybrid"):
-        assert 0.0 <= r["test"][group]["recall@20"] <= 1.0
-
-
-def test_cold_items_ignore_their_untrained_id_embedding(ds):
-    m = make_model(ds, "knn")
-    m.eval()
-    before_u, before_i = m.user_embeddings().clone(), m.item_embeddings().clone()
-    cold = ~m.warm_mask
-    with torch.no_grad():
-        m.item_emb[cold] += 10.0
-    m.train(), m.eval()
-    assert torch.allclose(m.item_embeddings(), before_i, atol=1e-6)
-    assert torch.allclose(m.user_embeddings(), before_u, atol=1e-6)
 
 
 def test_cli_selects_them_by_name_and_leaves_the_default_list_alone():

@@ -245,9 +245,14 @@ def _execute(runs: Sequence[_Run], *, jobs: int, total: int, progress: bool, opt
 # `plain`: the model without the generic machinery; `wrapped`: the config's `wrappers:` section (on by default)
 VARIANTS = ("plain", "wrapped")
 PLAIN_WRAPPERS = {"ensemble": 1, "decoupled": False}
-# the paper's ablation switches (docs/PAPER.md), each a MoToRec run under the config's wrappers
-ABLATIONS: Dict[str, Dict[str, Any]] = {"no_sparse": {"sparse_weight": 0.0}, "no_rarity": {"rarity": False},
-                                        "no_item_item": {"item_item": False}, "continuous": {"continuous": True}}
+# MoToRec's ablations, each run under the config's wrappers: {row suffix: {section: {key: value}}}, the paper's
+# four switches and the tokenizer removed entirely
+# (the features go through the encoder MLP, trained by the ranking terms alone: no quantization, no
+# reconstruction, no pre-training)
+ABLATIONS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "no_sparse": {"motorec": {"sparse_weight": 0.0}}, "no_rarity": {"motorec": {"rarity": False}},
+    "no_item_item": {"motorec": {"item_item": False}}, "continuous": {"motorec": {"continuous": True}},
+    "no_tokenizer": {"motorec": {"continuous": True, "lambda_rq": 0.0}, "train": {"pretrain_epochs": 0}}}
 
 
 @dataclass(frozen=True)
@@ -279,7 +284,8 @@ def _entries(models: Sequence[str], variants: Optional[Sequence[str]], ablations
                 out.append(_Entry(f"{m}+wrapped", m, v))
     if ablations:
         for a, ov in ABLATIONS.items():
-            out.append(_Entry(f"motorec-{a}", "motorec", "ablation", (("motorec", tuple(ov.items())),)))
+            out.append(_Entry(f"motorec-{a}", "motorec", "ablation",
+                              tuple((sec, tuple(kv.items())) for sec, kv in ov.items())))
     return out
 
 

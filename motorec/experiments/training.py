@@ -165,7 +165,8 @@ class _LogFile(logging.FileHandler):
 
 def _entry(res: Dict[str, Any]) -> Dict[str, Any]:
     out = {k: res[k] for k in ("valid", "test", "seconds_per_epoch", "best_epoch", "epochs_run", "early_stopped")}
-    return {**out, **{k: res[k] for k in ("seconds", "peak_rss_mb") if k in res}}  # time per stage, peak memory
+    # time per stage, peak memory, and what the model reports of itself (e.g. MoToRec's codebook usage)
+    return {**out, **{k: res[k] for k in ("seconds", "peak_rss_mb", "model_stats") if res.get(k)}}
 
 
 def train_models(models: Optional[Sequence[str]] = None, *, config: Optional[Config | str | Path] = None,

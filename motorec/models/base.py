@@ -128,6 +128,10 @@ class Recommender(nn.Module):
         MoToRec's code churn); none by default."""
         return {}
 
+    def model_stats(self) -> Dict[str, float]:
+        """Statistics of the trained model for the run's record (e.g. MoToRec's codebook usage); none by default."""
+        return {}
+
     def with_new_items(self, features: Dict[str, Tensor]) -> "Recommender":
         """A copy of this trained model whose catalog also holds brand-new items given by their features alone
         (a model that can embed them implements it)."""

@@ -191,6 +191,22 @@ class MoToRec(Recommender):
             latents = self.tokenizer.encode_catalog()[0]
         self.item_item.rebuild(latents)
 
+    @torch.no_grad()
+    def model_stats(self) -> Dict[str, float]:
+        """The catalog's token usage under the current weights, per modality and level: ``perplexity_<m>_level<l>``
+        (exp of the entropy of the codes' distribution: K when every code is used evenly, 1 for a single code) and
+        ``unused_codes_<m>_level<l>`` (the fraction of the K codes no item has). None for a continuous model."""
+        if self.config.continuous:
+            return {}
+        out = {}
+        for m, codes in self.tokenize().items():
+            for level in range(codes.shape[1]):
+                counts = torch.bincount(codes[:, level], minlength=self.config.codebook_size).double()
+                p = counts[counts > 0] / counts.sum()
+                out[f"perplexity_{m}_level{level}"] = float(torch.exp(-(p * p.log()).sum()))
+                out[f"unused_codes_{m}_level{level}"] = float((counts == 0).double().mean())
+        return out
+
     # ------------------------------------------------------------------ embeddings
     def content_view(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> Tensor:
         """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, then the fusion."""

@@ -76,6 +76,9 @@ class Wrapper(Recommender):
     def epoch_log(self) -> Dict[str, float]:
         return self.base.epoch_log()
 
+    def model_stats(self) -> Dict[str, float]:
+        return self.base.model_stats()
+
     def selection(self, rule: str, score: Callable[[Dict[str, Any]], float], metric: str) -> Selection:
         """``base``'s own strategy (e.g. a published baseline's rule), run on the wrapper's scores and state."""
         return self.base.selection(rule, score, metric)

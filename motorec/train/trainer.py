@@ -328,7 +328,7 @@ class Trainer:
         for phrase in selection.describe():
             self.log.info("%s: %s", cfg.model.name, phrase)
         return {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": epoch,
-                "selected_epochs": selection.summary(),
+                "selected_epochs": selection.summary(), "model_stats": model.model_stats(),
                 "early_stopped": bool(stopped), "hit_epoch_cap": hit_cap,
                 "seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else float("nan"),
                 "seconds": stage_seconds, **peak_memory_mb(dev), "history": history}

@@ -144,12 +144,14 @@ def test_compare_report_draws_ablations_and_variants_flags(tmp_path, monkeypatch
     assert {_arg(c, "--split-seed") for c in grid} == {"0"} and len(grid) == 2  # lightgcn+wrapped: 2 lr points
     assert sorted({_arg(c, "--split-seed") for c in finals}) == ["5", "6"]
     names = ["motorec+wrapped", "lightgcn+wrapped", "motorec-no_sparse", "motorec-no_rarity", "motorec-no_item_item",
-             "motorec-continuous"]
+             "motorec-continuous", "motorec-no_tokenizer"]
     assert sorted(Path(_arg(c, "--out")).name for c in finals) == sorted(names * 2)
     ab = Config.load(out / "configs" / "motorec-no_item_item.yaml")
     assert ab.to_dict()["motorec"]["item_item"] is False and ab.wrappers.ensemble == Config().wrappers.ensemble
     assert Config.load(out / "configs" / "motorec-no_sparse.yaml").to_dict()["motorec"]["sparse_weight"] == 0.0
     assert Config.load(out / "configs" / "motorec-continuous.yaml").to_dict()["motorec"]["continuous"] is True
+    bare = Config.load(out / "configs" / "motorec-no_tokenizer.yaml")  # no quantization, reconstruction, pre-training
+    assert bare.settings().continuous and bare.settings().lambda_rq == 0.0 and bare.train.pretrain_epochs == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["models"] == names and s["draw_ids"] == [5, 6] and s["draws_from"] == 5
     assert s["tuning"]["on"] == {"draw": 0, "seed": 0, "split": "valid"}

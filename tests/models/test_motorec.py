@@ -10,9 +10,9 @@ import pytest
 import torch
 from _model_helpers import cold_last, make_batch, make_model, small_config
 
-from motorec.config import Config
+from motorec.config import Config, WrapperConfig
 from motorec.data import synthetic
-from motorec.models import MoToRec, bpr_loss, build_model, rarity_weights
+from motorec.models import MoToRec, bpr_loss, build_model, rarity_weights, wrap
 from motorec.models.losses import contrastive_loss
 
 
@@ -464,3 +464,23 @@ def test_code_churn_counts_items_whose_tokens_changed(ds):
     assert churn[first] == pytest.approx(4 / ds.num_items)
     assert churn[first + "_level0"] == pytest.approx(3 / ds.num_items)
     assert all(churn[mod] == 0.0 for mod in tok.modalities[1:])
+
+
+def test_model_stats_report_codebook_usage_per_modality_and_level(ds, monkeypatch):
+    """Perplexity is exp(entropy) of each level's code distribution over the catalog, and the unused fraction
+    counts the codes no item has; a wrapper reports its model's; a continuous model has no codes."""
+    m = make_model(ds, "motorec")  # codebook_size 16
+    n = m.num_items
+    codes = torch.stack([torch.zeros(n, dtype=torch.long), torch.arange(n) % 4], dim=1)
+    monkeypatch.setattr(type(m), "tokenize", lambda self: {"image": codes})
+    stats = m.model_stats()
+    assert stats["perplexity_image_level0"] == pytest.approx(1.0)
+    assert stats["unused_codes_image_level0"] == pytest.approx(15 / 16)
+    expect = torch.bincount(codes[:, 1], minlength=4).double() / n  # near-uniform over 4 codes
+    assert stats["perplexity_image_level1"] == pytest.approx(float(torch.exp(-(expect * expect.log()).sum())))
+    assert stats["unused_codes_image_level1"] == pytest.approx(12 / 16)
+    assert wrap(m, WrapperConfig(ensemble=2, decoupled=True)).model_stats() == stats
+    assert make_model(ds, "motorec", continuous=True).model_stats() == {}
+    monkeypatch.undo()
+    real = make_model(ds, "motorec").model_stats()
+    assert real and all(1.0 <= v <= 16.0 for k, v in real.items() if k.startswith("perplexity_"))

@@ -291,3 +291,10 @@ def test_make_optimizer_fused_matches_the_loop_and_loads_its_state():
     b(x).pow(2).sum().backward()
     fresh.step()  # the loaded state steps without error
     assert all(torch.isfinite(p).all() for p in b.parameters())
+
+
+def test_result_carries_the_models_own_statistics(ds):
+    """MoToRec's result holds its codebook usage after the best weights are restored; LightGCN reports none."""
+    r = Trainer(_cfg("motorec", epochs=1), ds, quiet=True).fit()
+    assert any(k.startswith("perplexity_") for k in r["model_stats"])
+    assert Trainer(_cfg("lightgcn", epochs=1), ds, quiet=True).fit()["model_stats"] == {}

@@ -43,7 +43,7 @@ from motorec.config import ConfigError, ModelConfig
 from motorec.models.base import loss_part
 from motorec.models.baselines import LightGCNRec
 from motorec.models.features import FeatureEncoder, ItemFeatures
-from motorec.models.losses import aldi_distill_losses, bpr_loss
+from motorec.models.losses import aldi_distill_losses
 
 __all__ = ["ALDIRec", "ALDIConfig", "aldi_item_weights"]
 
@@ -137,13 +137,8 @@ class ALDIRec(LightGCNRec):
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config
-        u, p, n = batch["users"], batch["pos"], batch["neg"]
-        users, items = self.teacher_embeddings()
-        # index_select, not [] indexing: its backward sums repeated rows in a fixed order (MoToRec.loss)
-        sel = torch.index_select
-        ue, tp, tn = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
-        teacher = bpr_loss((ue * tp).sum(1), (ue * tn).sum(1))
-        reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
+        p, n = batch["pos"], batch["neg"]
+        teacher, reg, (ue, tp, tn) = self.bpr_terms(batch, *self.teacher_embeddings())
         s = self.student_embeddings(torch.cat([p, n]))
         sp, sn = s[: p.numel()], s[p.numel():]
         parts = aldi_distill_losses(ue, tp, tn, sp, sn, self.tws_weights[p] if c.tws else None)

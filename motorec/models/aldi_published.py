@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from motorec.config import ConfigError
 from motorec.models.aldi import ALDIConfig, ALDIRec
 from motorec.models.base import loss_part
-from motorec.models.losses import aldi_distill_losses, bpr_loss
+from motorec.models.losses import aldi_distill_losses
 from motorec.models.selection import Metrics, Selection
 
 __all__ = ["ALDIPublishedRec", "ALDIPublishedConfig", "TeacherStudentSelection", "SELECTIONS"]
@@ -171,10 +171,7 @@ class ALDIPublishedRec(ALDIRec):
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         sel = torch.index_select
         if not self.teacher_frozen:
-            users, items = self.teacher_embeddings()
-            ue, tp, tn = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
-            teacher = bpr_loss((ue * tp).sum(1), (ue * tn).sum(1))
-            reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
+            teacher, reg, _ = self.bpr_terms(batch, *self.teacher_embeddings())
             return teacher + reg, {"bpr": loss_part(teacher), "reg": loss_part(reg)}
         with torch.no_grad():
             users, items = self.teacher_embeddings()

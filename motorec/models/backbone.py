@@ -19,7 +19,6 @@ from motorec.config import ConfigError
 from motorec.models.base import loss_part
 from motorec.models.baselines import LightGCNRec
 from motorec.models.features import ItemFeatures
-from motorec.models.losses import bpr_loss
 
 __all__ = ["CFBackbone", "content_matrix", "check_fraction", "check_nonneg", "check_positive_int", "mse"]
 
@@ -91,13 +90,7 @@ class CFBackbone(LightGCNRec):
         Shapes:
             batch users/pos/neg: [B] -> (scalar, parts, ([B, dim], [B, dim], [B, dim])).
         """
-        u, p, n = batch["users"], batch["pos"], batch["neg"]
-        users, items = self.cf_embeddings()
-        # index_select, not [] indexing: its backward sums repeated rows in a fixed order (MoToRec.loss)
-        sel = torch.index_select
-        ue, pe, ne = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
-        rank = bpr_loss((ue * pe).sum(1), (ue * ne).sum(1))
-        reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
+        rank, reg, (ue, pe, ne) = self.bpr_terms(batch, *self.cf_embeddings())
         return rank + reg, {"bpr": loss_part(rank), "reg": loss_part(reg)}, (ue.detach(), pe.detach(), ne.detach())
 
     def row_keep(self, rows: int, rate: float) -> Tensor:

@@ -64,14 +64,25 @@ class LightGCNRec(Recommender):
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         return self.lightgcn(self.graph, self.item_layer0())
 
-    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def bpr_terms(self, batch: Dict[str, Tensor], users: Tensor, items: Tensor
+                  ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor, Tensor]]:
+        """LightGCN's loss terms on ``batch``: BPR of the final embeddings ``users`` / ``items`` and the L2
+        penalty of the batch's layer-0 ID rows; also the batch's gathered final embeddings (the models built on
+        this backbone reuse them).
+
+        Shapes:
+            batch users/pos/neg: [B]; users [U, d], items [I, d] -> (scalar, scalar, ([B, d], [B, d], [B, d])).
+        """
         u, p, n = batch["users"], batch["pos"], batch["neg"]
-        users, items = self.embeddings()
         # index_select, not [] indexing: its backward sums repeated rows in a fixed order (MoToRec.loss)
         sel = torch.index_select
-        ue = sel(users, 0, u)
-        rank = bpr_loss((ue * sel(items, 0, p)).sum(1), (ue * sel(items, 0, n)).sum(1))
+        ue, pe, ne = sel(users, 0, u), sel(items, 0, p), sel(items, 0, n)
+        rank = bpr_loss((ue * pe).sum(1), (ue * ne).sum(1))
         reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
+        return rank, reg, (ue, pe, ne)
+
+    def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        rank, reg, _ = self.bpr_terms(batch, *self.embeddings())
         total = rank + reg
         return total, {"bpr": loss_part(rank), "reg": loss_part(reg)}
 

@@ -68,17 +68,20 @@ class TokenEncoder(nn.Module):
             for e in self.token_emb.values():
                 nn.init.normal_(e.weight, std=0.01)
 
-    def forward_sampled(self, parts: Dict[str, SampledTokens]) -> Dict[str, Tensor]:
-        """The token level of a sampled step: the same function as ``forward(latents, codes)`` on
-        ``{m: parts[m].latents()}`` and ``{m: parts[m].codes}``, computed without the [N, latent] latents.
+    def forward_sampled(self, parts: Dict[str, SampledTokens], scale: float = 1.0) -> Dict[str, Tensor]:
+        """The token level of a sampled step, times ``scale``: the same function as ``scale * forward(latents,
+        codes)`` on ``{m: parts[m].latents()}`` and ``{m: parts[m].codes}``, computed without the [N, latent]
+        latents and with one pass over [N, dim] per modality.
 
         An item outside the sample has ``z = sum_l C_l[code_l]``, so ``W z + b + sum_l E[l, code_l] =
-        sum_l T[l, code_l] + b`` with the [L * K, d] table ``T = C W^T + E``: one lookup per item into a table
-        built once per step, where the direct form projects all N latents and, in the backward, multiplies two
-        [N, d] products to hand the [N, latent] gradient to the 64 sampled rows. The sampled rows are computed
-        from their fresh latents (the tokenizer's gradient path) and overwrite theirs. Equal up to float
-        rounding; the same gradients reach ``W``, ``b`` and ``E``, none reaches the codebooks through the
-        cached rows (they are detached, as in the direct form).
+        sum_l T[l, code_l]`` with the [L * K, d] table ``T = C W^T + E`` whose level-0 rows also hold ``b``
+        (every item has exactly one level-0 token): one lookup per item into a table built once per step, where
+        the direct form projects all N latents and, in the backward, multiplies two [N, d] products to hand the
+        [N, latent] gradient to the 64 sampled rows. The sampled rows look up an appended zero row instead and
+        get their value from their fresh latents (the tokenizer's gradient path) added in: no [N, d] copy in the
+        backward, as overwriting the rows would take. ``scale`` is folded into the small tables (the mean fusion
+        of ``M`` modalities passes ``1 / M``). Equal up to float rounding; the same gradients reach ``W``, ``b``
+        and ``E``, none reaches the codebooks through the cached rows (they are detached, as in the direct form).
 
         Shapes:
             parts: {m: SampledTokens over N items, M sampled} -> {m: [N, dim]}.
@@ -87,14 +90,20 @@ class TokenEncoder(nn.Module):
         for m, proj in self.token_proj.items():
             s = parts[m]
             idx = s.token_index()
+            k = s.codebooks.shape[1]
             table = s.codebooks.reshape(-1, s.codebooks.shape[2]) @ proj.weight.t()
             if self.use_tokens:
                 table = table + self.token_emb[m].weight
-            hm = token_sum(table, idx).add_(proj.bias)
+            bias = torch.cat([proj.bias.expand(k, -1), proj.bias.new_zeros(table.shape[0] - k + 1, table.shape[1])])
+            table = torch.cat([table, table.new_zeros(1, table.shape[1])]) + bias
             hs = proj(s.fresh)
             if self.use_tokens:
                 hs = hs + token_sum(self.token_emb[m].weight, idx.index_select(0, s.items))
-            h[m] = hm.index_copy_(0, s.items, hs)
+            if scale != 1.0:
+                table, hs = table * scale, hs * scale
+            # the sampled rows read the zero row; their value is added from the fresh latents
+            idx.index_fill_(0, s.items, table.shape[0] - 1)
+            h[m] = token_sum(table, idx).index_add_(0, s.items, hs)
         return h
 
     def forward(self, latents: Dict[str, Tensor], codes: Dict[str, Optional[Tensor]]) -> Dict[str, Tensor]:

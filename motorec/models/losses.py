@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["bpr_loss", "info_nce", "contrastive_loss", "rarity_weights", "aldi_distill_losses", "sq_sum",
-           "row_sq_norms"]
+__all__ = ["bpr_loss", "info_nce", "contrastive_loss", "contrastive_items", "contrastive_rows_loss", "rarity_weights",
+           "aldi_distill_losses", "sq_sum", "row_sq_norms"]
 
 
 class _SqSum(torch.autograd.Function):
@@ -117,33 +117,50 @@ def rarity_weights(degree: Tensor, pos: Tensor, *, ramp: float, clip: Tuple[floa
     return 1.0 + float(ramp) * (s - 1.0)
 
 
-def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, tau: float, max_items: int) -> Tensor:
-    """Symmetric InfoNCE between the collaborative and content views of the batch's distinct positive items,
-    in-batch negatives.
+def contrastive_items(num_items: int, pos: Tensor, max_items: int, dtype: torch.dtype = torch.float32
+                      ) -> Tuple[Tensor, Tensor]:
+    """The items :func:`contrastive_loss` compares: ``(items [C], valid [C])`` with ``C = min(max_items,
+    num_items)``, ``valid`` 1.0 for a positive item and 0.0 for padding.
 
-    Fixed shapes, no ``unique`` (a host read): ``max_items`` rows are taken by ``topk`` of a random key that
-    ranks every positive item above every other item, so with at most ``max_items`` distinct positives this is
-    exactly InfoNCE over all of them (the padding rows and columns are switched off by a weight of 0 and a
-    -1e4 logit, whose exponential is exactly 0), and with more it is over a uniform random subset of them.
+    Fixed shapes, no ``unique`` (a host read): the rows are taken by ``topk`` of a random key that ranks every
+    positive item above every other item, so with at most ``max_items`` distinct positives they are all of
+    them (the rest padding), and with more a uniform random subset of them.
+    """
+    present = torch.zeros(num_items, dtype=dtype, device=pos.device).index_fill_(0, pos, 1.0)
+    key = torch.rand(num_items, device=pos.device, dtype=dtype) + 2.0 * present
+    top, items = torch.topk(key, min(max_items, num_items))
+    return items, (top >= 2.0).to(dtype)
+
+
+def contrastive_rows_loss(collab_rows: Tensor, content_rows: Tensor, valid: Tensor, tau: float) -> Tensor:
+    """Symmetric InfoNCE between the rows of two views, in-batch negatives, padding rows (``valid`` 0) switched
+    off by a weight of 0 and a -1e4 logit (whose exponential is exactly 0), so they are never negatives.
+
+    Shapes:
+        collab_rows, content_rows: [C, d], valid: [C] -> scalar.
+    """
+    a = F.normalize(collab_rows, dim=1)
+    c = F.normalize(content_rows, dim=1)
+    logits = a @ c.t() / tau
+    pad = ((valid - 1.0) * 1e4).unsqueeze(0)  # added to every row: a padding column is never a negative
+    target = torch.arange(valid.numel(), device=valid.device)
+    la = F.cross_entropy(logits + pad, target, reduction="none")
+    lb = F.cross_entropy(logits.t() + pad, target, reduction="none")
+    return (0.5 * (la + lb) * valid).sum() / valid.sum()
+
+
+def contrastive_loss(collab: Tensor, content: Tensor, pos: Tensor, tau: float, max_items: int) -> Tensor:
+    """Symmetric InfoNCE between the collaborative and content views of the batch's distinct positive items
+    (at most ``max_items`` of them, :func:`contrastive_items`), in-batch negatives
+    (:func:`contrastive_rows_loss`).
 
     Shapes:
         collab, content: [num_items, d], pos: [B] -> scalar.
     """
-    n = collab.shape[0]
     if pos.numel() == 0:
         return collab.sum() * 0.0
-    present = torch.zeros(n, dtype=collab.dtype, device=pos.device).index_fill_(0, pos, 1.0)
-    key = torch.rand(n, device=pos.device, dtype=collab.dtype) + 2.0 * present
-    top, items = torch.topk(key, min(max_items, n))
-    valid = (top >= 2.0).to(collab.dtype)  # [C]: a positive item, not padding
-    a = F.normalize(collab.index_select(0, items), dim=1)
-    c = F.normalize(content.index_select(0, items), dim=1)
-    logits = a @ c.t() / tau
-    pad = ((valid - 1.0) * 1e4).unsqueeze(0)  # added to every row: a padding column is never a negative
-    target = torch.arange(items.numel(), device=pos.device)
-    la = F.cross_entropy(logits + pad, target, reduction="none")
-    lb = F.cross_entropy(logits.t() + pad, target, reduction="none")
-    return (0.5 * (la + lb) * valid).sum() / valid.sum()
+    items, valid = contrastive_items(collab.shape[0], pos, max_items, collab.dtype)
+    return contrastive_rows_loss(collab.index_select(0, items), content.index_select(0, items), valid, tau)
 
 
 def aldi_distill_losses(tu: Tensor, tp: Tensor, tn: Tensor, sp: Tensor, sn: Tensor,

@@ -40,7 +40,14 @@ from motorec.config import ConfigError, ModelConfig
 from motorec.models.base import Recommender, loss_part
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import ItemFeatures
-from motorec.models.losses import bpr_loss, contrastive_loss, rarity_weights, row_sq_norms, sq_sum
+from motorec.models.losses import (
+    bpr_loss,
+    contrastive_items,
+    contrastive_rows_loss,
+    rarity_weights,
+    row_sq_norms,
+    sq_sum,
+)
 from motorec.models.tokenizer import MultimodalTokenizer
 from motorec.nn.lightgcn import LightGCN
 
@@ -212,8 +219,10 @@ class MoToRec(Recommender):
         """``h~`` [num_items, dim]: token level, then (optionally) the item-item level, then the fusion."""
         return self._fuse(self.token_level(latents, codes))
 
-    def _fuse(self, h: Dict[str, Tensor]) -> Tensor:
-        """The content view from the token level's per-modality views ``h`` ({m: [num_items, dim]})."""
+    def _fuse(self, h: Dict[str, Tensor], prescaled: bool = False) -> Tensor:
+        """The content view from the token level's per-modality views ``h`` ({m: [num_items, dim]});
+        ``prescaled``: the views already carry the mean fusion's ``1 / M`` (the propagation is linear), so the
+        mean is their sum."""
         if self.config.item_item:
             if not self.item_item.graphs:
                 self.rebuild_item_graphs()
@@ -225,7 +234,7 @@ class MoToRec(Recommender):
         fused = hs[0]
         for view in hs[1:]:
             fused = fused + view
-        return fused if len(hs) == 1 else fused / len(hs)
+        return fused if len(hs) == 1 or prescaled else fused / len(hs)
 
     def _forward(self):
         """``(users, collab, content, tokenizer outputs)``: final users [U, dim], LightGCN item readout and ``h~``
@@ -234,7 +243,9 @@ class MoToRec(Recommender):
             # a sampled step: the token level reads the token cache and the sample's fresh latents directly
             # (TokenEncoder.forward_sampled), never every item's latent
             parts, outs = self.tokenizer.sampled_tokens()
-            content = self._fuse(self.token_level.forward_sampled(parts))
+            mean = self.fusion is None
+            scale = 1.0 / len(parts) if mean else 1.0
+            content = self._fuse(self.token_level.forward_sampled(parts, scale), prescaled=mean)
         else:
             latents, codes, outs = self.tokenizer.catalog_tokens()
             content = self.content_view(latents, codes)
@@ -302,32 +313,39 @@ class MoToRec(Recommender):
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
         users, collab, content, outs = self._forward()
-        items = self._final_items(collab, content)
-        # Positives and negatives in one gather per table. index_select, not [] indexing: its backward
-        # (index_add_) sums repeated rows in a fixed order, where [] indexing's adds them with atomics.
         ue = users.index_select(0, u)
-        pn, b = torch.cat([p, n]), p.shape[0]
-        ip, ineg = items.index_select(0, pn).split([b, n.shape[0]])
+        pn, b, nb = torch.cat([p, n]), p.shape[0], n.shape[0]
+        rows = pn
+        if c.lambda_cl > 0 and b > 0:
+            cl_items, cl_valid = contrastive_items(collab.shape[0], p, c.cl_items, collab.dtype)
+            rows = torch.cat([pn, cl_items])
+        # One gather per [num_items, d] tensor for every term (each gather's backward is a dense [num_items, d]
+        # buffer). index_select, not [] indexing: its backward (index_add_) sums repeated rows in a fixed order,
+        # where [] indexing's adds them with atomics.
+        collab_rows, content_rows = collab.index_select(0, rows), content.index_select(0, rows)
+        # the final item rows (_final_items on the batch's rows only): the readout, plus h~ for a cold item
+        cold = (~self.warm_mask).index_select(0, pn).to(content.dtype).unsqueeze(1)
+        ip, ineg = torch.addcmul(collab_rows[:b + nb], content_rows[:b + nb], cold).split([b, nb])
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=c.rarity_clip)
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
         total, parts = rank, {"bpr": loss_part(rank)}
         if c.lambda_cold > 0:
             # the batch's items scored as cold items (s * h~): s times h~'s scores ([B] values, not [2B, d] rows)
             s = self._cold_scale
-            content_p, content_n = content.index_select(0, pn).split([b, n.shape[0]])
+            content_p, content_n = content_rows[:b + nb].split([b, nb])
             aux = bpr_loss(s * (ue * content_p).sum(1), s * (ue * content_n).sum(1), w)
             total = total + c.lambda_cold * aux
             parts["bpr_cold"] = loss_part(aux)
         if c.lambda_cl > 0:
-            cl = contrastive_loss(collab, content, p, c.tau, c.cl_items)
+            cl = (contrastive_rows_loss(collab_rows[b + nb:], content_rows[b + nb:], cl_valid, c.tau) if b > 0
+                  else collab.sum() * 0.0)
             total = total + c.lambda_cl * cl
             parts["cl"] = loss_part(cl)
         rq, rq_parts = self.tokenizer.losses(outs)
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
-        # L2 of the users' and the warm items' ID rows (a cold item's row is never trained): every item row's
-        # squared norm weighed by the 0/1 warm mask, gathered as [2B] values (no [2B, d] gather of the table)
-        sq = (row_sq_norms(self.lightgcn.item_embedding.weight) * self.warm_mask).index_select(0, pn)
+        # L2 of the users' and the warm items' ID rows (a cold item's row is never trained)
+        sq = row_sq_norms(self.lightgcn.item_embedding.weight.index_select(0, pn)) * self.warm_mask.index_select(0, pn)
         ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
         reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         parts["reg"] = loss_part(reg)

@@ -386,8 +386,8 @@ def test_source_attention_module_matches_autograd_of_the_tanh_form(m, backend):
     assert torch.equal(out_list, out) and torch.equal(w_list, w)
 
 
-@pytest.mark.parametrize("token_embeddings", [True, False])
-def test_sampled_token_level_matches_the_direct_form(ds, token_embeddings):
+@pytest.mark.parametrize("token_embeddings,scale", [(True, 1.0), (False, 1.0), (True, 0.5)])
+def test_sampled_token_level_matches_the_direct_form(ds, token_embeddings, scale):
     """TokenEncoder.forward_sampled (one lookup per item into C W^T + E, the sample's rows from their fresh
     latents) computes the direct token level on the materialized latents: same values, same gradients of the
     projection, the token embeddings and (through the fresh rows) the tokenizer; float64 to compare tightly."""
@@ -406,8 +406,9 @@ def test_sampled_token_level_matches_the_direct_form(ds, token_embeddings):
         return [torch.zeros_like(p) if g is None else g
                 for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))]
 
-    fast = m.token_level.forward_sampled(parts)
+    fast = m.token_level.forward_sampled(parts, scale)
     direct = m.token_level({mod: p.latents() for mod, p in parts.items()}, {mod: p.codes for mod, p in parts.items()})
+    direct = {mod: scale * h for mod, h in direct.items()}
     for mod in parts:
         torch.testing.assert_close(fast[mod], direct[mod], rtol=1e-10, atol=1e-10)
     for a, b in zip(grads(fast), grads(direct)):

@@ -163,6 +163,10 @@ class WrapperConfig:
             raise ConfigError(f"wrappers.decoupled must be true or false, got {self.decoupled!r}")
 
 
+# train.precision: the dtype the training steps' forward runs its matmuls in (torch.autocast)
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     """Optimization, schedule, early stopping and evaluation settings."""
@@ -191,6 +195,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    # "bf16": the training steps' forward under torch.autocast(bfloat16) (matmuls in bfloat16, the parameters,
+    # gradients, optimizer and every ranking in float32; the quantizer's distances stay float32); "fp32": none
+    precision: str = "fp32"
 
     def validate(self) -> None:
         for k in ("epochs", "pretrain_epochs", "patience", "seed", "eval_users"):
@@ -206,6 +213,8 @@ class TrainConfig:
             raise ConfigError(f"train.backend must be one of auto, torch, cpu, cuda, triton; got {self.backend!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"train.device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

@@ -116,8 +116,7 @@ class ResidualQuantizer(nn.Module):
       (``dead_code_threshold=0``: never). The window position lives on the host and travels as extra state.
 
     The op saves its own copy of the codebooks while training, so these in-place updates never change the
-    gradient of the step that triggered them. Optimizer state (e.g. Adam moments) of a re-seeded row is not
-    reset: it lives outside the module.
+    gradient of the step that triggered them (a re-seeded row keeps its optimizer state: it is not the module's).
 
     Distributed: the attribute ``statistics_sync`` (a :class:`~motorec.nn.codebook.StatisticsSync`, by default
     :data:`~motorec.nn.codebook.SHARDED`) sums counts and EMA sums over ranks and broadcasts k-means results
@@ -243,6 +242,9 @@ class ResidualQuantizer(nn.Module):
             x: [N, D] -> (quantized [N, D] straight-through, codes [N, L] int64, :class:`QuantizerLosses`)
         """
         self._check_x(x)
+        if x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):  # distances, codes, losses: >= fp32
+                return self(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
         if self.training and not self._init_seen:
             if bool(self.initialized):
                 self._init_seen = True

@@ -8,6 +8,7 @@ uninterrupted run with the same seed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -340,7 +341,8 @@ class Trainer:
         sums: Dict[str, torch.Tensor] = {}
         steps = 0
         for start in _progress(range(0, n, bs), total=(n + bs - 1) // bs, desc=f"pretrain {epoch}", quiet=self.quiet):
-            loss, parts = self._step("pretrain_loss", perm[start:start + bs])
+            with self._autocast():
+                loss, parts = self._step("pretrain_loss", perm[start:start + bs])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -348,12 +350,20 @@ class Trainer:
             _accumulate(sums, parts)
         return _epoch_means(sums, steps)
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The training steps' forward context: ``torch.autocast`` to bfloat16 with ``train.precision: bf16``
+        (the backward and the optimizer run outside it, in the parameters' float32), else nothing."""
+        if self.config.train.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _joint_epoch(self, model, opt, sampler, gen, joint) -> Dict[str, float]:
         sums: Dict[str, torch.Tensor] = {}
         steps = 0
         for batch in _progress(sampler.epoch(gen), total=len(sampler), desc=f"{self.config.model.name} {joint}",
                                quiet=self.quiet):
-            loss, parts = self._step("loss", batch)
+            with self._autocast():
+                loss, parts = self._step("loss", batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

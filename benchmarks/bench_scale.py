@@ -28,7 +28,9 @@ printed, and stored beside the CSV (``.json``); ``--plot`` draws the rows in log
 ``.png``; with ``--steps S``, ``_stepsS.json`` and ``_stepsS.png``, fitted on the rows run with ``--steps S``).
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_scale.py`` (``--items 10000,100000,1000000`` for the 1M row;
-``--tiny``: a small model, for tests).
+``--tiny``: a small model, for tests). ``--from-run RUN_DIR`` runs nothing: it makes the rows of a finished
+``motorec train`` run on a ``synthetic:`` catalog from its ``train.log`` (the same trainer, the same stage times;
+with one joint epoch, ``seconds_epoch`` is that epoch without its kNN build and ``seconds_first_epoch`` with it).
 """
 from __future__ import annotations
 
@@ -132,6 +134,74 @@ def append(path: Path, row: Dict[str, Any]) -> None:
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def _log_values(text: str) -> Dict[str, Any]:
+    """``k=v`` pairs of a ``train.log`` line, numbers as floats."""
+    out: Dict[str, Any] = {}
+    for part in text.replace(";", " ").split():
+        if "=" in part:
+            k, v = part.split("=", 1)
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def rows_from_run(run: Path, *, git_sha: str, device: str) -> list:
+    """The CSV rows of a finished ``motorec train`` run (see the module docstring), one per model, parsed from
+    its ``train.log`` and ``run.json``."""
+    import datetime as dt
+
+    if not (run / "run.json").is_file() or not (run / "train.log").is_file():
+        raise SystemExit(f"--from-run {str(run)!r} is not a motorec train run directory (no run.json / train.log)")
+    info = json.loads((run / "run.json").read_text())
+    data = info.get("data") or ""
+    if not data.startswith("synthetic"):
+        raise SystemExit(f"--from-run {run}: its data is {data!r}, not a synthetic: catalog")
+    spec_kv = dict(kv.split("=", 1) for kv in data.split(":", 1)[1].split(",")) if ":" in data else {}
+    lines = (run / "train.log").read_text().splitlines()
+    clock = [dt.datetime.strptime(line[:8], "%H:%M:%S") if line[:2].isdigit() else None for line in lines]
+    start = next(c for c in clock if c is not None)
+    train = next((int(line.split(" train ", 1)[1].split()[0].replace(",", "")) for line in lines
+                  if " train " in line and " data: " in line), 0)
+    rows = []
+    for model in info["models"]:
+        joint = [_log_values(line) for line in lines if f" {model} epoch " in line and "stage=joint" in line]
+        pre = [_log_values(line) for line in lines if f" {model} epoch " in line and "stage=pretrain" in line]
+        stages = [_log_values(line) for line in lines if line[9:].startswith(f"{model}: seconds per stage")]
+        done = [i for i, line in enumerate(lines) if line[9:].startswith(f"{model} test:")]
+        if not joint or not stages or not done:
+            raise SystemExit(f"--from-run {run}: {model} has no finished joint epoch and test in train.log")
+        end = clock[done[0]]
+        wall = ((end - start).total_seconds()) % 86400
+        start = end
+        last, st = joint[-1], stages[-1]
+        knn = float(last.get("seconds_knn", 0.0))
+        cfg = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+        batch = next((ln.split(":")[1].strip() for ln in cfg.splitlines() if ln.strip().startswith("batch_size:")), "")
+        eval_users = next((ln.split(":")[1].strip() for ln in cfg.splitlines() if ln.strip().startswith("eval_users:")),
+                          "")
+        rows.append({
+            "device": device, "torch": _torch_version(), "git_sha": git_sha, "items": int(spec_kv.get("items", 0)),
+            "users": int(spec_kv.get("users", 0)), "interactions": int(spec_kv.get("interactions", 0)),
+            "model": model, "seconds_step_total": last["seconds_steps"],
+            "seconds_catalog": last["seconds_epoch_start"] - knn, "seconds_valid": last.get("seconds_valid", 0.0),
+            "peak_rss_mb": st.get("peak_rss_mb", last.get("peak_rss_mb")),
+            "seconds_epoch": last["seconds"] - knn, "seconds_first_epoch": joint[0]["seconds"],
+            "seconds_knn": float(joint[0].get("seconds_knn", 0.0)),
+            "steps": math.ceil(train / int(batch)) if train and batch.isdigit() else "", "epochs": len(joint),
+            "seconds_pretrain": sum(r.get("seconds_pretrain", 0.0) for r in pre),
+            "seconds_checkpoint": st.get("checkpoint", 0.0), "seconds_test": st.get("test", 0.0),
+            "seconds_data": "", "wall_s": wall, "eval_users": eval_users, "batch_size": batch,
+            "config": f"{run.name} (motorec train)", "load_avg_1m": "", "fixed_steps": ""})
+    return rows
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
 def latest(rows: Sequence[Dict[str, str]], device: str,
            steps: Optional[int] = None) -> Dict[str, Dict[int, Dict[str, str]]]:
     """``{model: {items: row}}``: the last row of each (model, items) measured on ``device`` with the config's
@@ -219,6 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a small model (for tests)")
     p.add_argument("--refit", action="store_true", help="run nothing: fit and plot the CSV's rows of --device")
     p.add_argument("--device", help="with --refit: the device column to fit (default: the last row's)")
+    p.add_argument("--from-run", metavar="RUN_DIR", help="run nothing: append the rows of a finished "
+                   "'motorec train' run on a synthetic catalog (see the module docstring)")
+    p.add_argument("--git-sha", help="with --from-run: the commit the run was made at (default: the checkout's)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -245,6 +318,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--config {args.config!r} does not exist")
     out = Path(args.csv)
     device = None
+    if args.from_run:
+        import torch
+
+        from benchmarks.harness import device_name, git_sha
+        device = device_name(torch.device("cpu"))
+        for row in rows_from_run(Path(args.from_run), git_sha=args.git_sha or git_sha(), device=device):
+            append(out, row)
+            print(f"{row['model']:9s} items={row['items']:>8d} epoch {row['seconds_epoch']:8.2f} s (steps "
+                  f"{row['seconds_step_total']:.2f} s, catalog {row['seconds_catalog']:.2f} s; first epoch "
+                  f"{row['seconds_first_epoch']:.2f} s with kNN build {row['seconds_knn']:.2f} s) peak RSS "
+                  f"{row['peak_rss_mb']:.0f} MB; run {row['wall_s']:.0f} s", flush=True)
+        sizes = []
     if args.refit:
         with out.open(newline="") as f:
             device = args.device or list(csv.DictReader(f))[-1]["device"]

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, one script for the GPU machine (Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, nvcc,
 # ninja, pytest, no internet). Stages, in order: build motorec._C with CUDA (editable install, in place);
-# the op tests on the GPU (all cases); the benchmark table at the target shapes (--quick); the rest of the
-# tests (not slow); as much of the full benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (8 files at most):
-#   env.txt, build.log, bench.log, tests.log, <device-slug>.csv, <device-slug>_speedup.png,
+# one training epoch at 1M items (benchmarks/gpu_epoch.py); the op tests on the GPU (all cases); the benchmark table at the target shapes (--quick); the rest of the
+# tests (not slow); as much of the full benchmark grid as the budget leaves; the charts. Everything lands in OUTDIR (9 files at most):
+#   env.txt, build.log, bench.log, tests.log, gpu_epoch.csv, <device-slug>.csv, <device-slug>_speedup.png,
 #   <device-slug>_throughput.png, sweep.csv
 #
 # Usage (from anywhere):  bash benchmarks/gpu_check.sh OUTDIR
@@ -94,6 +94,12 @@ fi
 stage explain "$OUT/build.log" 60 "$PY" -c "import motorec; print(motorec.ops.explain(device='cuda'))"
 # A C++ error inside _C must reach Python as RuntimeError (a static C++ runtime in _C crashed here once).
 stage "C++ error path" "$OUT/build.log" 60 "$PY" -m benchmarks.c_error_path
+
+# 2a. issue 36, first: one whole epoch at 1M items (configs/large.yaml): MoToRec auto vs torch, auto under bf16
+# autocast, LightGCN; peak GPU memory and the share of a step inside motorec's ops (gpu_epoch.csv, rows kept
+# as measured)
+ALLOW_TIMEOUT=1 stage "1M-item epoch" "$OUT/bench.log" "$(cap 150 200)" \
+    "$PY" -m benchmarks.gpu_epoch --device cuda --out "$OUT"
 
 # 2b. issue 16: a training step of every model under torch.cuda.set_sync_debug_mode("error")
 stage "sync debug mode" "$OUT/tests.log" "$(cap 90 330)" \

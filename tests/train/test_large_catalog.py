@@ -158,6 +158,26 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
     for name in ("motorec", "lightgcn"):
         assert f"{name}: seconds per stage" in log and "select_score_se=" in log
     assert "seconds_catalog=" in log and "peak_rss_mb=" in log
+    # bench_scale --from-run: the run's rows, from its log (its one joint epoch, the kNN build apart)
+    csv_path = tmp_path / "scale.csv"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--from-run", str(out),
+                        "--csv", str(csv_path), "--no-plot", "--git-sha", "abc123"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    with csv_path.open() as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"motorec", "lightgcn"}
+    joint = [line for line in log.splitlines() if " motorec epoch " in line and "stage=joint" in line][-1]
+    values = dict(kv.split("=") for kv in joint.split() if "=" in kv)
+    m = rows["motorec"]
+    assert (int(m["items"]), int(m["users"]), m["git_sha"], m["epochs"]) == (200, 60, "abc123", "1")
+    assert float(m["seconds_knn"]) == pytest.approx(float(values["seconds_knn"]), abs=1e-3) and float(m["seconds_knn"]) > 0
+    assert float(m["seconds_epoch"]) == pytest.approx(float(values["seconds"]) - float(values["seconds_knn"]), abs=2e-3)
+    assert float(m["seconds_step_total"]) == pytest.approx(float(values["seconds_steps"]), abs=1e-3)
+    assert float(rows["lightgcn"]["seconds_knn"]) == 0 and float(m["peak_rss_mb"]) > 10
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--from-run", str(tmp_path),
+                        "--csv", str(csv_path), "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
 
 
 def test_bench_scale_tiny(tmp_path):
@@ -191,3 +211,25 @@ def test_bench_scale_tiny(tmp_path):
     # rows of the config's batch size are fitted apart from those of fixed steps: there are none here
     p = subprocess.run(refit, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "no rows" in p.stderr
+
+
+def test_gpu_epoch_rows_on_cpu_and_a_wrong_row_is_not_timed(tmp_path, monkeypatch):
+    """benchmarks/gpu_epoch (the GPU check's 1M-item epoch) at a tiny size on the CPU: a row per configuration,
+    each checked against the torch reference first; a row whose first loss disagrees is refused, not written."""
+    import benchmarks.gpu_epoch as ge
+
+    args = ["--device", "cpu", "--items", "400", "--tiny", "--rows", "motorec auto,motorec auto bf16,lightgcn auto"]
+    assert ge.main(args + ["--out", str(tmp_path / "ok")]) == 0
+    with (tmp_path / "ok" / "gpu_epoch.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows] == ["motorec auto", "motorec auto bf16", "lightgcn auto"]
+    for r in rows:
+        assert int(r["steps"]) >= 1 and float(r["seconds_steps"]) > 0 and 0 < float(r["motorec_op_fraction"]) <= 1
+        assert abs(float(r["first_loss"]) - float(r["reference_loss"])) <= ge.BF16_TOL * max(1, float(r["reference_loss"]))
+    assert float(rows[0]["seconds_knn"]) > 0 and float(rows[2]["seconds_knn"]) == 0
+    real = ge.reference_loss
+    monkeypatch.setattr(ge, "reference_loss", lambda *a, **k: real(*a, **k) + 1.0)
+    with pytest.raises(RuntimeError, match="not timed"):
+        ge.main(args[:6] + ["motorec auto", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "gpu_epoch.csv").exists() or len(
+        (tmp_path / "bad" / "gpu_epoch.csv").read_text().splitlines()) <= 1

@@ -46,6 +46,13 @@ draws, the ratio of means with a percentile bootstrap 95% interval over draws
 (:func:`motorec.eval.stats.bootstrap_ratio_ci`), the paired Wilcoxon p and the draws won. Each row's cost (mean
 seconds per epoch and training seconds) sits beside its quality; the summary records the draws, the commit
 (``git rev-parse HEAD``, and whether tracked files had changes) and the command.
+
+Report (issue 35): ``draws_for`` runs some rows on fewer draws (their first N; e.g. 10 draws for MoToRec and the
+strongest rows, 5 for the others and the ablations, in one ``out``), each row compared with another on the draws
+both have (n stated); the summary adds each row's token statistics (codebook perplexity and unused codes of the
+selected model, per-epoch code churn, :func:`~motorec.experiments.summary.token_stats`); an ``out`` holds one
+catalog (MovieLens-100k, a folder, or ``synthetic:noise=2,seed=1``), and :func:`collect` tabulates several
+``out`` side by side. The summary's reading and writing live in :mod:`motorec.experiments.summary`.
 """
 from __future__ import annotations
 
@@ -59,42 +66,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from motorec.eval.stats import bootstrap_ratio_ci, wilcoxon_signed_rank
 from motorec.experiments.errors import ArgumentError, CompareError
+from motorec.experiments.summary import (
+    ABLATION_KEY,
+    METRICS,
+    REFERENCE,
+    SCALE_ROWS,
+    SETTING_NAMES,
+    TOKEN_STATS,
+    _run_complete,
+    _run_dir,
+    _trained_lr_reg,
+    _write_atomic,
+    check_out_data,
+    collect,
+    format_collected,
+    format_summary,
+    row_draw_counts,
+    setting_metrics,
+    summarize,
+    token_stats,
+)
 
 __all__ = ["run_compare", "summarize", "setting_metrics", "SETTING_NAMES", "SCALE_ROWS", "format_summary",
            "GRID_LR", "GRID_REG", "REFERENCE", "COMPARE_MODELS", "parse_grid", "check_grid", "CompareError",
-           "VARIANTS", "PLAIN_WRAPPERS", "ABLATIONS", "check_variants", "compare_command"]
+           "VARIANTS", "PLAIN_WRAPPERS", "ABLATIONS", "check_variants", "compare_command", "METRICS", "TOKEN_STATS",
+           "ABLATION_KEY", "token_stats", "row_draw_counts", "collect", "format_collected"]
 
 # what run_compare trains by default: MoToRec, the ID backbone and every cold-start baseline
 COMPARE_MODELS = ("motorec", "lightgcn", "lightgcn_content", "content", "knn", "aldi")
 
-SETTING_NAMES = ("cold", "warm", "hybrid")
-METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
-SCALE_ROWS = ("random", "popularity_oracle")
-# metrics.json keys of the three settings: the protocol's names, or the names used before they existed
-_LEGACY = {"cold": "cold_only", "warm": "warm_only", "hybrid": "overall"}
 # the equal-tuning grid (train.lr x model.lambda_reg), lr-major; the first point is the default setting
 # (TrainConfig.lr, ModelConfig.lambda_reg), so a tie keeps the defaults
 GRID_LR = (1e-3, 5e-3)
 GRID_REG = (1e-4, 1e-3)
-# the model the paired tests are about; its defaults were chosen on validation, so --tune leaves it out
-REFERENCE = "motorec"
 _GRID_KEYS = {"lr": "train.lr", "lambda_reg": "model.lambda_reg"}
-
-
-def setting_metrics(split_metrics: Dict[str, Any], setting: str) -> Dict[str, float]:
-    """One setting's metrics from a model's ``metrics.json`` entry for a split (``m[model]["test"]``): its
-    ``cold`` / ``warm`` / ``hybrid`` key where the entry has a ``hybrid`` key (:func:`motorec.eval.evaluate`'s
-    result), or for run directories written before the three settings were the primary report, the keys that
-    measured the same thing (``cold_only``, ``warm_only``, and the shared ranking ``overall``; their ``warm`` and
-    ``cold`` were the shared ranking's groups, not the settings)."""
-    if setting not in SETTING_NAMES:
-        raise ValueError(f"setting must be one of {SETTING_NAMES}, got {setting!r}")
-    key = setting if "hybrid" in split_metrics else _LEGACY[setting]
-    if key not in split_metrics:
-        raise KeyError(f"no {setting!r} setting ({key!r}) in these metrics; keys: {sorted(split_metrics)}")
-    return split_metrics[key]
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -141,38 +147,6 @@ def _grid_dict(lrs: Sequence[float], regs: Sequence[float]) -> Dict[str, List[fl
 def _fmt_grid(grid: Dict[str, List[float]]) -> str:
     return f"lr {_fmt_values(grid['lr'])} x lambda_reg {_fmt_values(grid['lambda_reg'])}"
 
-
-# ---------------------------------------------------------------------------------------------- run directories
-def _run_dir(out: Path, draw: int, seed: int) -> Path:
-    return out / "runs" / f"draw{draw}_seed{seed}"
-
-
-def _run_complete(run: Path, models: Sequence[str], splits: Sequence[str] = ("test",)) -> bool:
-    path = run / "metrics.json"
-    if not path.is_file():
-        return False
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return all(name in m and all(s in m[name] for s in splits) for name in models)
-
-
-def _trained_lr_reg(run: Path) -> Optional[Tuple[float, float]]:
-    """``(train.lr, model.lambda_reg)`` of the ``config.yaml`` a run was started with (``None``: not started, or
-    a config this version cannot read, which resuming the run then reports)."""
-    import yaml
-
-    from motorec.config import Config, ConfigError
-
-    path = run / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = Config.from_dict(yaml.safe_load(path.read_text()))
-    except (ConfigError, yaml.YAMLError):
-        return None
-    return float(cfg.train.lr), float(cfg.model.lambda_reg)
 
 
 def _train_command(run: Path, draw: int, seed: int, models: Sequence[str], *, data: Optional[str],
@@ -336,6 +310,9 @@ def compare_command(out: str | Path, **kw: Any) -> str:
             parts += ["--" + key.replace("_", "-"), str(kw[key])]
     if kw.get("variants") is not None:
         parts += ["--variants", ",".join(kw["variants"])]
+    if kw.get("draws_for"):
+        d = kw["draws_for"]
+        parts += ["--draws-for", d if isinstance(d, str) else ",".join(f"{k}={v}" for k, v in d.items())]
     for flag in ("ablations", "tune", "tune_reference"):
         if kw.get(flag):
             parts.append("--" + flag.replace("_", "-"))
@@ -353,7 +330,7 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
                 progress: bool = True, tune: bool = False, grid_lr: Optional[Sequence[float]] = None,
                 grid_reg: Optional[Sequence[float]] = None, tune_reference: bool = False, draws_from: int = 0,
                 variants: Optional[Sequence[str]] = None, ablations: bool = False, own_grids: bool = True,
-                command: Optional[str] = None) -> Dict[str, Any]:
+                draws_for: Optional[str | Dict[str, int]] = None, command: Optional[str] = None) -> Dict[str, Any]:
     """Train ``models`` on ``draws`` cold-item draws x ``seeds`` seeds, one process per run, then
     :func:`summarize`. Finished runs are skipped and interrupted ones resumed, so a call can be repeated after a
     stop.
@@ -366,6 +343,11 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
         draws: cold-item draws, split seeds ``draws_from .. draws_from + draws - 1``.
         draws_from: the first draw (default 0). Tuning always uses draw 0 (development), so a report on
             ``draws_from >= 1`` is on draws no choice was made on.
+        draws_for: fewer draws for some rows, ``{key: n}`` or ``"key=n,key=n"``: the row runs the first ``n``
+            of the draws (``1 <= n <= draws``); a key is a row name, a model name (all its rows) or
+            ``"ablations"`` (all ablation rows), the most specific winning
+            (:func:`motorec.experiments.summary.row_draw_counts`). Raising ``n`` later on the same ``out`` adds
+            the missing runs. The paired statistics use the draws both rows have and state their number.
         seeds: training seeds per draw, ``0 .. seeds - 1``.
         data: an MMRec folder, a synthetic spec or ``None`` (bundled MovieLens-100k).
         config: a YAML config file for every run (checked before any run starts).
@@ -383,6 +365,9 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
             ``wrapped`` (row ``<model>+wrapped``, the config's ``wrappers``), each tuned by the same grid.
         ablations: add the rows ``motorec-<name>`` of :data:`ABLATIONS` (MoToRec under the config's wrappers
             with one switch changed; untuned, like the reference).
+        data: also a synthetic spec (``synthetic:noise=2,seed=1``): every run, tuning points included, trains on
+            that catalog (the draw is the split seed, the spec's ``seed`` the catalog's). An ``out`` holds one
+            catalog: runs on another are refused (CompareError); :func:`collect` tabulates several.
         command: the command line to record (default: :func:`compare_command` of these arguments).
 
     Returns:
@@ -431,36 +416,40 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
                                   data=data, config=config, epochs=epochs, threads=threads, jobs=jobs,
                                   backend=backend, device=device, variants=variants, ablations=ablations, tune=tune,
                                   tune_reference=tune_reference, own_grids=own_grids, grid_lr=grid_lr,
-                                  grid_reg=grid_reg)
+                                  grid_reg=grid_reg, draws_for=draws_for)
     grid_lr = GRID_LR if grid_lr is None else grid_lr
     grid_reg = GRID_REG if grid_reg is None else grid_reg
     out = Path(out)
     entries = _entries(models, variants, ablations)
+    counts = row_draw_counts({e.name: _entry_info(e) for e in entries}, draws, draws_for)
     per_entry = tune or variants is not None or ablations
     _check_layout(out, per_entry, tune)
+    check_out_data(out, data)
     opts = dict(data=data, epochs=epochs, threads=threads, backend=backend, device=device)
     draw_ids = list(range(draws_from, draws_from + draws))
-    plan = [(d, s) for d in draw_ids for s in range(seeds)]
+    # each row's (draw, seed) runs: its first counts[row] draws
+    plans = {e.name: [(d, s) for d in draw_ids[:counts[e.name]] for s in range(seeds)] for e in entries}
     if per_entry:
         grid = _grid_dict(check_grid(grid_lr, "lr"), check_grid(grid_reg, "lambda_reg"))
         tuned = [e for e in entries if tune and e.variant != "ablation" and (e.model != REFERENCE or tune_reference)]
-        failures = _run_entries(out, entries, tuned, plan, grid, config, tune=tune, own_grids=own_grids, jobs=jobs,
-                                progress=progress, opts=opts)
+        failures = _run_entries(out, entries, tuned, plans, grid, config, tune=tune, own_grids=own_grids,
+                                jobs=jobs, progress=progress, opts=opts)
     else:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         todo = []
-        for d, s in plan:
-            run = _run_dir(out, d, s)
-            if not _run_complete(run, models):
-                todo.append(_Run(f"draw {d} seed {s}", run, run.parent / f"{run.name}.log", d, s, tuple(models),
-                                 config))
+        for d in draw_ids:
+            for s in range(seeds):
+                run = _run_dir(out, d, s)
+                want = tuple(m for m in models if (d, s) in plans[m])
+                if not _run_complete(run, want):
+                    todo.append(_Run(f"draw {d} seed {s}", run, run.parent / f"{run.name}.log", d, s, want, config))
         failures = _execute(todo, jobs=jobs, total=len(todo), progress=progress, opts=opts)
     if failures:
         raise RuntimeError("some runs failed: " + "; ".join(failures))
     reference = _reference(entries)
     return summarize(out, models=[e.name for e in entries], draws=draws, seeds=seeds, data=data, draws_from=draws_from,
                      entries={e.name: _entry_info(e) for e in entries}, reference=reference,
-                     provenance=_provenance(command))
+                     provenance=_provenance(command), draws_for=draws_for)
 
 
 def _reference(entries: Sequence[_Entry]) -> str:
@@ -500,12 +489,12 @@ def _own_grid(model: str, own_grids: bool) -> Dict[str, List[Any]]:
     return {k: list(v) for k, v in TUNING_GRID.get(model, {}).items()} if own_grids else {}
 
 
-def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plan: List[Tuple[int, int]],
+def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plans: Dict[str, List[Tuple[int, int]]],
                  grid: Dict[str, Any], config: Optional[str], *, tune: bool, own_grids: bool, jobs: int, progress: bool,
                  opts: Dict[str, Any]) -> List[str]:
     """One run directory per entry: for a tuned entry, stage 1 (lr x reg on draw 0 / seed 0), then each own key
-    of its model's grid one at a time at the setting chosen so far, then its final runs (every (draw, seed));
-    an untuned entry's final runs start at once. Returns the failures."""
+    of its model's grid one at a time at the setting chosen so far, then its final runs (``plans[entry]``: its
+    (draw, seed) pairs); an untuned entry's final runs start at once. Returns the failures."""
     from motorec.config import Config
 
     base0 = Config.load(config) if config else Config()
@@ -539,7 +528,7 @@ def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plan: Li
 
     def final_runs(e: _Entry, cfg: Optional[str], want: Tuple[float, float]) -> List[_Run]:
         runs, bad = [], []
-        for d, s in plan:
+        for d, s in plans[e.name]:
             run = _run_dir(out, d, s) / e.name
             got = _trained_lr_reg(run)
             if got is not None and got != want:
@@ -620,7 +609,7 @@ def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plan: Li
         first += runs
     by_name = {e.name: e for e in entries}
     # the final runs of entries still tuning are not known yet: count them now for the progress bar
-    pending = len(first) + sum(len(plan) for e in tuned if inflight[e.name])
+    pending = len(first) + sum(len(plans[e.name]) for e in tuned if inflight[e.name])
     failed: Dict[str, bool] = {}
 
     def then(run: _Run, ok: bool) -> List[_Run]:
@@ -684,304 +673,3 @@ def _settings_read_by(config: Dict[str, Any], model: str) -> Dict[str, Dict[str,
     from motorec.config import MODEL_NAMES
 
     return {sec: keys for sec, keys in config.items() if sec == model or sec not in MODEL_NAMES}
-
-
-def _mean_sd(values: Sequence[float]) -> Tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, sd
-
-
-def _scale_rows(data: Optional[str], split: str, draw: int, seed: int) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Test metrics of the random ranking and the test-popularity oracle on one draw's data."""
-    import torch
-
-    from motorec.eval.metrics import evaluate
-    from motorec.experiments.training import load_data
-
-    ds = load_data(data, split, draw)
-    gen = torch.Generator().manual_seed(1000 * draw + seed)
-    test = ds.interactions("test")
-    pop = torch.bincount(test[:, 1].long(), minlength=ds.num_items).double()
-
-    def random_scores(users):
-        return torch.rand(users.numel(), ds.num_items, generator=gen, dtype=torch.float64)
-
-    def oracle_scores(users):
-        return pop.unsqueeze(0).repeat(users.numel(), 1)
-
-    out = {}
-    for name, fn in (("random", random_scores), ("popularity_oracle", oracle_scores)):
-        out[name] = evaluate(fn, ds, split="test", device="cpu")
-    return out
-
-
-def _read_run(out: Path, draw: int, seed: int, rows: Dict[str, str]) -> Tuple[Dict[str, Any], Optional[str], bool]:
-    """``({row: metrics.json entry}, the run's split or None, per_row)`` of one ``(draw, seed)``: from
-    ``OUT/runs/draw<d>_seed<s>/metrics.json`` (one run of every model) or, as ``--tune`` / ``--variants`` write
-    them, from ``OUT/runs/draw<d>_seed<s>/<row>/metrics.json``; ``rows`` maps each row to its model (the
-    ``metrics.json`` key). Raises FileNotFoundError naming what is missing."""
-    run = _run_dir(out, draw, seed)
-    per_model = not (run / "metrics.json").is_file()
-    entries: Dict[str, Any] = {}
-    split = None
-    for name, model in rows.items():
-        where = run / name if per_model else run
-        if not _run_complete(where, [model]):
-            what = f"run draw {draw} seed {seed}" + (f" of {name}" if per_model else "")
-            raise FileNotFoundError(f"{what} is missing or unfinished: {where}")
-        entries[name] = json.loads((where / "metrics.json").read_text())[model]
-        if (where / "run.json").is_file():
-            split = json.loads((where / "run.json").read_text()).get("split", split)
-    return entries, split, per_model
-
-
-def _tuning(out: Path, models: Sequence[str], own_rule: bool) -> Dict[str, Any]:
-    """What ``--tune`` chose (``OUT/tune/chosen.json``) for the summary: the grid, the selection rule and per row
-    its lr / lambda_reg and own keys (an untuned row: those its first run was trained with, ``None`` if unknown)."""
-    path = out / "tune" / "chosen.json"
-    chosen = json.loads(path.read_text()) if path.is_file() else {}
-    per: Dict[str, Any] = {}
-    grid = select = None
-    for name in models:
-        if name in chosen:
-            e = chosen[name]
-            grid = {"lr": e["grid"]["lr"], "lambda_reg": e["grid"]["lambda_reg"]}
-            select = e["select"]
-            per[name] = {"tuned": True, "lr": e["lr"], "lambda_reg": e["lambda_reg"], "score": e["score"],
-                         "points": e["points"], "own": e.get("own", {}), "own_points": e.get("own_points", {})}
-        else:
-            runs = sorted((out / "runs").glob(f"draw*_seed*/{name}"))
-            got = _trained_lr_reg(runs[0]) if runs else None
-            per[name] = {"tuned": False, "lr": None if got is None else got[0],
-                         "lambda_reg": None if got is None else got[1]}
-    rule = ("train.lr x model.lambda_reg first; then, at that point, each key of the model's own grid "
-            "(motorec.experiments.grids.TUNING_GRID) one at a time in the grid's order, each at the values chosen "
-            "before it (a tie keeps the config's value)") if own_rule else "train.lr x model.lambda_reg"
-    return {"grid": grid, "select": select, "on": {"draw": 0, "seed": 0, "split": "valid"}, "rule": rule,
-            "models": per}
-
-
-def _cost(entries: Sequence[Dict[str, Any]]) -> Dict[str, Optional[float]]:
-    """Mean over runs of ``seconds_per_epoch`` and of the training seconds (seconds per epoch x epochs run) of a
-    row's ``metrics.json`` entries (``None`` where a run does not record them)."""
-    spe = [e.get("seconds_per_epoch") for e in entries]
-    total = [s * e["epochs_run"] if s is not None and e.get("epochs_run") is not None else None
-             for s, e in zip(spe, entries)]
-    ok = [v for v in spe if isinstance(v, (int, float)) and math.isfinite(v)]
-    ok_t = [v for v in total if isinstance(v, (int, float)) and math.isfinite(v)]
-    return {"seconds_per_epoch": sum(ok) / len(ok) if len(ok) == len(spe) and ok else None,
-            "train_seconds": sum(ok_t) / len(ok_t) if len(ok_t) == len(total) and ok_t else None}
-
-
-def _draw_stats(table: Dict[str, Any], rows: Sequence[str], baselines: Sequence[str], n_draws: int
-                ) -> Dict[str, Any]:
-    """Per setting: the strongest baseline row by mean Recall@20 and, for every row, at the draw level (one value
-    per draw: seeds averaged first), mean ± sd over draws, the ratio of means to that baseline, the paired
-    Wilcoxon p, the bootstrap 95% interval of the ratio and the draws won."""
-    out: Dict[str, Any] = {}
-    if not baselines:
-        return out
-    for st in SETTING_NAMES:
-        best = max(baselines, key=lambda n: table[n][st]["recall@20"]["mean"])
-        per: Dict[str, Any] = {}
-        for name in rows:
-            per[name] = {}
-            for k in ("recall@20", "ndcg@20"):
-                a, b = table[name][st]["per_draw"][k], table[best][st]["per_draw"][k]
-                mean, sd = _mean_sd(a)
-                w = wilcoxon_signed_rank(a, b)
-                ci = bootstrap_ratio_ci(a, b)
-                per[name][k] = {"mean": mean, "sd": sd, "ratio": ci["ratio"], "ci_low": ci["low"],
-                                "ci_high": ci["high"], "p_value": w["p_value"], "wins": int(w["wins"]),
-                                "losses": int(w["losses"]), "n": n_draws}
-        out[st] = {"against": best, "rows": per}
-    return out
-
-
-def summarize(out: str | Path, *, models: Sequence[str], draws: int, seeds: int, data: Optional[str] = None,
-              reference: str = REFERENCE, scale_rows: bool = True, draws_from: int = 0,
-              entries: Optional[Dict[str, Dict[str, Any]]] = None,
-              provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Read ``OUT/runs/*/metrics.json`` of every ``(draw, seed)`` (draws ``draws_from .. draws_from + draws - 1``)
-    or ``OUT/runs/*/<row>/metrics.json`` (the per-row runs of ``--tune`` / ``--variants``) and write
-    ``OUT/summary.json`` and ``OUT/summary.md`` (see the module docstring). ``models`` are the rows; ``entries``
-    maps each row to ``{"model", "variant", "overrides"}`` (default: each row is its model under the config).
-    The paired tests are at the draw level: :data:`REFERENCE`'s row ``reference`` against the strongest
-    baseline row (a row of another model). Returns the summary dict."""
-    from motorec.eval.stats import draw_means
-
-    out = Path(out)
-    entries = entries or {name: {"model": name, "variant": "config", "overrides": {}} for name in models}
-    rows = {name: entries[name]["model"] for name in models}
-    draw_ids = list(range(draws_from, draws_from + draws))
-    runs: List[Dict[str, Any]] = []
-    cost_in: Dict[str, List[Dict[str, Any]]] = {name: [] for name in models}
-    split = "cold"
-    tuned_layout = False
-    for d in draw_ids:
-        for s in range(seeds):
-            got, run_split, per_model = _read_run(out, d, s, rows)
-            split = run_split or split
-            tuned_layout = tuned_layout or per_model
-            row = {"draw": d, "seed": s, "models": {name: got[name]["test"] for name in models}}
-            for name in models:
-                cost_in[name].append(got[name])
-            if scale_rows:
-                row["models"].update(_scale_rows(data, split, d, s))
-            runs.append(row)
-    names = list(models) + (list(SCALE_ROWS) if scale_rows else [])
-    table: Dict[str, Any] = {}
-    for name in names:
-        table[name] = {}
-        for st in SETTING_NAMES:
-            vals = {k: [setting_metrics(r["models"][name], st)[k] for r in runs] for k in METRICS}
-            entry = {}
-            for k, v in vals.items():
-                mean, sd = _mean_sd(v)
-                entry[k] = {"mean": mean, "sd": sd, "runs": v}
-            entry["per_draw"] = {k: draw_means(vals[k], [r["draw"] for r in runs])[1] for k in ("recall@20", "ndcg@20")}
-            table[name][st] = entry
-        if name in cost_in:
-            table[name]["cost"] = _cost(cost_in[name])
-    baselines = [n for n in models if rows[n] != REFERENCE]
-    tests: Dict[str, Any] = {}
-    if reference in models and baselines:
-        for st in SETTING_NAMES:
-            best = max(baselines, key=lambda n: table[n][st]["recall@20"]["mean"])
-            tests[st] = {"against": best, "level": "draw"}
-            for k in ("recall@20", "ndcg@20"):
-                a, b = table[reference][st]["per_draw"][k], table[best][st]["per_draw"][k]
-                ci = bootstrap_ratio_ci(a, b)
-                tests[st][k] = {"ratio": ci["ratio"], "ci_low": ci["low"], "ci_high": ci["high"],
-                                **wilcoxon_signed_rank(a, b)}
-    own_rule = any(e.get("own") for e in (json.loads((out / "tune" / "chosen.json").read_text()).values()
-                                          if (out / "tune" / "chosen.json").is_file() else []))
-    summary = {"models": list(models), "entries": entries, "draws": draws, "draws_from": draws_from,
-               "draw_ids": draw_ids, "seeds": seeds, "split": split, "data": data, "reference": reference,
-               "table": table, "tests": tests,
-               "draw_stats": _draw_stats(table, list(models), baselines, len(draw_ids)),
-               "tuning": _tuning(out, models, own_rule) if tuned_layout and (out / "tune").is_dir() else None,
-               "provenance": provenance,
-               "runs": [{"draw": r["draw"], "seed": r["seed"]} for r in runs]}
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    _write_atomic(out / "summary.md", format_summary(summary))
-    return summary
-
-
-def _fmt_seconds(v: Optional[float]) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
-
-
-def format_summary(summary: Dict[str, Any]) -> str:
-    """Markdown tables of a :func:`summarize` result: mean ± sd per row and setting with its cost, the
-    draw-level statistics against the strongest baseline, per-draw Recall@20, the paired tests of the reference
-    and the tuning. Reads summaries written before draw ids, cost and draw-level statistics were recorded."""
-    table, tests = summary["table"], summary["tests"]
-    n_runs = summary["draws"] * summary["seeds"]
-    draw_ids = summary.get("draw_ids") or list(range(summary["draws"]))
-    prov = summary.get("provenance") or {}
-    lines = []
-    if prov:
-        dirty = " (with uncommitted changes)" if prov.get("dirty") else ""
-        lines += [f"Commit: {prov.get('commit') or 'unknown'}{dirty}", "", f"Command: `{prov.get('command')}`", ""]
-    lines += [f"Test split, cold-item draws {_fmt_draws(draw_ids)} x {summary['seeds']} seed(s) = {n_runs} runs; "
-              "mean ± sd over runs; cost: mean over runs of seconds per training epoch and of training seconds "
-              "(epochs run x seconds per epoch).", "",
-              "| model | " + " | ".join(f"{st} R@20 | {st} N@20" for st in SETTING_NAMES) + " | s/epoch | train s |",
-              "|---|" + "---|" * (2 * len(SETTING_NAMES) + 2)]
-    for name, per in table.items():
-        cells = []
-        for st in SETTING_NAMES:
-            for k in ("recall@20", "ndcg@20"):
-                cells.append(f"{per[st][k]['mean']:.4f} ± {per[st][k]['sd']:.4f}")
-        cost = per.get("cost") or {}
-        cells += [_fmt_seconds(cost.get("seconds_per_epoch")), _fmt_seconds(cost.get("train_seconds"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    n_draws = len(draw_ids)
-    for st, ds in (summary.get("draw_stats") or {}).items():
-        lines += ["", f"Draw level, {st} setting, Recall@20 (one value per draw, seeds averaged first; ratio of "
-                  f"means to the strongest baseline by mean, {ds['against']}; paired two-sided Wilcoxon over "
-                  f"{n_draws} draws; percentile bootstrap 95% interval of the ratio, 10,000 resamples of draws, "
-                  "seed 0):", "",
-                  "| model | mean ± sd over draws | ratio | 95% interval | p | wins |", "|---|---|---|---|---|---|"]
-        for name, r in ds["rows"].items():
-            r = r["recall@20"]
-            lines.append(f"| {name} | {r['mean']:.4f} ± {r['sd']:.4f} | {r['ratio']:.3f} | "
-                         f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_value']:.4f} | {r['wins']}/{r['n']} |")
-    if summary.get("tuning"):
-        lines += [""] + _format_tuning(summary["tuning"], summary.get("reference", REFERENCE))
-        if 0 in draw_ids:
-            lines += ["", "Note: draw 0, where the tuning chose each setting, is among the compared draws; a report "
-                      "on draws no choice was made on uses --draws-from 1 or later."]
-    for st in SETTING_NAMES:
-        lines += ["", f"Per-draw Recall@20, {st} setting (mean over seeds):", "",
-                  "| model | " + " | ".join(f"draw {d}" for d in draw_ids) + " |",
-                  "|---|" + "---|" * len(draw_ids)]
-        for name, per in table.items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per[st]["per_draw"]["recall@20"]) + " |")
-    if tests:
-        level = "draws" if any(t.get("level") == "draw" for t in tests.values()) else "runs"
-        n = n_draws if level == "draws" else n_runs
-        lines += ["", f"Paired two-sided Wilcoxon signed-rank tests, {summary['reference']} against the strongest "
-                  f"baseline per setting (by mean Recall@20), over {n} {level}:", "",
-                  "| setting | against | R@20 ratio | wins/losses | p | N@20 ratio | p |", "|---|---|---|---|---|---|---|"]
-        for st, t in tests.items():
-            r, nd = t["recall@20"], t["ndcg@20"]
-            lines.append(f"| {st} | {t['against']} | {r['ratio']:.3f} | {int(r['wins'])}/{int(r['losses'])} | "
-                         f"{r['p_value']:.4f} | {nd['ratio']:.3f} | {nd['p_value']:.4f} |")
-        lines.append("")
-        lines.append(f"(with {n} {level} the smallest attainable exact p is {2 / 2 ** n:.4f})")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_draws(ids: Sequence[int]) -> str:
-    ids = list(ids)
-    if ids and ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 1:
-        return f"{ids[0]}-{ids[-1]}"
-    return ",".join(map(str, ids))
-
-
-def _format_tuning(tuning: Dict[str, Any], reference: str) -> List[str]:
-    """The summary.md lines of :func:`_tuning`: the grid, the rule, and a table of each row's setting."""
-    grid = tuning["grid"]
-    if grid is None:
-        lines = ["Equal tuning (--tune): no compared model was tuned."]
-    else:
-        lines = [f"Equal tuning (--tune): every tuned model's train.lr in {{{', '.join(map(repr, grid['lr']))}}} x "
-                 f"model.lambda_reg in {{{', '.join(map(repr, grid['lambda_reg']))}}}, chosen by the validation "
-                 f"checkpoint-selection score (train.select = {tuning['select']}) of one run per point on draw 0, "
-                 "seed 0 (a tie keeps the earlier point, the default first); every run above uses its model's "
-                 "choice." + (f" Rule: {tuning['rule']}." if tuning.get("rule") else "")]
-    lines += ["", "| model | lr | lambda_reg | own keys | valid score | grid (lr / lambda_reg: score) |",
-              "|---|---|---|---|---|---|"]
-
-    def num(v: Optional[float]) -> str:
-        return "-" if v is None else repr(v)
-
-    for name, t in tuning["models"].items():
-        if t["tuned"]:
-            pts = ", ".join(f"{p['lr']!r} / {p['lambda_reg']!r}: {p['score']:.4f}" for p in t["points"])
-            own = ", ".join(f"{k} {v!r}" for k, v in (t.get("own") or {}).items()) or "-"
-            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | {own} | {t['score']:.4f} | {pts} |")
-        else:
-            own_defaults = name == reference or name.startswith(REFERENCE)
-            why = "not tuned: its defaults were chosen on validation" if own_defaults else "not tuned"
-            lines.append(f"| {name} | {num(t['lr'])} | {num(t['lambda_reg'])} | - | - | {why} |")
-    return lines
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -129,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "on draw 0, so a report on --draws-from 5 uses draws no choice was made on")
     c.add_argument("--variants", default="plain,wrapped", help="plain (wrappers off: ensemble 1, decoupled false; "
                    "row <model>) and/or wrapped (the config's wrappers; row <model>+wrapped); default both")
-    c.add_argument("--ablations", action="store_true", help="add MoToRec's ablation rows (motorec-no_sparse, "
-                   "motorec-no_rarity, motorec-no_item_item, motorec-continuous)")
+    c.add_argument("--ablations", action="store_true", help="add MoToRec's ablation rows (motorec-<name>: "
+                   "no_sparse, no_rarity, no_item_item, continuous, no_tokenizer)")
+    c.add_argument("--draws-for", metavar="ROW=N,...", help="fewer draws for some rows (their first N <= --draws): "
+                   "ROW a row (knn+wrapped), a model (all its rows) or 'ablations'; the most specific wins")
+    c.add_argument("--collect", nargs="+", metavar="DIR", help="train nothing: tabulate these compare outputs (e.g. "
+                   "one per catalog) side by side into --out/collected.md")
     c.add_argument("--seeds", type=int, default=1, help="training seeds per draw: 0..N-1 (default 1)")
     c.add_argument("--model", choices=MODEL_NAMES, action="append",
                    help="model to compare (repeatable; default: " + ", ".join(COMPARE_MODELS) + ")")
@@ -214,20 +218,25 @@ def cmd_evaluate(args) -> Outcome:
 
 def cmd_compare(args) -> Outcome:
     from motorec.experiments import run_compare
+    from motorec.experiments.summary import collect
 
+    name = "collected" if args.collect else "summary"
     try:
-        run_compare(args.out, models=args.model, draws=args.draws, seeds=args.seeds, data=args.data,
-                    config=args.config, epochs=args.epochs, threads=args.threads, jobs=args.jobs,
-                    backend=args.backend, device=args.device, progress=not args.quiet, tune=args.tune,
-                    grid_lr=args.grid_lr, grid_reg=args.grid_reg, tune_reference=args.tune_reference,
-                    draws_from=args.draws_from, variants=args.variants.split(","), ablations=args.ablations,
-                    own_grids=not args.no_own_grids)
+        if args.collect:
+            collect(args.collect, args.out)
+        else:
+            run_compare(args.out, models=args.model, draws=args.draws, seeds=args.seeds, data=args.data,
+                        config=args.config, epochs=args.epochs, threads=args.threads, jobs=args.jobs,
+                        backend=args.backend, device=args.device, progress=not args.quiet, tune=args.tune,
+                        grid_lr=args.grid_lr, grid_reg=args.grid_reg, tune_reference=args.tune_reference,
+                        draws_from=args.draws_from, variants=args.variants.split(","), ablations=args.ablations,
+                        own_grids=not args.no_own_grids, draws_for=args.draws_for)
     except RuntimeError as e:  # some runs failed: the finished ones stay, a re-run resumes the others
         print(f"motorec: error: {e}", file=sys.stderr)
         return Outcome(EXIT_WRITE)
     out = Path(args.out)
-    print((out / "summary.md").read_text(), end="")
-    print(f"\nwrote {out / 'summary.json'} and {out / 'summary.md'}")
+    print((out / f"{name}.md").read_text(), end="")
+    print(f"\nwrote {out / f'{name}.json'} and {out / f'{name}.md'}")
     return Outcome(0)
 
 

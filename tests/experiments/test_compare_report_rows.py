@@ -259,3 +259,32 @@ def test_cli_draws_for(tmp_path, monkeypatch, capsys):
     assert sorted((_models(c)[0], _arg(c, "--split-seed")) for c in calls) == [
         ("knn", "0"), ("motorec", "0"), ("motorec", "1")]
     assert "Tokens" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_tiny_token_statistics_and_draws_for(tmp_path):
+    """For real (seconds): MoToRec's model_stats and train.log churn lines as the trainer writes them, read into
+    the summary; knn on one draw of two."""
+    import subprocess
+    import sys
+
+    from motorec.config import Config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    from _mmrec import subprocess_env
+
+    out = tmp_path / "cmp"
+    p = subprocess.run([sys.executable, "-m", "motorec", "compare", "--model", "motorec", "--model", "knn",
+                        "--variants", "wrapped", "--epochs", "3", "--draws", "2", "--draws-for", "knn=1",
+                        "--data", SPEC, "--out", str(out), "--quiet"], env=subprocess_env(), capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["row_draws"]["knn+wrapped"] == [0] and s["row_draws"]["motorec+wrapped"] == [0, 1]
+    t = s["table"]["motorec+wrapped"]["tokens"]
+    k = Config().to_dict()["motorec"]["codebook_size"]
+    assert 1.0 <= t["perplexity"] <= k and 0.0 <= t["unused_codes"] < 1.0
+    # a first-level change is a change: level-0 churn never exceeds the any-level churn
+    assert 0.0 <= t["churn_level0"] <= t["churn"] <= 1.0
+    assert s["table"]["knn+wrapped"]["tokens"] is None
+    assert "Tokens" in p.stdout and "| motorec+wrapped | 2 |" in p.stdout

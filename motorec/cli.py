@@ -221,6 +221,13 @@ def cmd_compare(args) -> Outcome:
     from motorec.experiments.summary import collect
 
     name = "collected" if args.collect else "summary"
+    defaults = {"model": None, "data": None, "config": None, "epochs": None, "tune": False, "ablations": False,
+                "draws_for": None, "draws": 5, "draws_from": 0, "seeds": 1, "grid_lr": None, "grid_reg": None,
+                "tune_reference": False, "no_own_grids": False, "variants": "plain,wrapped"}
+    ignored = [k for k, v in defaults.items() if args.collect and getattr(args, k) != v]
+    if ignored:
+        raise SystemExit("motorec compare: --collect trains nothing; drop " + ", ".join(
+            "--" + k.replace("_", "-") for k in ignored))
     try:
         if args.collect:
             collect(args.collect, args.out)

@@ -298,3 +298,15 @@ def test_compare_real_tiny_run_on_bundled_data(tmp_path):
     r = s["table"]["lightgcn+wrapped"]["warm"]["recall@20"]["mean"]
     assert r == m["lightgcn"]["test"]["warm"]["recall@20"] and 0.0 < r <= 1.0
     assert "| lightgcn+wrapped |" in p.stdout and "| popularity_oracle |" in p.stdout
+
+
+def test_compare_collect_refuses_training_flags(tmp_path, monkeypatch):
+    """--collect trains nothing: a training flag beside it is an error naming the flag, not silently ignored."""
+    from motorec.cli import main
+
+    called = []
+    monkeypatch.setattr("motorec.experiments.summary.collect", lambda *a, **k: called.append(a))
+    with pytest.raises(SystemExit, match="--collect trains nothing; drop --tune, --draws-for"):
+        main(["compare", "--collect", str(tmp_path / "a"), "--out", str(tmp_path / "r"), "--tune",
+              "--draws-for", "knn=1"])
+    assert called == []

@@ -35,7 +35,8 @@ different grid). The summary then states the grid and each model's choice.
 Rows (issue 35): with ``variants`` every model runs ``plain`` (row ``<model>``: ``wrappers`` =
 :data:`PLAIN_WRAPPERS`, the config beside the runs in ``OUT/configs/<model>.yaml``) and ``wrapped`` (row
 ``<model>+wrapped``: the config's ``wrappers``), each tuned by the same grid as its own row; ``ablations`` adds
-MoToRec rows with one paper switch changed (:data:`ABLATIONS`). Rows run one subprocess per ``(draw, seed,
+MoToRec rows with one paper switch changed (:data:`ABLATIONS`); with ``tune_reference`` they run at the setting
+chosen for ``motorec+wrapped``, the row they ablate, after it is chosen. Rows run one subprocess per ``(draw, seed,
 row)`` into ``OUT/runs/draw<d>_seed<s>/<row>/``. With ``own_grids`` (default) a tuned row then tunes each key of
 its model's :data:`motorec.experiments.grids.TUNING_GRID` one at a time, in the grid's order, at the setting
 chosen so far (a tie keeps the config's value; the point at the config's value is the one already run).
@@ -408,9 +409,9 @@ def run_compare(out: str | Path, *, models: Optional[Sequence[str]] = None, draw
                                         ("grid_reg", grid_reg)) if v]
         if extra:
             raise ArgumentError(f"{', '.join(extra)} only apply with `tune`")
-    if ablations and tune_reference:
-        raise ArgumentError("`ablations` with `tune_reference`: the ablation rows run under the config's MoToRec "
-                            "setting, not a tuned one; compare the ablations in a run without `tune_reference`")
+    if ablations and tune_reference and variants is not None and "wrapped" not in variants:
+        raise ArgumentError("`ablations` with `tune_reference` take the tuned setting of motorec+wrapped, the row they "
+                            "ablate: add the wrapped variant")
     if command is None:
         command = compare_command(out, models=models, draws=draws, draws_from=draws_from or None, seeds=seeds,
                                   data=data, config=config, epochs=epochs, threads=threads, jobs=jobs,
@@ -540,12 +541,24 @@ def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plans: D
         problems.extend(bad)
         return [] if bad else runs
 
+    def chosen_setting(name: str) -> Dict[str, Any]:
+        c = chosen[name]
+        return {"lr": c["lr"], "lambda_reg": c["lambda_reg"], **c.get("own", {})}
+
+    # an ablation row is MoToRec as shipped with one part changed: with that row tuned, the ablations take its
+    # chosen setting (and wait for it), so that a difference is the part's alone
+    ref_name = _reference(entries)
+    ref = next((e for e in tuned if e.name == ref_name), None)
+    ablations = [e for e in entries if e.variant == "ablation"] if ref is not None else []
+
     def settle(e: _Entry) -> List[_Run]:
         """Entry ``e``'s final runs, its config written (from ``chosen.json`` for a tuned entry)."""
         if e in tuned:
-            c = chosen[e.name]
-            cfg = setting_config(e, {"lr": c["lr"], "lambda_reg": c["lambda_reg"], **c.get("own", {})})
+            cfg = setting_config(e, chosen_setting(e.name))
             path = tune_dir / f"{e.name}.yaml"
+        elif e in ablations:
+            cfg = setting_config(ref, chosen_setting(ref.name)).replace(**e.override_dict())
+            path = out / "configs" / f"{e.name}.yaml"
         elif e.overrides:
             cfg, path = bases[e.name], out / "configs" / f"{e.name}.yaml"
         else:
@@ -599,17 +612,20 @@ def _run_entries(out: Path, entries: List[_Entry], tuned: List[_Entry], plans: D
                           "points": record["points"], "own": record["own"], "own_points": record["own_points"],
                           "base_config": bases[e.name].to_dict()}
         _write_atomic(chosen_path, json.dumps(chosen, indent=2))
-        return settle(e)
+        return settle(e) + ([r for a in ablations for r in settle(a)] if e is ref else [])
 
     first: List[_Run] = []
     inflight: Dict[str, int] = {}
     for e in entries:
+        if e in ablations and ref.name not in chosen:
+            continue  # its runs start with the reference's final runs
         runs = settle(e) if e not in tuned or e.name in chosen else advance(e)
         inflight[e.name] = sum(r.tunes is not None for r in runs)
         first += runs
     by_name = {e.name: e for e in entries}
     # the final runs of entries still tuning are not known yet: count them now for the progress bar
     pending = len(first) + sum(len(plans[e.name]) for e in tuned if inflight[e.name])
+    pending += sum(len(plans[a.name]) for a in ablations if ref.name not in chosen)
     failed: Dict[str, bool] = {}
 
     def then(run: _Run, ok: bool) -> List[_Run]:

@@ -310,3 +310,30 @@ def test_compare_collect_refuses_training_flags(tmp_path, monkeypatch):
         main(["compare", "--collect", str(tmp_path / "a"), "--out", str(tmp_path / "r"), "--tune",
               "--draws-for", "knn=1"])
     assert called == []
+
+
+def test_ablations_take_the_tuned_reference_setting(tmp_path, monkeypatch):
+    """With motorec+wrapped tuned, every ablation row runs at its chosen lr / lambda_reg (after it), so that an
+    ablation differs from the row it ablates by the one part; untuned, they run at the config's setting."""
+    from motorec.cli import main
+
+    calls = []
+    monkeypatch.setattr(compare.subprocess, "run", _fake_train(calls))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--draws", "1", "--model", "motorec", "--tune", "--tune-reference",
+                 "--grid-lr", "1e-3,5e-3", "--grid-reg", "1e-4", "--quiet", "--variants", "wrapped",
+                 "--ablations", "--no-own-grids"]) == 0
+    chosen = json.loads((out / "tune" / "chosen.json").read_text())
+    assert chosen["motorec+wrapped"]["lr"] == 5e-3  # the fake's validation grows with lr
+    import yaml
+    finals = [c for c in calls if "/tune/" not in _arg(c, "--out")]
+    ablation_runs = [c for c in finals if "motorec-" in _arg(c, "--out")]
+    assert len(ablation_runs) == len(compare.ABLATIONS)
+    for c in ablation_runs:
+        cfg = yaml.safe_load(Path(_arg(c, "--config")).read_text())
+        assert cfg["train"]["lr"] == 5e-3 and cfg["model"]["lambda_reg"] == 1e-4
+    no_sparse = yaml.safe_load((out / "configs" / "motorec-no_sparse.yaml").read_text())
+    assert no_sparse["motorec"]["sparse_weight"] == 0.0
+    # every ablation run started after the reference's tuning ended
+    first_ablation = min(calls.index(c) for c in ablation_runs)
+    assert all(calls.index(c) < first_ablation for c in calls if "/tune/" in _arg(c, "--out"))

@@ -170,9 +170,9 @@ def test_bad_variants_are_refused(tmp_path, variants, match):
         compare.run_compare(tmp_path, models=["knn"], variants=variants, progress=False)
     with pytest.raises(ArgumentError, match="draws_from"):
         compare.run_compare(tmp_path, models=["knn"], draws_from=-1, progress=False)
-    with pytest.raises(ArgumentError, match="ablations.*tune_reference"):
+    with pytest.raises(ArgumentError, match="ablations.*tune_reference.*add the wrapped variant"):
         compare.run_compare(tmp_path, models=["motorec"], tune=True, tune_reference=True, ablations=True,
-                            progress=False)
+                            variants=["plain"], progress=False)
 
 
 def test_cli_bad_variants_one_line(tmp_path, capsys):

@@ -149,16 +149,21 @@ def _log_values(text: str) -> Dict[str, Any]:
 
 def rows_from_run(run: Path, *, git_sha: str, device: str) -> list:
     """The CSV rows of a finished ``motorec train`` run (see the module docstring), one per model, parsed from
-    its ``train.log`` and ``run.json``."""
+    its ``train.log``, ``run.json`` and ``config.yaml``."""
     import datetime as dt
 
-    if not (run / "run.json").is_file() or not (run / "train.log").is_file():
-        raise SystemExit(f"--from-run {str(run)!r} is not a motorec train run directory (no run.json / train.log)")
+    if not all((run / f).is_file() for f in ("run.json", "train.log", "config.yaml")):
+        raise SystemExit(f"--from-run {str(run)!r} is not a motorec train run directory (no run.json / train.log /"
+                         " config.yaml)")
+    import motorec.models  # noqa: F401  (registers every model's config section)
+    from motorec.config import Config
+    from motorec.data.synthetic import parse_synthetic_spec
+
     info = json.loads((run / "run.json").read_text())
-    data = info.get("data") or ""
-    if not data.startswith("synthetic"):
-        raise SystemExit(f"--from-run {run}: its data is {data!r}, not a synthetic: catalog")
-    spec_kv = dict(kv.split("=", 1) for kv in data.split(":", 1)[1].split(",")) if ":" in data else {}
+    spec_kv = parse_synthetic_spec(info.get("data") or "")
+    if spec_kv is None:
+        raise SystemExit(f"--from-run {run}: its data is {info.get('data')!r}, not a synthetic: catalog")
+    tc = Config.load(run / "config.yaml").train
     lines = (run / "train.log").read_text().splitlines()
     clock = [dt.datetime.strptime(line[:8], "%H:%M:%S") if line[:2].isdigit() else None for line in lines]
     start = next(c for c in clock if c is not None)
@@ -177,22 +182,18 @@ def rows_from_run(run: Path, *, git_sha: str, device: str) -> list:
         start = end
         last, st = joint[-1], stages[-1]
         knn = float(last.get("seconds_knn", 0.0))
-        cfg = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
-        batch = next((ln.split(":")[1].strip() for ln in cfg.splitlines() if ln.strip().startswith("batch_size:")), "")
-        eval_users = next((ln.split(":")[1].strip() for ln in cfg.splitlines() if ln.strip().startswith("eval_users:")),
-                          "")
         rows.append({
-            "device": device, "torch": _torch_version(), "git_sha": git_sha, "items": int(spec_kv.get("items", 0)),
-            "users": int(spec_kv.get("users", 0)), "interactions": int(spec_kv.get("interactions", 0)),
+            "device": device, "torch": _torch_version(), "git_sha": git_sha, "items": int(spec_kv["items"]),
+            "users": int(spec_kv["users"]), "interactions": int(spec_kv["interactions"]),
             "model": model, "seconds_step_total": last["seconds_steps"],
             "seconds_catalog": last["seconds_epoch_start"] - knn, "seconds_valid": last.get("seconds_valid", 0.0),
             "peak_rss_mb": st.get("peak_rss_mb", last.get("peak_rss_mb")),
             "seconds_epoch": last["seconds"] - knn, "seconds_first_epoch": joint[0]["seconds"],
             "seconds_knn": float(joint[0].get("seconds_knn", 0.0)),
-            "steps": math.ceil(train / int(batch)) if train and batch.isdigit() else "", "epochs": len(joint),
+            "steps": math.ceil(train / tc.batch_size) if train else "", "epochs": len(joint),
             "seconds_pretrain": sum(r.get("seconds_pretrain", 0.0) for r in pre),
             "seconds_checkpoint": st.get("checkpoint", 0.0), "seconds_test": st.get("test", 0.0),
-            "seconds_data": "", "wall_s": wall, "eval_users": eval_users, "batch_size": batch,
+            "seconds_data": "", "wall_s": wall, "eval_users": tc.eval_users, "batch_size": tc.batch_size,
             "config": f"{run.name} (motorec train)", "load_avg_1m": "", "fixed_steps": ""})
     return rows
 

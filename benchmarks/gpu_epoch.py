@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from benchmarks.harness import device_name, git_sha, peak_memory_mb, reset_peak_memory, sync
+from motorec.train.trainer import autocast_context
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_TOL = 1e-3
@@ -40,13 +41,6 @@ CONFIGS = (("motorec torch", "motorec", "torch", "fp32"), ("motorec auto", "moto
 FIELDS = ("device", "torch", "git_sha", "items", "users", "interactions", "row", "model", "backend", "precision",
           "steps", "batch_size", "seconds_epoch", "seconds_steps", "seconds_step", "seconds_catalog", "seconds_knn",
           "peak_mem_mb", "motorec_op_fraction", "first_loss", "reference_loss")
-
-
-def _autocast(device: torch.device, precision: str):
-    import contextlib
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _build(ds, cfg, model: str, backend: str, device: torch.device, graphs=None):
@@ -85,7 +79,7 @@ def _op_fraction(step, device: torch.device) -> float:
 
 def _first_loss(m, batch, seed: int, device: torch.device, precision: str) -> float:
     torch.manual_seed(seed)
-    with torch.no_grad(), _autocast(device, precision):
+    with torch.no_grad(), autocast_context(device, precision):
         return float(m.loss(batch)[0])
 
 
@@ -126,7 +120,7 @@ def run_row(ds, cfg, name: str, model: str, backend: str, precision: str, device
                            f"(tolerance {tol} relative): not timed")
 
     def step(batch) -> None:
-        with _autocast(device, precision):
+        with autocast_context(device, precision):
             loss, _ = m.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

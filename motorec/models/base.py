@@ -106,6 +106,14 @@ class Recommender(nn.Module):
     def device(self) -> torch.device:
         return self.train_pairs.device
 
+    def warm_or_cold(self, warm: Tensor, cold: Tensor) -> Tensor:
+        """Per item, the row of ``warm`` for a warm item and of ``cold`` for a cold one.
+
+        Shapes:
+            warm, cold: [num_items, d] -> [num_items, d].
+        """
+        return torch.where(self.warm_mask.unsqueeze(1), warm, cold)
+
     # ------------------------------------------------------------------ interface
     def embeddings(self) -> Tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -84,9 +84,8 @@ class CLCRecRec(Recommender):
         return self.encoder(self.content.index_select(0, items))
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        warm = self.warm_mask.unsqueeze(1).to(self.item_emb.dtype)
         c = self.content_embeddings(torch.arange(self.num_items, device=self.device))
-        return self.user_emb, self.item_emb * warm + c * (1.0 - warm)
+        return self.user_emb, self.warm_or_cold(self.item_emb, c)
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config

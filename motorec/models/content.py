@@ -94,8 +94,7 @@ class TokenEncoder(nn.Module):
             table = s.codebooks.reshape(-1, s.codebooks.shape[2]) @ proj.weight.t()
             if self.use_tokens:
                 table = table + self.token_emb[m].weight
-            bias = torch.cat([proj.bias.expand(k, -1), proj.bias.new_zeros(table.shape[0] - k + 1, table.shape[1])])
-            table = torch.cat([table, table.new_zeros(1, table.shape[1])]) + bias
+            table = torch.cat([table[:k] + proj.bias, table[k:], table.new_zeros(1, table.shape[1])])
             hs = proj(s.fresh)
             if self.use_tokens:
                 hs = hs + token_sum(self.token_emb[m].weight, idx.index_select(0, s.items))

@@ -93,9 +93,8 @@ class GARRec(CFBackbone):
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, items = self.cf_embeddings()
-        warm = self.warm_mask.unsqueeze(1).to(items.dtype)
         g = self.generate(torch.arange(self.num_items, device=self.device))
-        return self.user_rec(users), self.item_rec(items * warm + g * (1.0 - warm))
+        return self.user_rec(users), self.item_rec(self.warm_or_cold(items, g))
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config

@@ -106,9 +106,8 @@ class HeaterRec(CFBackbone):
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, items = self.cf_embeddings()
-        warm = self.warm_mask.unsqueeze(1).to(items.dtype)
         c = self.content_embeddings(torch.arange(self.num_items, device=self.device))
-        return self.user_transform(users), self.item_transform(items * warm + c * (1.0 - warm))
+        return self.user_transform(users), self.item_transform(self.warm_or_cold(items, c))
 
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         backbone, parts, (ue, pe, ne) = self.backbone_loss(batch)

@@ -324,7 +324,8 @@ class MoToRec(Recommender):
         # where [] indexing's adds them with atomics.
         collab_rows, content_rows = collab.index_select(0, rows), content.index_select(0, rows)
         # the final item rows (_final_items on the batch's rows only): the readout, plus h~ for a cold item
-        cold = (~self.warm_mask).index_select(0, pn).to(content.dtype).unsqueeze(1)
+        warm = self.warm_mask.index_select(0, pn)
+        cold = (~warm).to(content.dtype).unsqueeze(1)
         ip, ineg = torch.addcmul(collab_rows[:b + nb], content_rows[:b + nb], cold).split([b, nb])
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=c.rarity_clip)
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
@@ -345,7 +346,7 @@ class MoToRec(Recommender):
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
         # L2 of the users' and the warm items' ID rows (a cold item's row is never trained)
-        sq = row_sq_norms(self.lightgcn.item_embedding.weight.index_select(0, pn)) * self.warm_mask.index_select(0, pn)
+        sq = row_sq_norms(self.lightgcn.item_embedding.weight.index_select(0, pn)) * warm
         ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
         reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         parts["reg"] = loss_part(reg)

@@ -31,7 +31,7 @@ from motorec.train.runs import check_same_config
 from motorec.train.sampler import BPRSampler
 
 __all__ = ["Trainer", "seed_everything", "resolve_device", "select_score", "select_score_se", "make_optimizer",
-           "peak_memory_mb"]
+           "peak_memory_mb", "autocast_context"]
 
 SELECT_METRIC = "recall@20"
 
@@ -79,6 +79,14 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The training steps' forward context for ``train.precision``: ``torch.autocast`` to bfloat16 for ``bf16``
+    (the backward and the optimizer run outside it, in the parameters' float32), nothing for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -351,11 +359,7 @@ class Trainer:
         return _epoch_means(sums, steps)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        """The training steps' forward context: ``torch.autocast`` to bfloat16 with ``train.precision: bf16``
-        (the backward and the optimizer run outside it, in the parameters' float32), else nothing."""
-        if self.config.train.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.config.train.precision)
 
     def _joint_epoch(self, model, opt, sampler, gen, joint) -> Dict[str, float]:
         sums: Dict[str, torch.Tensor] = {}

@@ -74,6 +74,13 @@ def scores(model, users=None):
         return model.score(torch.arange(20) if users is None else users).clone()
 
 
+def perturb_content(model, item):
+    """Move one item's row of the model's content matrix (the ``perturb`` of :func:`check_feature_scoring` for
+    the baselines that score from ``model.content``)."""
+    with torch.no_grad():
+        model.content[item] += 0.5
+
+
 def check_feature_scoring(model, perturb, warm_from_features: bool):
     """Changing a cold item's features changes its scores and no other item's; changing a warm item's changes its
     scores exactly when ``warm_from_features``. ``perturb(model, item)`` changes one item's features in place."""

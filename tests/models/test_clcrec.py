@@ -8,17 +8,13 @@ from _coldstart_checks import (
     build,
     check_feature_scoring,
     grads_after_one_step,
+    perturb_content,
     train_epochs,
 )
 
 from motorec.config import ConfigError, model_config
 
 OWN = {"hidden": 32}
-
-
-def _perturb(model, item):
-    with torch.no_grad():
-        model.content[item] += 0.5
 
 
 def test_loss_finite_and_decreasing():
@@ -56,7 +52,7 @@ def test_lambda_one_is_the_item_item_term_alone():
 def test_cold_items_scored_from_content_warm_items_by_id():
     m = build("clcrec", OWN)
     train_epochs(m, 1)
-    check_feature_scoring(m, _perturb, warm_from_features=False)
+    check_feature_scoring(m, perturb_content, warm_from_features=False)
 
 
 

@@ -9,6 +9,7 @@ from _coldstart_checks import (
     catalog,
     check_feature_scoring,
     grads_after_one_step,
+    perturb_content,
     train_epochs,
 )
 
@@ -16,11 +17,6 @@ from motorec.config import ConfigError, model_config
 from motorec.train import BPRSampler
 
 OWN = {"hidden": 32}
-
-
-def _perturb(model, item):
-    with torch.no_grad():
-        model.content[item] += 0.5
 
 
 def test_loss_finite_and_the_non_adversarial_parts_decrease():
@@ -67,7 +63,7 @@ def test_gradients_reach_every_part():
 def test_cold_items_scored_from_content_warm_items_from_cf():
     m = build("gar", OWN)
     train_epochs(m, 1)
-    check_feature_scoring(m, _perturb, warm_from_features=False)
+    check_feature_scoring(m, perturb_content, warm_from_features=False)
 
 
 

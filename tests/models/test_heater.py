@@ -8,6 +8,7 @@ from _coldstart_checks import (
     build,
     check_feature_scoring,
     grads_after_one_step,
+    perturb_content,
     train_epochs,
 )
 
@@ -15,11 +16,6 @@ from motorec.config import ConfigError, model_config
 from motorec.models.heater import MixtureOfExperts
 
 OWN = {"hidden": 32, "experts": 3}
-
-
-def _perturb(model, item):
-    with torch.no_grad():
-        model.content[item] += 0.5
 
 
 def test_loss_finite_and_decreasing():
@@ -61,7 +57,7 @@ def test_mixture_weights_experts_by_a_softmax_gate():
 def test_cold_items_scored_from_content_warm_items_from_cf():
     m = build("heater", OWN)
     train_epochs(m, 1)
-    check_feature_scoring(m, _perturb, warm_from_features=False)
+    check_feature_scoring(m, perturb_content, warm_from_features=False)
 
 
 

@@ -1,6 +1,8 @@
 """One whole training epoch at catalog scale on one device: MoToRec under ``configs/large.yaml`` with
 ``backend=auto`` against ``backend=torch`` (and ``auto`` with ``train.precision: bf16``), and LightGCN beside
-them, on the synthetic catalog of ``bench_scale`` (default 100k users, 1M items, 1M interactions).
+them, on the synthetic catalog of ``bench_scale`` (default 100k users, 1M items, 1M interactions); the rows
+``... full`` train both with ``train.propagation: full`` (the whole graph every step) instead of the
+config's history steps, whose steps run no propagation kernel (the catalog pass does).
 
 Per configuration one CSV row: the epoch's seconds (the catalog pass at its start, the kNN build apart, and
 the steps), seconds per step, peak device memory, and the fraction of the device time of a profiled step spent
@@ -35,11 +37,13 @@ from motorec.train.trainer import autocast_context
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_TOL = 1e-3
 BF16_TOL = 5e-2
-# (row name, model, backend, precision)
-CONFIGS = (("motorec torch", "motorec", "torch", "fp32"), ("motorec auto", "motorec", "auto", "fp32"),
-           ("motorec auto bf16", "motorec", "auto", "bf16"), ("lightgcn auto", "lightgcn", "auto", "fp32"))
+# (row name, model, backend, precision, train.propagation: None for the config's)
+CONFIGS = (("motorec torch", "motorec", "torch", "fp32", None), ("motorec auto", "motorec", "auto", "fp32", None),
+           ("motorec auto bf16", "motorec", "auto", "bf16", None), ("lightgcn auto", "lightgcn", "auto", "fp32", None),
+           ("motorec auto full", "motorec", "auto", "fp32", "full"),
+           ("lightgcn auto full", "lightgcn", "auto", "fp32", "full"))
 FIELDS = ("device", "torch", "git_sha", "items", "users", "interactions", "row", "model", "backend", "precision",
-          "steps", "batch_size", "seconds_epoch", "seconds_steps", "seconds_step", "seconds_catalog", "seconds_knn",
+          "propagation", "steps", "batch_size", "seconds_epoch", "seconds_steps", "seconds_step", "seconds_catalog", "seconds_knn",
           "peak_mem_mb", "motorec_op_fraction", "first_loss", "reference_loss")
 
 
@@ -47,7 +51,7 @@ def _build(ds, cfg, model: str, backend: str, device: torch.device, graphs=None)
     from motorec.models import build_model, unwrap
     torch.manual_seed(cfg.train.seed)
     m = build_model(ds, cfg.replace(model={"name": model}).settings(), wrappers=cfg.wrappers, backend=backend,
-                    device=str(device))
+                    device=str(device), propagation=cfg.train.propagation)
     if graphs is not None and hasattr(unwrap(m), "item_item"):
         unwrap(m).item_item.graphs = dict(graphs)
     return m
@@ -136,7 +140,8 @@ def run_row(ds, cfg, name: str, model: str, backend: str, precision: str, device
     knn = float(log.get("seconds_knn", 0.0))  # 0 here: the graphs were given
     row = {"device": device_name(device), "torch": torch.__version__, "git_sha": git_sha(), "items": ds.num_items,
            "users": ds.num_users, "interactions": int(ds.train.shape[0]), "row": name, "model": model,
-           "backend": backend, "precision": precision, "steps": len(batches), "batch_size": cfg.train.batch_size,
+           "backend": backend, "precision": precision, "propagation": cfg.train.propagation,
+           "steps": len(batches), "batch_size": cfg.train.batch_size,
            "seconds_epoch": (t1 - t0 - knn) + (t3 - t2), "seconds_steps": t3 - t2,
            "seconds_step": (t3 - t2) / max(len(batches), 1), "seconds_catalog": t1 - t0 - knn, "seconds_knn": knn_seconds if model == "motorec" else 0.0,
            "peak_mem_mb": peak_memory_mb(device), "motorec_op_fraction": frac, "first_loss": first,
@@ -176,7 +181,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             w.writeheader()
-        for name, model, backend, precision in want:
+        for name, model, backend, precision, propagation in want:
+            rcfg = cfg if propagation is None else cfg.replace(train={"propagation": propagation})
+            prop = rcfg.train.propagation
             if model == "motorec" and graphs is None:
                 # the first MoToRec model builds the kNN graphs; every other one reuses them
                 from motorec.models import unwrap
@@ -185,9 +192,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 m.on_epoch_start(1)
                 graphs, knn_seconds = dict(m.item_item.graphs), float(m.epoch_log()["seconds_knn"])
                 del m
-            if model not in references:
-                references[model] = reference_loss(ds, cfg, model, device, graphs)
-            row = run_row(ds, cfg, name, model, backend, precision, device, graphs, references[model], knn_seconds)
+            if (model, prop) not in references:  # (a history step draws its samples otherwise: its own reference)
+                references[model, prop] = reference_loss(ds, rcfg, model, device, graphs)
+            row = run_row(ds, rcfg, name, model, backend, precision, device, graphs, references[model, prop],
+                          knn_seconds)
             w.writerow(row)
             f.flush()
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

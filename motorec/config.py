@@ -165,6 +165,7 @@ class WrapperConfig:
 
 # train.precision: the dtype the training steps' forward runs its matmuls in (torch.autocast)
 PRECISIONS = ("fp32", "bf16")
+PROPAGATIONS = ("full", "history")
 
 
 @dataclass
@@ -198,6 +199,10 @@ class TrainConfig:
     # "bf16": the training steps' forward under torch.autocast(bfloat16) (matmuls in bfloat16, the parameters,
     # gradients, optimizer and every ranking in float32; the quantizer's distances stay float32); "fp32": none
     precision: str = "fp32"
+    # how a training step propagates over the graphs: "full" (the whole graph every step) or "history" (the
+    # batch's neighbourhoods, the rest from historical embeddings refreshed once per epoch: a step costs the
+    # batch, not the catalog; lightgcn, lightgcn_content and motorec take it, docs/MODEL.md "History steps")
+    propagation: str = "full"
 
     def validate(self) -> None:
         for k in ("epochs", "pretrain_epochs", "patience", "seed", "eval_users"):
@@ -215,6 +220,8 @@ class TrainConfig:
             raise ConfigError(f"train.device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.propagation not in PROPAGATIONS:
+            raise ConfigError(f"train.propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
 
 
 @dataclass

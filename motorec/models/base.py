@@ -12,12 +12,12 @@ plus the float ``epoch`` (for schedules such as the rarity ramp).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from motorec.config import ModelConfig
+from motorec.config import PROPAGATIONS, ConfigError, ModelConfig
 from motorec.graph import Graph
 from motorec.models.cold import ColdScorer
 from motorec.models.losses import sq_sum
@@ -68,9 +68,12 @@ class Recommender(nn.Module):
     has_tokenizer = False
     # cold-score calibration strength while model.cold_calibration is null (ColdScorer)
     default_cold_calibration = 0.0
+    # whether the model trains with train.propagation: history (read from the class itself, never inherited: a
+    # subclass that changes the loss declares it anew)
+    history_propagation = False
 
     def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
-                 config: ModelConfig, backend: str = "auto") -> None:
+                 config: ModelConfig, backend: str = "auto", propagation: str = "full") -> None:
         super().__init__()
         if train.dim() != 2 or train.shape[1] != 2:
             raise ValueError(f"train must be an [E, 2] tensor of (user, item) pairs, got {tuple(train.shape)}")
@@ -78,6 +81,15 @@ class Recommender(nn.Module):
         self.num_items = int(num_items)
         self.config = config
         self.backend = backend
+        if propagation not in PROPAGATIONS:
+            raise ConfigError(f"train.propagation must be one of {', '.join(PROPAGATIONS)}, got {propagation!r}")
+        if propagation != "full" and not type(self).__dict__.get("history_propagation", False):
+            from motorec.models import MODELS
+
+            supported = sorted(n for n, (cls, _) in MODELS.items() if cls.__dict__.get("history_propagation", False))
+            raise ConfigError(f"train.propagation: {propagation!r} is not supported by model {config.name!r} "
+                              f"(supported: {', '.join(supported)}); use 'full'")
+        self.propagation = propagation
         train = train.long()
         self.register_buffer("train_pairs", train, persistent=False)
         deg = item_degrees(train, self.num_items)
@@ -148,6 +160,17 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before each training epoch (schedules, graph rebuilds)."""
         self.epoch = float(epoch)
+
+    def sparse_parameters(self) -> List[nn.Parameter]:
+        """The parameters this model's training steps give sparse (row) gradients, for a row-sparse optimizer
+        (:func:`motorec.train.make_optimizer`): the ID tables of a history step; none by default."""
+        return []
+
+    @property
+    def history_steps(self) -> bool:
+        """Whether a training step propagates over the batch's neighbourhoods with historical embeddings
+        (``train.propagation: history``, in training mode)."""
+        return self.training and self.propagation == "history"
 
     def train(self, mode: bool = True):
         self.drop_caches()

@@ -8,7 +8,7 @@ graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from motorec.config import ConfigError, ModelConfig
 from motorec.models.base import Recommender, loss_part
 from motorec.models.features import FeatureEncoder, ItemFeatures
 from motorec.models.losses import bpr_loss
-from motorec.nn.lightgcn import LightGCN
+from motorec.nn.lightgcn import LightGCN, id_rows
 
 __all__ = ["LightGCNRec", "ContentRec", "LightGCNContentRec", "ContentConfig"]
 
@@ -42,6 +42,8 @@ class LightGCNRec(Recommender):
         embeddings() -> (users [U, dim], items [I, dim]).
     """
 
+    history_propagation = True  # train.propagation: history (Recommender.history_steps)
+
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         c = self.config
@@ -61,8 +63,47 @@ class LightGCNRec(Recommender):
     def item_layer0(self) -> Tensor:
         return self.item_emb
 
+    def item_extra(self, items: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The non-ID part of the items' layer 0 (rows ``items``, all items when ``None``): none here."""
+        return None
+
+    def id_mask(self) -> Optional[Tensor]:
+        """[I] bool, the items whose ID row is in their layer 0 (``None``: every item's)."""
+        return None
+
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         return self.lightgcn(self.graph, self.item_layer0())
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        if self.propagation == "history":
+            self.refresh_history()
+
+    @torch.no_grad()
+    def refresh_history(self) -> None:
+        """The history of ``train.propagation: history`` (:meth:`LightGCN.refresh_history`), from the
+        current weights; the trainer's epoch start calls it."""
+        self.lightgcn.refresh_history(self.graph, self.item_extra(), self.id_mask())
+
+    def history_embeddings(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+        """Final embeddings of the rows ``users`` [B] and ``items`` [B'] (repeats allowed) for a history step
+        (:meth:`LightGCN.forward_nodes`), each distinct node computed once.
+
+        Shapes:
+            -> (users [B, d], items [B', d]).
+        """
+        if not self.lightgcn.has_history:
+            self.refresh_history()
+        uu, uinv = torch.unique(users, return_inverse=True)
+        ii, iinv = torch.unique(items, return_inverse=True)
+        ue, ie = self.lightgcn.forward_nodes(self.graph, uu, ii, self.item_extra(ii), sparse_grad=True)
+        return ue.index_select(0, uinv), ie.index_select(0, iinv)
+
+    def sparse_parameters(self) -> List[nn.Parameter]:
+        """The ID tables under ``train.propagation: history`` (whose steps gather them sparsely)."""
+        if self.propagation == "history":
+            return [self.lightgcn.user_embedding.weight, self.lightgcn.item_embedding.weight]
+        return []
 
     def bpr_terms(self, batch: Dict[str, Tensor], users: Tensor, items: Tensor
                   ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor, Tensor]]:
@@ -81,8 +122,20 @@ class LightGCNRec(Recommender):
         reg = self.reg_loss(sel(self.user_emb, 0, u), sel(self.item_emb, 0, p), sel(self.item_emb, 0, n))
         return rank, reg, (ue, pe, ne)
 
+    def history_bpr_terms(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """:meth:`bpr_terms`' BPR and L2 for a history step: the batch's final rows from its neighbourhoods."""
+        u, p, n = batch["users"], batch["pos"], batch["neg"]
+        ue, ie = self.history_embeddings(u, torch.cat([p, n]))
+        pe, ne = ie.split([p.numel(), n.numel()])
+        rank = bpr_loss((ue * pe).sum(1), (ue * ne).sum(1))
+        return rank, self.reg_loss(id_rows(self.user_emb, u, True), id_rows(self.item_emb, p, True),
+                                   id_rows(self.item_emb, n, True))
+
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        rank, reg, _ = self.bpr_terms(batch, *self.embeddings())
+        if self.history_steps:
+            rank, reg = self.history_bpr_terms(batch)
+        else:
+            rank, reg, _ = self.bpr_terms(batch, *self.embeddings())
         total = rank + reg
         return total, {"bpr": loss_part(rank), "reg": loss_part(reg)}
 
@@ -95,6 +148,7 @@ class LightGCNContentRec(LightGCNRec):
     """
 
     uses_features = True
+    history_propagation = True
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
@@ -104,6 +158,15 @@ class LightGCNContentRec(LightGCNRec):
 
     def item_layer0(self) -> Tensor:
         return self.item_emb * self.warm_mask.unsqueeze(1) + self.encoder(self.item_features.as_dict())
+
+    def item_extra(self, items: Optional[Tensor] = None) -> Optional[Tensor]:
+        feats = self.item_features.as_dict()
+        if items is not None:
+            feats = {m: f.index_select(0, items) for m, f in feats.items()}
+        return self.encoder(feats)
+
+    def id_mask(self) -> Optional[Tensor]:
+        return self.warm_mask
 
 
 class ContentRec(Recommender):

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["bpr_loss", "info_nce", "contrastive_loss", "contrastive_items", "contrastive_rows_loss", "rarity_weights",
+__all__ = ["bpr_loss", "info_nce", "contrastive_loss", "contrastive_items", "batch_contrastive_items",
+           "contrastive_rows_loss", "rarity_weights",
            "aldi_distill_losses", "sq_sum", "row_sq_norms"]
 
 
@@ -130,6 +131,21 @@ def contrastive_items(num_items: int, pos: Tensor, max_items: int, dtype: torch.
     key = torch.rand(num_items, device=pos.device, dtype=dtype) + 2.0 * present
     top, items = torch.topk(key, min(max_items, num_items))
     return items, (top >= 2.0).to(dtype)
+
+
+def batch_contrastive_items(pos: Tensor, max_items: int, dtype: torch.dtype = torch.float32
+                            ) -> Tuple[Tensor, Tensor]:
+    """:func:`contrastive_items` without per-catalog work (for steps whose cost must not grow with the catalog):
+    a uniform random subset of at most ``max_items`` of the distinct positives, no padding (every ``valid`` is
+    1.0), at the price of a ``unique`` (a host read on a GPU).
+
+    Shapes:
+        pos: [B] int64 -> (items [C], valid [C]), C = min(max_items, distinct positives).
+    """
+    distinct = torch.unique(pos)
+    if distinct.numel() > max_items:
+        distinct = distinct.index_select(0, torch.randperm(distinct.numel(), device=pos.device)[:max_items])
+    return distinct, torch.ones(distinct.numel(), dtype=dtype, device=pos.device)
 
 
 def contrastive_rows_loss(collab_rows: Tensor, content_rows: Tensor, valid: Tensor, tau: float) -> Tensor:

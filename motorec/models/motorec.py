@@ -41,6 +41,7 @@ from motorec.models.base import Recommender, loss_part
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import ItemFeatures
 from motorec.models.losses import (
+    batch_contrastive_items,
     bpr_loss,
     contrastive_items,
     contrastive_rows_loss,
@@ -49,7 +50,7 @@ from motorec.models.losses import (
     sq_sum,
 )
 from motorec.models.tokenizer import MultimodalTokenizer
-from motorec.nn.lightgcn import LightGCN
+from motorec.nn.lightgcn import LightGCN, csr_rows, id_rows
 
 __all__ = ["MoToRec", "MoToRecConfig"]
 
@@ -148,6 +149,7 @@ class MoToRec(Recommender):
     uses_features = True
     has_tokenizer = True
     default_cold_calibration = 1.0  # the base class's self.cold calibrates cold scores in score()
+    history_propagation = True  # train.propagation: history (_forward_nodes)
 
     def __init__(self, *, features: Dict[str, Tensor], **kw) -> None:
         super().__init__(features=features, **kw)
@@ -167,6 +169,8 @@ class MoToRec(Recommender):
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
                           stacklevel=2)
         self._epoch_log: Dict[str, float] = {}
+        # history steps: every item's token-level view per modality, detached ({m: [num_items, dim]})
+        self._token_history: Optional[Dict[str, Tensor]] = None
 
     @property
     def item_emb(self) -> Tensor:
@@ -255,6 +259,58 @@ class MoToRec(Recommender):
         users, collab = self.lightgcn(self.graph, layer0)
         return users, collab, content, outs
 
+    def _forward_nodes(self, users: Tensor, items: Tensor):
+        """A history step's ``(users, collab, content, tokenizer outputs)`` on the distinct ``users`` [Bu] and
+        ``items`` [Bi] (``train.propagation: history``): every level computed for the batch's rows, their
+        neighbours read from the epoch's history (:meth:`refresh_history`).
+
+        The token level runs on ``items`` (:meth:`MultimodalTokenizer.rows_tokens`); each item-item view is
+        ``(h_i + sum_j A_ij H_j) / 2`` with the neighbours' token-level views ``H`` from the history; the
+        collaborative level is :meth:`LightGCN.forward_nodes` with ``h~`` as the items' non-ID layer 0. The
+        batch's fresh views are written back to the history.
+
+        Shapes:
+            -> (users [Bu, dim], collab [Bi, dim], content [Bi, dim], {m: RQVAEOutput}).
+        """
+        if self._token_history is None or not self.lightgcn.has_history:
+            self.refresh_history()
+        latents, codes, outs = self.tokenizer.rows_tokens(items)
+        h = self.token_level(latents, codes)
+        if self.config.item_item:
+            if not self.item_item.graphs:
+                self.rebuild_item_graphs()
+            hs = []
+            for m in self.tokenizer.modalities:
+                seg, col, val = csr_rows(self.item_item.graphs[m], items)
+                hist = self._token_history[m]
+                nb = h[m].new_zeros(h[m].shape).index_add_(
+                    0, seg, hist.index_select(0, col).to(h[m].dtype) * val.to(h[m].dtype).unsqueeze(1))
+                hs.append((h[m] + nb) / 2)
+                hist.index_copy_(0, items, h[m].detach().to(hist.dtype))
+        else:
+            hs = [h[m] for m in self.tokenizer.modalities]
+        content = self.fusion(hs)[0] if self.fusion is not None else sum(hs[1:], hs[0]) / len(hs)
+        users_b, collab = self.lightgcn.forward_nodes(self.graph, users, items, content, sparse_grad=True)
+        return users_b, collab, content, outs
+
+    def sparse_parameters(self) -> List[torch.nn.Parameter]:
+        """The ID tables under ``train.propagation: history`` (whose steps gather them sparsely)."""
+        if self.propagation == "history":
+            return [self.lightgcn.user_embedding.weight, self.lightgcn.item_embedding.weight]
+        return []
+
+    @torch.no_grad()
+    def refresh_history(self, latents: Optional[Dict[str, Tensor]] = None,
+                        codes: Optional[Dict[str, Optional[Tensor]]] = None) -> None:
+        """The history of ``train.propagation: history``, from the current weights: every item's
+        token-level views and content view, and LightGCN's (:meth:`LightGCN.refresh_history`); ``latents`` and
+        ``codes`` (:meth:`MultimodalTokenizer.encode_catalog`) when the caller has just computed them."""
+        if latents is None or codes is None:
+            latents, codes = self.tokenizer.encode_catalog()
+        h = self.token_level(latents, codes)
+        self._token_history = {m: v.detach().float() for m, v in h.items()}
+        self.lightgcn.refresh_history(self.graph, self._fuse(h).float(), self.warm_mask)
+
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
         """Final item embeddings: the readout, plus ``h~`` for cold items (a warm item's layer 0 already holds it).
 
@@ -312,17 +368,27 @@ class MoToRec(Recommender):
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         c = self.config
         u, p, n = batch["users"], batch["pos"], batch["neg"]
-        users, collab, content, outs = self._forward()
-        ue = users.index_select(0, u)
         pn, b, nb = torch.cat([p, n]), p.shape[0], n.shape[0]
-        rows = pn
-        if c.lambda_cl > 0 and b > 0:
-            cl_items, cl_valid = contrastive_items(collab.shape[0], p, c.cl_items, collab.dtype)
-            rows = torch.cat([pn, cl_items])
-        # One gather per [num_items, d] tensor for every term (each gather's backward is a dense [num_items, d]
-        # buffer). index_select, not [] indexing: its backward (index_add_) sums repeated rows in a fixed order,
-        # where [] indexing's adds them with atomics.
-        collab_rows, content_rows = collab.index_select(0, rows), content.index_select(0, rows)
+        rows, use_cl = pn, c.lambda_cl > 0 and b > 0
+        if self.history_steps:
+            if use_cl:  # (contrastive_items costs the catalog: a random key per item)
+                cl_items, cl_valid = batch_contrastive_items(p, c.cl_items, self.item_emb.dtype)
+                rows = torch.cat([pn, cl_items])
+            uu, uinv = torch.unique(u, return_inverse=True)
+            ii, iinv = torch.unique(rows, return_inverse=True)
+            users, collab, content, outs = self._forward_nodes(uu, ii)
+            ue, collab_rows, content_rows = (users.index_select(0, uinv), collab.index_select(0, iinv),
+                                             content.index_select(0, iinv))
+        else:
+            users, collab, content, outs = self._forward()
+            ue = users.index_select(0, u)
+            if use_cl:
+                cl_items, cl_valid = contrastive_items(collab.shape[0], p, c.cl_items, collab.dtype)
+                rows = torch.cat([pn, cl_items])
+            # One gather per [num_items, d] tensor for every term (each gather's backward is a dense
+            # [num_items, d] buffer). index_select, not [] indexing: its backward (index_add_) sums repeated rows
+            # in a fixed order, where [] indexing's adds them with atomics.
+            collab_rows, content_rows = collab.index_select(0, rows), content.index_select(0, rows)
         # the final item rows (_final_items on the batch's rows only): the readout, plus h~ for a cold item
         warm = self.warm_mask.index_select(0, pn)
         cold = (~warm).to(content.dtype).unsqueeze(1)
@@ -346,8 +412,9 @@ class MoToRec(Recommender):
         total = total + rq
         parts.update(rq=loss_part(rq), sparse=loss_part(rq_parts["sparse"]))
         # L2 of the users' and the warm items' ID rows (a cold item's row is never trained)
-        sq = row_sq_norms(self.lightgcn.item_embedding.weight.index_select(0, pn)) * warm
-        ue0 = self.lightgcn.user_embedding.weight.index_select(0, u)
+        sparse = self.history_steps  # the ID tables take sparse gradients in a history step (sparse_parameters)
+        sq = row_sq_norms(id_rows(self.lightgcn.item_embedding.weight, pn, sparse)) * warm
+        ue0 = id_rows(self.lightgcn.user_embedding.weight, u, sparse)
         reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         parts["reg"] = loss_part(reg)
         return total + reg, parts
@@ -367,8 +434,9 @@ class MoToRec(Recommender):
         c = self.config
         rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
         sampling = self.tokenizer.sampling()
+        history = self.propagation == "history"
         self._epoch_log = {"seconds_catalog": 0.0, "seconds_knn": 0.0}
-        if not (rebuild or sampling):
+        if not (rebuild or sampling or history):
             return
         t0 = _clock(self.device)
         latents, codes = self.tokenizer.encode_catalog()
@@ -380,6 +448,10 @@ class MoToRec(Recommender):
             t0 = _clock(self.device)
             self.rebuild_item_graphs(latents)
             self._epoch_log["seconds_knn"] = _clock(self.device) - t0
+        if history:
+            t0 = _clock(self.device)
+            self.refresh_history(latents, codes)
+            self._epoch_log["seconds_catalog"] += _clock(self.device) - t0
 
 
 def _clock(device: torch.device) -> float:

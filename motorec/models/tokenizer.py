@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from motorec.config import ModelConfig
-from motorec.models.content import SampledTokens
+from motorec.models.content import SampledTokens, token_sum
 from motorec.models.features import ItemFeatures
 from motorec.nn.rqvae import RQVAE, RQVAEOutput
 
@@ -145,13 +145,62 @@ class MultimodalTokenizer(nn.Module):
                                "of a discrete (not continuous) tokenizer")
         return self._sampled_parts(*self._draw_sample())
 
-    def _draw_sample(self) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def rows_tokens(self, rows: Tensor
+                    ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]], Dict[str, RQVAEOutput]]:
+        """The latents and tokens of the items ``rows`` only, for a step over the batch's neighbourhoods
+        (``train.propagation: history``): :meth:`catalog_tokens`' rows ``rows``, without any per-item work
+        on the rest of the catalog.
+
+        When :meth:`sampling`, the tokenizer runs on its uniform sample as in :meth:`sampled` (its outputs carry
+        the tokenizer losses; the cache takes its fresh tokens); a row in the sample gets its fresh latent, the
+        others the codewords of their cached tokens (detached; ``z_e`` from the cache when continuous).
+        Otherwise the tokenizer runs on ``rows``.
+
+        Shapes:
+            rows: [R] int64 distinct -> ({m: [R, latent]}, {m: [R, L] int64 or None}, {m: RQVAEOutput}).
+        """
+        cont = self.config.continuous
+        if not self.sampling():
+            outs = self(rows)
+            return self.latents(outs), {m: None if cont else outs[m].codes.long() for m in self.modalities}, outs
+        items, cache = self._draw_sample(catalog_free=True)
+        outs = self(items)
+        fresh = self.latents(outs)
+        ordered, order = items.sort()
+        at = torch.searchsorted(ordered, rows).clamp_(max=max(items.numel() - 1, 0))
+        hit = (ordered.index_select(0, at) == rows).unsqueeze(1)
+        src = order.index_select(0, at)
+        lat: Dict[str, Tensor] = {}
+        codes: Dict[str, Optional[Tensor]] = {}
+        for m in self.modalities:
+            if cont:
+                z = cache[m].index_select(0, rows).to(fresh[m].dtype)
+                cache[m].index_copy_(0, items, fresh[m].detach())
+                codes[m] = None
+            else:
+                cache[m].index_copy_(0, items, outs[m].codes.long())
+                codes[m] = cache[m].index_select(0, rows)
+                cb = self.rqvae[m].quantizer.codebooks.detach().to(fresh[m].dtype)
+                offset = torch.arange(cb.shape[0], device=rows.device) * cb.shape[1]
+                z = token_sum(cb.reshape(-1, cb.shape[2]), codes[m] + offset)
+            lat[m] = torch.where(hit, fresh[m].index_select(0, src), z)
+        return lat, codes, outs
+
+    def _draw_sample(self, catalog_free: bool = False) -> Tuple[Tensor, Dict[str, Tensor]]:
         """``(items, cache)`` for a sampled step: ``tokenizer_sample`` items drawn uniformly without repeats, and
-        the token cache (refreshed from the whole catalog when there is none)."""
+        the token cache (refreshed from the whole catalog when there is none). ``catalog_free``: the draw costs
+        the sample, not the catalog (rejection of repeats among uniform draws; the items come sorted)."""
         if self._cache is None:
             self._cache = self.refresh_cache()  # (encode_catalog's train/eval switch clears self._cache)
         dev = self.features[self.modalities[0]].device
-        return torch.randperm(self.features.num_items, device=dev)[: self.sample_size], self._cache
+        n, m = self.features.num_items, self.sample_size
+        if catalog_free and n >= 16 * m:
+            # with n >= 16 m, 2 m draws hold m distinct ones but with a vanishing probability (then draw again)
+            while True:
+                items = torch.unique(torch.randint(n, (2 * m,), device=dev))
+                if items.numel() >= m:
+                    return items[torch.randperm(items.numel(), device=dev)[:m]].sort().values, self._cache
+        return torch.randperm(n, device=dev)[:m], self._cache
 
     def _sampled_parts(self, items: Tensor, cache: Dict[str, Tensor]
                        ) -> Tuple[Dict[str, SampledTokens], Dict[str, RQVAEOutput]]:

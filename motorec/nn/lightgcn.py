@@ -3,7 +3,7 @@ and :func:`motorec.ops.propagate`."""
 from __future__ import annotations
 
 import weakref
-from typing import Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from motorec._dispatch import BACKENDS
 from motorec.graph import Graph
 from motorec.ops import propagate, spmm
 
-__all__ = ["LGConv", "LightGCN", "as_graph"]
+__all__ = ["LGConv", "LightGCN", "as_graph", "csr_rows", "id_rows"]
 
 try:  # optional: torch_sparse.SparseTensor inputs
     from torch_sparse import SparseTensor as _SparseTensor
@@ -147,6 +147,44 @@ class LGConv(nn.Module):
         return spmm(g, x, backend=self.backend)
 
 
+class _History(NamedTuple):
+    """What :meth:`LightGCN.forward_nodes` reads: ``layers`` ([U + I, d] per layer ``1..L-1``, no gradient), the
+    items' non-ID layer-0 part ``item_extra`` ([I, d] or None) and the mask of the ID rows in layer 0."""
+
+    layers: List[Tensor]
+    item_extra: Optional[Tensor]
+    item_mask: Optional[Tensor]
+
+
+def id_rows(table: Tensor, idx: Tensor, sparse_grad: bool = False) -> Tensor:
+    """``table[idx]`` (``index_select``), with a sparse COO gradient (``F.embedding(..., sparse=True)``, the rows
+    ``idx`` only) when ``sparse_grad``, for a row-sparse optimizer such as ``torch.optim.SparseAdam``.
+
+    Shapes:
+        table: [R, d], idx: [B] int64 -> [B, d].
+    """
+    if sparse_grad:
+        return torch.nn.functional.embedding(idx, table, sparse=True)
+    return table.index_select(0, idx)
+
+
+def csr_rows(graph: Graph, nodes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The nonzeros of rows ``nodes`` of ``graph``: ``(seg, col, val)``, nonzero ``e`` lying in row
+    ``nodes[seg[e]]`` and column ``col[e]``; row by row, in CSR order.
+
+    Shapes:
+        nodes: [S] int64 -> (seg [E'] int64, col [E'] int64, val [E']), E' the rows' nonzeros.
+    """
+    rowptr = graph.rowptr.long()
+    start = rowptr.index_select(0, nodes)
+    count = rowptr.index_select(0, nodes + 1) - start
+    seg = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
+    # nonzero e of row s: start[s] + (e - first[s]), first[s] the position of row s's first nonzero here
+    shift = (start - (count.cumsum(0) - count)).index_select(0, seg)
+    eid = torch.arange(seg.numel(), device=nodes.device) + shift
+    return seg, graph.col.index_select(0, eid).long(), graph.val.index_select(0, eid)
+
+
 class LightGCN(nn.Module):
     r"""LightGCN (He et al., 2020): user and item ID embeddings smoothed over the normalized user-item graph,
     read out as the mean over layers 0..L (:func:`motorec.ops.propagate`, fused where a kernel exists).
@@ -197,6 +235,11 @@ class LightGCN(nn.Module):
         self.user_embedding = nn.Embedding.from_pretrained(init[0], freeze=False)
         self.item_embedding = nn.Embedding.from_pretrained(init[1], freeze=False)
         self._cache = _GraphCache()
+        self._history: Optional[_History] = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._history = None  # it would stay on the old device
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"num_users={self.num_users}, num_items={self.num_items}, embedding_dim={self.embedding_dim}, "
@@ -229,6 +272,114 @@ class LightGCN(nn.Module):
         # them; split's backward is one cat of the two gradients (the same values, half the memory traffic)
         users, items = out.split([self.num_users, self.num_items])
         return users, items
+
+    # ------------------------------------------------------------------ mini-batch steps with history
+    @torch.no_grad()
+    def refresh_history(self, graph: GraphLike, item_extra: Optional[Tensor] = None,
+                        item_mask: Optional[Tensor] = None) -> None:
+        """Compute the history :meth:`forward_nodes` reads: layers ``1 .. L-1`` of every node from one full
+        propagation without gradient, and the items' non-ID layer-0 part ``item_extra``.
+
+        The items' layer 0 is ``item table * item_mask + item_extra`` (``item_mask``: e.g. the warm items, so
+        that a cold item's untrained ID row is left out; ``None``: every row), the users' their table. Call it
+        once per epoch (a catalog pass: one sparse product per layer over the whole graph).
+
+        Shapes:
+            item_extra: [I, d] or None; item_mask: [I] bool or None.
+        """
+        g = self._graph(graph)
+        items = self.item_embedding.weight
+        if item_mask is not None:
+            if item_mask.shape != (self.num_items,) or item_mask.dtype != torch.bool:
+                raise ValueError(f"item_mask must be a [num_items={self.num_items}] bool tensor, "
+                                 f"got {item_mask.dtype} of shape {tuple(item_mask.shape)}")
+            items = items * item_mask.unsqueeze(1)
+        if item_extra is not None:
+            if item_extra.shape != items.shape:
+                raise ValueError(f"item_extra must be [num_items={self.num_items}, embedding_dim="
+                                 f"{self.embedding_dim}], got {tuple(item_extra.shape)}")
+            item_extra = item_extra.detach().float().clone()
+            items = items + item_extra
+        h = torch.cat([self.user_embedding.weight, items]).detach()
+        layers = []
+        for _ in range(1, self.num_layers):
+            h = spmm(g, h, backend=self.backend)
+            layers.append(h)
+        self._history = _History(layers, item_extra, item_mask)
+
+    @property
+    def has_history(self) -> bool:
+        """Whether :meth:`refresh_history` has run since the last device move or :meth:`drop_history`."""
+        return self._history is not None
+
+    def drop_history(self) -> None:
+        """Forget the history (a later :meth:`forward_nodes` raises until :meth:`refresh_history`)."""
+        self._history = None
+
+    def forward_nodes(self, graph: GraphLike, users: Tensor, items: Tensor,
+                      item_extra: Optional[Tensor] = None, *, sparse_grad: bool = False) -> Tuple[Tensor, Tensor]:
+        r"""Final embeddings of a mini-batch's nodes, computed from their neighbourhoods only (historical
+        embeddings, as GNNAutoScale, Fey et al. 2021): a step's cost grows with the batch and its nodes'
+        degrees, not with the graph.
+
+        For a node ``v`` of the batch, with ``L`` layers: layer 0 is exact (its table row, plus ``item_extra``
+        for an item); layer 1 is ``sum_w A_vw x0_w`` over its neighbours, whose layer 0 is their table row (with
+        gradient) plus, for items, the history's non-ID part (no gradient); layers ``l >= 2`` are
+        ``sum_w A_vw H^{l-1}_w`` over the history (no gradient). The readout is the mean over layers ``0..L``.
+        The batch's own layers ``1..L-1`` and ``item_extra`` are written to the history afterwards. With a
+        history fresh from :meth:`refresh_history` and unchanged weights this equals :meth:`forward` on those
+        rows; as the weights move within an epoch, the history lags by at most an epoch.
+
+        Args:
+            users: [Bu] distinct user ids; items: [Bi] distinct item ids.
+            item_extra: [Bi, d] the items' non-ID layer-0 part (e.g. content), with gradient; ``None`` when the
+                history was refreshed without one.
+            sparse_grad: gather the ID tables' rows with sparse gradients (:func:`id_rows`), for a row-sparse
+                optimizer: no [U + I, d] gradient per step.
+
+        Shapes:
+            -> (users [Bu, d], items [Bi, d]).
+        """
+        hist = self._history
+        if hist is None:
+            raise RuntimeError("forward_nodes() reads the history: call refresh_history() first (each epoch)")
+        if (item_extra is None) != (hist.item_extra is None):
+            raise ValueError("item_extra must be given exactly when refresh_history() was given one")
+        g = self._graph(graph)
+        uw, iw = self.user_embedding.weight, self.item_embedding.weight
+        x_items = id_rows(iw, items, sparse_grad)
+        if hist.item_mask is not None:
+            x_items = x_items * hist.item_mask.index_select(0, items).unsqueeze(1)
+        if item_extra is not None:
+            x_items = x_items + item_extra
+        x0 = torch.cat([id_rows(uw, users, sparse_grad), x_items])
+        if self.num_layers == 0:
+            return x0.split([users.numel(), items.numel()])
+        nodes = torch.cat([users, items + self.num_users])
+        seg, col, val = csr_rows(g, nodes)
+        # the neighbours' layer 0, one row per distinct neighbour (sorted: users, then items)
+        nb, inv = torch.unique(col, return_inverse=True)
+        nu = int(torch.searchsorted(nb, self.num_users))
+        nbi = nb[nu:] - self.num_users
+        xi = id_rows(iw, nbi, sparse_grad)
+        if hist.item_mask is not None:
+            xi = xi * hist.item_mask.index_select(0, nbi).unsqueeze(1)
+        if hist.item_extra is not None:
+            xi = xi + hist.item_extra.index_select(0, nbi)
+        xn = torch.cat([id_rows(uw, nb[:nu], sparse_grad), xi])
+        w = val.to(x0.dtype).unsqueeze(1)
+        layer = x0.new_zeros(x0.shape).index_add(0, seg, xn.index_select(0, inv) * w)
+        total, pushed = x0 + layer, [layer]
+        for h in hist.layers:
+            layer = x0.new_zeros(x0.shape).index_add_(0, seg, h.index_select(0, col) * w)
+            total = total + layer
+            pushed.append(layer)
+        for h, new in zip(hist.layers, pushed):  # the batch's layers 1..L-1 (the last one is never read)
+            h.index_copy_(0, nodes, new.detach().to(h.dtype))
+        if item_extra is not None:
+            hist.item_extra.index_copy_(0, items, item_extra.detach().to(hist.item_extra.dtype))
+        out = total / (self.num_layers + 1)
+        return out.split([users.numel(), items.numel()])
 
     @torch.no_grad()
     def recommend(self, graph: GraphLike, users: Tensor, k: int,

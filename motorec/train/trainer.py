@@ -11,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import random
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from motorec.config import Config
+from motorec.config import Config, ConfigError
 from motorec.eval.metrics import mean_of_means_se, mean_se, sample_users
 from motorec.models import Recommender, build_model
 from motorec.train import distributed as _dist
@@ -89,14 +90,105 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0):
     """Adam over ``model``'s parameters, as one fused kernel (``fused=True``) where torch has it for every
     parameter's device and dtype (CPU and CUDA floating point): the same update rule as the per-parameter loop,
     about a fifth of its time on a CPU for MoToRec's ~30 small parameter tensors (the loop is ~260 ops a step,
-    the fused form a few). Elsewhere (or for non-float parameters) the default implementation."""
-    params = [p for p in model.parameters()]
+    the fused form a few). Elsewhere (or for non-float parameters) the default implementation.
+
+    The parameters a model trains with sparse row gradients (:meth:`Recommender.sparse_parameters`: the ID
+    tables under ``train.propagation: history``) go to :class:`RowSparseAdam` instead (torch's SparseAdam,
+    lazy Adam: a row's moments and value move only in the steps whose batch reaches it), in a
+    :class:`SparseDenseAdam`:
+    a step then costs the batch's rows, not the tables'."""
+    sparse = {id(p): p for m in model.modules() if isinstance(m, Recommender) for p in m.sparse_parameters()}
+    params = [p for p in model.parameters() if id(p) not in sparse]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if not sparse:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if weight_decay:
+        raise ConfigError(f"train.weight_decay must be 0 with train.propagation: history (its ID tables train "
+                          f"with SparseAdam, which has no weight decay; model.lambda_reg is the L2), got {weight_decay}")
+    dense = torch.optim.Adam(params, lr=lr, fused=fused or None) if params else None
+    return SparseDenseAdam(dense, RowSparseAdam(list(sparse.values()), lr=lr))
+
+
+class RowSparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` (lazy Adam: the moments and values of the rows in a step's sparse gradient
+    move, the others stay) with the same update and state, computed with one sort per parameter (the gradient's
+    coalesce) and row gathers/scatters on its rows: torch's goes through ``sparse_mask`` and sparse additions,
+    several sorts of the gradient's rows per step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, sign = float(group["lr"]), group["eps"], -1.0 if group.get("maximize", False) else 1.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("RowSparseAdam takes sparse gradients only (a dense one reached a parameter "
+                                       "of Recommender.sparse_parameters())")
+                grad = p.grad.coalesce()
+                rows, g = grad.indices()[0], grad.values()
+                if g.shape[0] == 0:
+                    continue
+                g = g.reshape(g.shape[0], -1) * sign
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                m_all, v_all = state["exp_avg"].view(p.shape[0], -1), state["exp_avg_sq"].view(p.shape[0], -1)
+                m = m_all.index_select(0, rows).lerp_(g, 1 - beta1)
+                v = v_all.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                m_all.index_copy_(0, rows, m)
+                v_all.index_copy_(0, rows, v)
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                p.view(p.shape[0], -1).index_add_(0, rows, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
+        return loss
+
+
+class SparseDenseAdam:
+    """Two optimizers stepped as one: ``dense`` (Adam; ``None`` when every parameter is sparse) and ``sparse``
+    (:class:`RowSparseAdam`, for the parameters with sparse gradients); what the trainer calls of an optimizer
+    (``zero_grad``, ``step``, ``state_dict``, ``load_state_dict``, ``param_groups``)."""
+
+    def __init__(self, dense: Optional[torch.optim.Optimizer], sparse: torch.optim.Optimizer) -> None:
+        self.dense, self.sparse = dense, sparse
+        self._parts = [o for o in (dense, sparse) if o is not None]
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:
+        return [g for o in self._parts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self._parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self._parts:
+            o.step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"dense": None if self.dense is None else self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if set(state) != {"dense", "sparse"}:
+            raise ValueError("the optimizer state is not a SparseDenseAdam's (the checkpoint was written with another "
+                             "train.propagation)")
+        if (state["dense"] is None) != (self.dense is None):
+            raise ValueError("the optimizer state does not match this model's dense parameters")
+        if self.dense is not None:
+            self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
 
 
 def seed_everything(seed: int) -> None:
@@ -217,7 +309,8 @@ class Trainer:
         ds = self.dataset.to(self.device)
         self.dataset = ds
         fingerprint = ds.fingerprint()
-        model = build_model(ds, cfg.settings(), wrappers=cfg.wrappers, backend=tc.backend, device=str(self.device))
+        model = build_model(ds, cfg.settings(), wrappers=cfg.wrappers, backend=tc.backend, device=str(self.device),
+                            propagation=tc.propagation)
         self.model = model
         opt = make_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
         self._step = _dist.make_step(model, self.dist)  # model.<loss>(batch), or this rank's shard under DDP

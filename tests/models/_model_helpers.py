@@ -39,9 +39,9 @@ def small_config(name: str, **over):
     return model_config(name, **{**SMALL[name], **over})
 
 
-def make_model(ds, name: str = "motorec", seed: int = 0, wrappers=None, **over):
+def make_model(ds, name: str = "motorec", seed: int = 0, wrappers=None, propagation: str = "full", **over):
     torch.manual_seed(seed)
-    return build_model(ds, small_config(name, **over), wrappers=wrappers)
+    return build_model(ds, small_config(name, **over), wrappers=wrappers, propagation=propagation)
 
 
 def make_batch(ds, seed: int = 0, size: int = 64):

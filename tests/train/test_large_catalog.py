@@ -148,6 +148,7 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
 
     cfg = Config.load(ROOT / "configs" / "large.yaml")
     assert cfg.train.eval_users == 10000 and cfg.settings("motorec").knn_rebuild_every > 5
+    assert cfg.train.propagation == "history"
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-m", "motorec", "train", "--config", str(ROOT / "configs" / "large.yaml"),
                         "--data", "synthetic:users=60,items=200,interactions=900", "--epochs", "1",
@@ -218,15 +219,21 @@ def test_gpu_epoch_rows_on_cpu_and_a_wrong_row_is_not_timed(tmp_path, monkeypatc
     each checked against the torch reference first; a row whose first loss disagrees is refused, not written."""
     import benchmarks.gpu_epoch as ge
 
-    args = ["--device", "cpu", "--items", "400", "--tiny", "--rows", "motorec auto,motorec auto bf16,lightgcn auto"]
+    args = ["--device", "cpu", "--items", "400", "--tiny", "--rows",
+            "motorec auto,motorec auto bf16,lightgcn auto,motorec auto full,lightgcn auto full"]
     assert ge.main(args + ["--out", str(tmp_path / "ok")]) == 0
     with (tmp_path / "ok" / "gpu_epoch.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["row"] for r in rows] == ["motorec auto", "motorec auto bf16", "lightgcn auto"]
+    assert [(r["row"], r["propagation"]) for r in rows] == [
+        ("motorec auto", "history"), ("motorec auto bf16", "history"), ("lightgcn auto", "history"),
+        ("motorec auto full", "full"), ("lightgcn auto full", "full")]
     for r in rows:
-        assert int(r["steps"]) >= 1 and float(r["seconds_steps"]) > 0 and 0 < float(r["motorec_op_fraction"]) <= 1
+        assert int(r["steps"]) >= 1 and float(r["seconds_steps"]) > 0 and 0 <= float(r["motorec_op_fraction"]) <= 1
         assert abs(float(r["first_loss"]) - float(r["reference_loss"])) <= ge.BF16_TOL * max(1, float(r["reference_loss"]))
+        # a step runs motorec's ops unless it is a history step of LightGCN (no tokenizer, no propagation kernel)
+        assert (float(r["motorec_op_fraction"]) > 0) == (r["row"] != "lightgcn auto")
     assert float(rows[0]["seconds_knn"]) > 0 and float(rows[2]["seconds_knn"]) == 0
+    assert rows[3]["reference_loss"] != rows[0]["reference_loss"]  # each propagation has its own reference
     real = ge.reference_loss
     monkeypatch.setattr(ge, "reference_loss", lambda *a, **k: real(*a, **k) + 1.0)
     with pytest.raises(RuntimeError, match="not timed"):

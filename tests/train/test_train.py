@@ -123,14 +123,19 @@ def _assert_close(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("name", ["motorec", "lightgcn"])
-def test_resume_equals_uninterrupted(ds, tmp_path, name):
-    full = Trainer(_cfg(name, epochs=4), ds, checkpoint_dir=tmp_path / "a", quiet=True)
+@pytest.mark.parametrize("name,propagation", [("motorec", "full"), ("lightgcn", "full"), ("motorec", "history"),
+                                              ("lightgcn", "history")])
+def test_resume_equals_uninterrupted(ds, tmp_path, name, propagation):
+    # history: the epoch start refreshes the history from the weights, so a resumed run has the same one
+    def cfg(epochs):
+        return _cfg(name, epochs=epochs).replace(train={"propagation": propagation})
+
+    full = Trainer(cfg(4), ds, checkpoint_dir=tmp_path / "a", quiet=True)
     ra = full.fit()
-    part = Trainer(_cfg(name, epochs=2), ds, checkpoint_dir=tmp_path / "b", quiet=True)
+    part = Trainer(cfg(2), ds, checkpoint_dir=tmp_path / "b", quiet=True)
     part.fit()
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == (2 if name == "lightgcn" else 4)
-    resumed = Trainer(_cfg(name, epochs=4), ds, checkpoint_dir=tmp_path / "b", quiet=True)
+    resumed = Trainer(cfg(4), ds, checkpoint_dir=tmp_path / "b", quiet=True)
     rb = resumed.fit(resume=True)
     assert rb["epochs_run"] == ra["epochs_run"] and rb["best_epoch"] == ra["best_epoch"]
     for split in ("valid", "test"):

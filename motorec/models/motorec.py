@@ -250,6 +250,12 @@ class MoToRec(Recommender):
             mean = self.fusion is None
             scale = 1.0 / len(parts) if mean else 1.0
             content = self._fuse(self.token_level.forward_sampled(parts, scale), prescaled=mean)
+        elif not (self.training or torch.is_grad_enabled()):
+            # scoring: the catalog's tokens without the decoder and the tokenizer losses, a chunk at a time (the
+            # same latents and codes; the full forward's decoder outputs were the peak memory at 1M items)
+            latents, codes = self.tokenizer.encode_catalog()
+            outs = {}
+            content = self.content_view(latents, codes)
         else:
             latents, codes, outs = self.tokenizer.catalog_tokens()
             content = self.content_view(latents, codes)

@@ -485,3 +485,20 @@ def test_model_stats_report_codebook_usage_per_modality_and_level(ds, monkeypatc
     monkeypatch.undo()
     real = make_model(ds, "motorec").model_stats()
     assert real and all(1.0 <= v <= 16.0 for k, v in real.items() if k.startswith("perplexity_"))
+
+
+def test_scoring_embeddings_skip_the_decoder_with_the_same_values(ds):
+    """In eval mode without gradients, the catalog's tokens come from encode_catalog (no decoder, no tokenizer
+    losses): the same embeddings as the full tokenizer forward."""
+    m = make_model(ds, "motorec")
+    m.eval()
+    with torch.enable_grad():
+        users, items = m.embeddings()
+    calls = []
+    real = m.tokenizer.catalog_tokens
+    m.tokenizer.catalog_tokens = lambda: calls.append(1) or real()
+    with torch.no_grad():
+        u2, i2 = m.embeddings()
+    assert not calls
+    torch.testing.assert_close(u2, users.detach())
+    torch.testing.assert_close(i2, items.detach())

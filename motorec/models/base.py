@@ -174,7 +174,13 @@ class Recommender(nn.Module):
 
     def train(self, mode: bool = True):
         self.drop_caches()
+        if not mode:
+            self.drop_history()
         return super().train(mode)
+
+    def drop_history(self) -> None:
+        """Forget the tables of ``train.propagation: history`` (called on ``eval()``: scoring never reads them,
+        and each training epoch's start refreshes them); a model with such tables extends it."""
 
     def drop_caches(self) -> None:
         """Forget what was computed from the current weights, device or mode (called on ``train()``/``eval()``,

@@ -105,6 +105,9 @@ class LightGCNRec(Recommender):
             return [self.lightgcn.user_embedding.weight, self.lightgcn.item_embedding.weight]
         return []
 
+    def drop_history(self) -> None:
+        self.lightgcn.drop_history()
+
     def bpr_terms(self, batch: Dict[str, Tensor], users: Tensor, items: Tensor
                   ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor, Tensor]]:
         """LightGCN's loss terms on ``batch``: BPR of the final embeddings ``users`` / ``items`` and the L2

@@ -299,6 +299,10 @@ class MoToRec(Recommender):
         users_b, collab = self.lightgcn.forward_nodes(self.graph, users, items, content, sparse_grad=True)
         return users_b, collab, content, outs
 
+    def drop_history(self) -> None:
+        self._token_history = None
+        self.lightgcn.drop_history()
+
     def sparse_parameters(self) -> List[torch.nn.Parameter]:
         """The ID tables under ``train.propagation: history`` (whose steps gather them sparsely)."""
         if self.propagation == "history":

@@ -274,3 +274,18 @@ def test_decoupled_warm_scorer_takes_the_propagation(ds):
     assert w.warm_model.propagation == "history"
     assert {id(p) for p in w.warm_model.sparse_parameters()} == {
         id(w.warm_model.lightgcn.user_embedding.weight), id(w.warm_model.lightgcn.item_embedding.weight)}
+
+
+@pytest.mark.parametrize("name", HISTORY_MODELS)
+def test_eval_mode_frees_the_history(ds, name):
+    """Scoring never reads the history: eval() frees it (about [U + I, d] plus a table per modality at catalog
+    scale), and the next training step (or epoch start) computes it again."""
+    m = make_model(ds, name, propagation="history")
+    m.train()
+    m.on_epoch_start(1)
+    assert m.lightgcn.has_history
+    m.eval()
+    assert not m.lightgcn.has_history and getattr(m, "_token_history", None) is None
+    m.train()
+    loss, _ = m.loss(make_batch(ds))
+    assert torch.isfinite(loss) and m.lightgcn.has_history

@@ -28,20 +28,16 @@ warm scorer) is not part of the model: any model takes it through :func:`motorec
 """
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from motorec.config import ConfigError, ModelConfig
 from motorec.models.base import Recommender, loss_part
 from motorec.models.content import ItemItemEncoder, SourceAttention, TokenEncoder
 from motorec.models.features import ItemFeatures
 from motorec.models.losses import (
-    batch_contrastive_items,
     bpr_loss,
     contrastive_items,
     contrastive_rows_loss,
@@ -49,90 +45,15 @@ from motorec.models.losses import (
     row_sq_norms,
     sq_sum,
 )
+from motorec.models.motorec_config import MoToRecConfig
+from motorec.models.motorec_steps import MoToRecSteps
 from motorec.models.tokenizer import MultimodalTokenizer
-from motorec.nn.lightgcn import LightGCN, csr_rows, id_rows
+from motorec.nn.lightgcn import LightGCN, id_rows
 
 __all__ = ["MoToRec", "MoToRecConfig"]
 
 
-@dataclass
-class MoToRecConfig(ModelConfig):
-    """MoToRec's own hyper-parameters (config section ``motorec:``); the shared ``model:`` keys are inherited.
-
-    Ablation switches (PAPER.md): ``sparse_weight: 0``, ``rarity: false``, ``item_item: false``,
-    ``continuous: true``.
-    """
-
-    # tokenizer (PAPER.md section 1)
-    latent_dim: int = 64
-    hidden_dims: Tuple[int, ...] = (256,)
-    num_levels: int = 3
-    codebook_size: int = 256
-    commitment: float = 0.25
-    sparse_weight: float = 1e-3
-    sparse_temperature: float = 1.0
-    continuous: bool = False
-    ema: bool = False
-    kmeans_init: bool = True
-    token_embeddings: bool = True
-    lambda_rq: float = 1.0
-    # items whose tokenizer losses and fresh tokens a joint step computes (0: the whole catalog every step)
-    tokenizer_sample: int = 64
-    # rarity amplification (section 2)
-    rarity: bool = True
-    rarity_clip: Tuple[float, float] = (0.5, 5.0)
-    rarity_warmup_epochs: int = 5
-    # which BPR terms the rarity weights scale: "content" (the content-only term) or "all" (both, as the paper)
-    rarity_terms: str = "content"
-    # graph encoder (section 3)
-    item_item: bool = True
-    # how the modality views are fused: "mean" (no parameters) or "attention" (the paper's)
-    fusion: str = "mean"
-    knn_k: int = 10
-    knn_rebuild_every: int = 5
-    # objectives (section 4)
-    lambda_cl: float = 0.05
-    tau: float = 0.2
-    # the contrastive term uses at most this many of the batch's distinct positive items
-    cl_items: int = 256
-    # weight of the BPR term on the content-only (cold) embeddings of the batch's items
-    lambda_cold: float = 1.0
-
-    def check(self) -> None:
-        for k in ("latent_dim", "num_levels", "codebook_size", "knn_k", "knn_rebuild_every", "cl_items"):
-            _check(isinstance(getattr(self, k), int) and not isinstance(getattr(self, k), bool)
-                   and getattr(self, k) > 0, self, k, "an integer > 0")
-        for k in ("rarity_warmup_epochs", "tokenizer_sample"):
-            _check(isinstance(getattr(self, k), int) and not isinstance(getattr(self, k), bool)
-                   and getattr(self, k) >= 0, self, k, "an integer >= 0")
-        for k in ("commitment", "sparse_weight", "lambda_cl", "lambda_rq", "lambda_cold"):
-            _check(_number(getattr(self, k)) and 0 <= getattr(self, k) < float("inf"), self, k, "a finite number >= 0")
-        for k in ("tau", "sparse_temperature"):
-            _check(_number(getattr(self, k)) and getattr(self, k) > 0, self, k, "a number > 0")
-        clip = self.rarity_clip
-        _check(isinstance(clip, (tuple, list)) and len(clip) == 2 and all(_number(x) for x in clip)
-               and 0 < clip[0] <= 1.0 <= clip[1], self, "rarity_clip", "[min, max] with 0 < min <= 1 <= max")
-        self.rarity_clip = (float(clip[0]), float(clip[1]))
-        _check(self.rarity_terms in ("all", "content"), self, "rarity_terms", "'all' or 'content'")
-        _check(self.fusion in ("attention", "mean"), self, "fusion", "'attention' or 'mean'")
-        _check(isinstance(self.hidden_dims, (tuple, list)) and all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden_dims), self, "hidden_dims",
-            "a list of positive integers")
-        self.hidden_dims = tuple(self.hidden_dims)
-        for k in ("continuous", "ema", "kmeans_init", "token_embeddings", "rarity", "item_item"):
-            _check(isinstance(getattr(self, k), bool), self, k, "true or false")
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check(ok: bool, cfg: ModelConfig, key: str, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{cfg.name}.{key} must be {expected}, got {getattr(cfg, key)!r}")
-
-
-class MoToRec(Recommender):
+class MoToRec(MoToRecSteps, Recommender):
     """The MoToRec model; see the module docstring. Config: :class:`MoToRecConfig`.
 
     Parts, each a module found by name: ``tokenizer`` (:class:`~motorec.models.tokenizer.MultimodalTokenizer`),
@@ -169,8 +90,6 @@ class MoToRec(Recommender):
                           "lambda_cold term, and lambda_cold is 0 (set lambda_cold > 0 or rarity_terms='all')",
                           stacklevel=2)
         self._epoch_log: Dict[str, float] = {}
-        # history steps: every item's token-level view per modality, detached ({m: [num_items, dim]})
-        self._token_history: Optional[Dict[str, Tensor]] = None
 
     @property
     def item_emb(self) -> Tensor:
@@ -250,76 +169,17 @@ class MoToRec(Recommender):
             mean = self.fusion is None
             scale = 1.0 / len(parts) if mean else 1.0
             content = self._fuse(self.token_level.forward_sampled(parts, scale), prescaled=mean)
-        elif not (self.training or torch.is_grad_enabled()):
-            # scoring: the catalog's tokens without the decoder and the tokenizer losses, a chunk at a time (the
-            # same latents and codes; the full forward's decoder outputs were the peak memory at 1M items)
-            latents, codes = self.tokenizer.encode_catalog()
-            outs = {}
-            content = self.content_view(latents, codes)
         else:
-            latents, codes, outs = self.tokenizer.catalog_tokens()
+            # scoring (eval, no gradients): the same tokens without the decoder and the tokenizer losses, a chunk at
+            # a time (the full forward's decoder outputs were a 1M-item validation's peak memory)
+            scoring = not (self.training or torch.is_grad_enabled())
+            latents, codes, outs = (*self.tokenizer.encode_catalog(), {}) if scoring else self.tokenizer.catalog_tokens()
             content = self.content_view(latents, codes)
         emb = self.lightgcn.item_embedding.weight
         # layer 0 = h~ + ID (warm rows only) in one op; the 0/1 mask is exact
         layer0 = torch.addcmul(content, emb, self.warm_mask.to(emb.dtype).unsqueeze(1))
         users, collab = self.lightgcn(self.graph, layer0)
         return users, collab, content, outs
-
-    def _forward_nodes(self, users: Tensor, items: Tensor):
-        """A history step's ``(users, collab, content, tokenizer outputs)`` on the distinct ``users`` [Bu] and
-        ``items`` [Bi] (``train.propagation: history``): every level computed for the batch's rows, their
-        neighbours read from the epoch's history (:meth:`refresh_history`).
-
-        The token level runs on ``items`` (:meth:`MultimodalTokenizer.rows_tokens`); each item-item view is
-        ``(h_i + sum_j A_ij H_j) / 2`` with the neighbours' token-level views ``H`` from the history; the
-        collaborative level is :meth:`LightGCN.forward_nodes` with ``h~`` as the items' non-ID layer 0. The
-        batch's fresh views are written back to the history.
-
-        Shapes:
-            -> (users [Bu, dim], collab [Bi, dim], content [Bi, dim], {m: RQVAEOutput}).
-        """
-        if self._token_history is None or not self.lightgcn.has_history:
-            self.refresh_history()
-        latents, codes, outs = self.tokenizer.rows_tokens(items)
-        h = self.token_level(latents, codes)
-        if self.config.item_item:
-            if not self.item_item.graphs:
-                self.rebuild_item_graphs()
-            hs = []
-            for m in self.tokenizer.modalities:
-                seg, col, val = csr_rows(self.item_item.graphs[m], items)
-                hist = self._token_history[m]
-                nb = h[m].new_zeros(h[m].shape).index_add_(
-                    0, seg, hist.index_select(0, col).to(h[m].dtype) * val.to(h[m].dtype).unsqueeze(1))
-                hs.append((h[m] + nb) / 2)
-                hist.index_copy_(0, items, h[m].detach().to(hist.dtype))
-        else:
-            hs = [h[m] for m in self.tokenizer.modalities]
-        content = self.fusion(hs)[0] if self.fusion is not None else sum(hs[1:], hs[0]) / len(hs)
-        users_b, collab = self.lightgcn.forward_nodes(self.graph, users, items, content, sparse_grad=True)
-        return users_b, collab, content, outs
-
-    def drop_history(self) -> None:
-        self._token_history = None
-        self.lightgcn.drop_history()
-
-    def sparse_parameters(self) -> List[torch.nn.Parameter]:
-        """The ID tables under ``train.propagation: history`` (whose steps gather them sparsely)."""
-        if self.propagation == "history":
-            return [self.lightgcn.user_embedding.weight, self.lightgcn.item_embedding.weight]
-        return []
-
-    @torch.no_grad()
-    def refresh_history(self, latents: Optional[Dict[str, Tensor]] = None,
-                        codes: Optional[Dict[str, Optional[Tensor]]] = None) -> None:
-        """The history of ``train.propagation: history``, from the current weights: every item's
-        token-level views and content view, and LightGCN's (:meth:`LightGCN.refresh_history`); ``latents`` and
-        ``codes`` (:meth:`MultimodalTokenizer.encode_catalog`) when the caller has just computed them."""
-        if latents is None or codes is None:
-            latents, codes = self.tokenizer.encode_catalog()
-        h = self.token_level(latents, codes)
-        self._token_history = {m: v.detach().float() for m, v in h.items()}
-        self.lightgcn.refresh_history(self.graph, self._fuse(h).float(), self.warm_mask)
 
     def _final_items(self, collab: Tensor, content: Tensor) -> Tensor:
         """Final item embeddings: the readout, plus ``h~`` for cold items (a warm item's layer 0 already holds it).
@@ -381,14 +241,7 @@ class MoToRec(Recommender):
         pn, b, nb = torch.cat([p, n]), p.shape[0], n.shape[0]
         rows, use_cl = pn, c.lambda_cl > 0 and b > 0
         if self.history_steps:
-            if use_cl:  # (contrastive_items costs the catalog: a random key per item)
-                cl_items, cl_valid = batch_contrastive_items(p, c.cl_items, self.item_emb.dtype)
-                rows = torch.cat([pn, cl_items])
-            uu, uinv = torch.unique(u, return_inverse=True)
-            ii, iinv = torch.unique(rows, return_inverse=True)
-            users, collab, content, outs = self._forward_nodes(uu, ii)
-            ue, collab_rows, content_rows = (users.index_select(0, uinv), collab.index_select(0, iinv),
-                                             content.index_select(0, iinv))
+            ue, collab_rows, content_rows, outs, cl_valid = self._history_rows(u, p, pn, use_cl)
         else:
             users, collab, content, outs = self._forward()
             ue = users.index_select(0, u)
@@ -401,7 +254,7 @@ class MoToRec(Recommender):
             collab_rows, content_rows = collab.index_select(0, rows), content.index_select(0, rows)
         # the final item rows (_final_items on the batch's rows only): the readout, plus h~ for a cold item
         warm = self.warm_mask.index_select(0, pn)
-        cold = (~warm).to(content.dtype).unsqueeze(1)
+        cold = (~warm).to(content_rows.dtype).unsqueeze(1)
         ip, ineg = torch.addcmul(collab_rows[:b + nb], content_rows[:b + nb], cold).split([b, nb])
         w = rarity_weights(self.item_degree, p, ramp=self.rarity_ramp(), clip=c.rarity_clip)
         rank = bpr_loss((ue * ip).sum(1), (ue * ineg).sum(1), w if c.rarity_terms == "all" else None)
@@ -415,7 +268,7 @@ class MoToRec(Recommender):
             parts["bpr_cold"] = loss_part(aux)
         if c.lambda_cl > 0:
             cl = (contrastive_rows_loss(collab_rows[b + nb:], content_rows[b + nb:], cl_valid, c.tau) if b > 0
-                  else collab.sum() * 0.0)
+                  else collab_rows.sum() * 0.0)
             total = total + c.lambda_cl * cl
             parts["cl"] = loss_part(cl)
         rq, rq_parts = self.tokenizer.losses(outs)
@@ -428,44 +281,3 @@ class MoToRec(Recommender):
         reg = c.lambda_reg * (sq_sum(ue0) + sq.sum()) / max(b, 1)
         parts["reg"] = loss_part(reg)
         return total + reg, parts
-
-    def epoch_log(self) -> Dict[str, float]:
-        """``churn_<modality>``: the fraction of items whose tokens changed (any level) since the previous
-        epoch's catalog pass, and ``churn_<modality>_level0``, whose first-level token did
-        (:meth:`MultimodalTokenizer.code_churn`; absent on the first joint epoch and when the catalog is not
-        re-encoded that epoch); ``seconds_catalog`` and ``seconds_knn``: that epoch start's catalog pass and
-        item-item graph rebuild (0.0 when not done)."""
-        return dict(self._epoch_log)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Schedules; the tokenizer's token cache (for its sampled steps) is refreshed from the whole catalog, one
-        pass without gradients, and the item-item graphs are rebuilt from the same pass when due."""
-        super().on_epoch_start(epoch)
-        c = self.config
-        rebuild = c.item_item and (not self.item_item.graphs or epoch % c.knn_rebuild_every == 0)
-        sampling = self.tokenizer.sampling()
-        history = self.propagation == "history"
-        self._epoch_log = {"seconds_catalog": 0.0, "seconds_knn": 0.0}
-        if not (rebuild or sampling or history):
-            return
-        t0 = _clock(self.device)
-        latents, codes = self.tokenizer.encode_catalog()
-        self._epoch_log["seconds_catalog"] = _clock(self.device) - t0
-        self._epoch_log.update({f"churn_{m}": v for m, v in self.tokenizer.code_churn(codes).items()})
-        if sampling:
-            self.tokenizer.set_cache(latents, codes)
-        if rebuild:
-            t0 = _clock(self.device)
-            self.rebuild_item_graphs(latents)
-            self._epoch_log["seconds_knn"] = _clock(self.device) - t0
-        if history:
-            t0 = _clock(self.device)
-            self.refresh_history(latents, codes)
-            self._epoch_log["seconds_catalog"] += _clock(self.device) - t0
-
-
-def _clock(device: torch.device) -> float:
-    """A stage boundary's clock: waits for the device's queued work first."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -121,7 +121,7 @@ def test_row_sparse_adam_equals_torch_sparse_adam(maximize):
     w2 = torch.nn.Parameter(w1.detach().clone())
     o1 = torch.optim.SparseAdam([w1], lr=0.03, maximize=maximize)
     o2 = RowSparseAdam([w2], lr=0.03, maximize=maximize)
-    for step in range(6):
+    for _ in range(6):
         idx = torch.randint(0, 40, (25,))  # repeated rows: the gradient is uncoalesced
         t = torch.randn(25, 6)
         for w, o in ((w1, o1), (w2, o2)):

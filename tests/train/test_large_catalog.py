@@ -240,3 +240,15 @@ def test_gpu_epoch_rows_on_cpu_and_a_wrong_row_is_not_timed(tmp_path, monkeypatc
         ge.main(args[:6] + ["motorec auto", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad" / "gpu_epoch.csv").exists() or len(
         (tmp_path / "bad" / "gpu_epoch.csv").read_text().splitlines()) <= 1
+
+
+def test_step_scaling_prints_a_row_per_size(tmp_path):
+    """benchmarks/step_scaling (the history-steps study's per-step table) at tiny sizes, both propagations."""
+    for prop in ("history", "full"):
+        p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_scaling.py"), "--items", "300,600",
+                            "--model", "lightgcn_content", "--propagation", prop, "--batch-size", "64", "--steps", "3",
+                            "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        rows = [line for line in p.stdout.splitlines() if line.startswith("lightgcn_content ")]
+        assert [r.split()[2] for r in rows] == ["items=300", "items=600"] and all(prop in r for r in rows)
+        assert all("distinct neighbours=" in r and "step median=" in r for r in rows)

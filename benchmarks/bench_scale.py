@@ -335,6 +335,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with out.open(newline="") as f:
             device = args.device or list(csv.DictReader(f))[-1]["device"]
         sizes = []
+    if sizes:
+        # the commit as it was before the first row: the rows this run appends to a tracked CSV would otherwise mark
+        # every later row "+dirty"
+        from benchmarks.harness import git_sha
+        os.environ.setdefault("MOTOREC_GIT_SHA", git_sha())
     for n in sizes:
         sz = spec(n, per_item=args.per_item, users_per_item=args.users_per_item)
         for model in models:

@@ -177,12 +177,21 @@ def csr_rows(graph: Graph, nodes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """
     rowptr = graph.rowptr.long()
     start = rowptr.index_select(0, nodes)
-    count = rowptr.index_select(0, nodes + 1) - start
-    seg = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
-    # nonzero e of row s: start[s] + (e - first[s]), first[s] the position of row s's first nonzero here
-    shift = (start - (count.cumsum(0) - count)).index_select(0, seg)
-    eid = torch.arange(seg.numel(), device=nodes.device) + shift
+    seg, eid = _ranges(start, rowptr.index_select(0, nodes + 1) - start)
     return seg, graph.col.index_select(0, eid).long(), graph.val.index_select(0, eid)
+
+
+def _ranges(start: Tensor, count: Tensor) -> Tuple[Tensor, Tensor]:
+    """Range ``s`` is ``start[s] .. start[s] + count[s] - 1``; all of them concatenated: ``(seg, pos)``, position
+    ``pos[e]`` belonging to range ``seg[e]``.
+
+    Shapes:
+        start, count: [S] int64 -> (seg [sum(count)], pos [sum(count)]) int64.
+    """
+    seg = torch.repeat_interleave(torch.arange(start.numel(), device=start.device), count)
+    # element e of range s: start[s] + (e - first[s]), first[s] the position of range s's first element here
+    shift = (start - (count.cumsum(0) - count)).index_select(0, seg)
+    return seg, torch.arange(seg.numel(), device=start.device) + shift
 
 
 class LightGCN(nn.Module):
@@ -429,11 +438,8 @@ class LightGCN(nn.Module):
         sorted_users, order = torch.sort(users)
         lo = torch.searchsorted(sorted_users, eu, right=False)
         hi = torch.searchsorted(sorted_users, eu, right=True)
-        reps = hi - lo
-        pair = torch.repeat_interleave(torch.arange(eu.numel(), device=users.device), reps)
-        start = torch.repeat_interleave(lo, reps)
-        offset = torch.arange(pair.numel(), device=users.device) - torch.repeat_interleave(reps.cumsum(0) - reps, reps)
-        rows = order[start + offset]
+        pair, pos = _ranges(lo, hi - lo)
+        rows = order[pos]
         mask = torch.zeros(b, self.num_items, dtype=torch.bool, device=users.device)
         mask[rows, ei[pair]] = True
         return mask

@@ -21,7 +21,7 @@ from motorec.config import model_config
 from motorec.data.synthetic import load_synthetic_spec
 from motorec.graph import Graph
 from motorec.models import build_model, unwrap
-from motorec.nn.lightgcn import csr_rows
+from motorec.nn.lightgcn import sampled_rows
 from motorec.train.trainer import make_optimizer
 
 
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--steps", type=int, default=8, help="steps per size (the first two are warm-up)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fanout", type=int, default=0, help="train.fanout (history only; 0: every neighbour)")
     args = p.parse_args(argv)
     if args.steps < 3:
         p.error("--steps must be >= 3 (two warm-up steps)")
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     for n in (int(x) for x in args.items.split(",")):
         ds = load_synthetic_spec(f"synthetic:users={max(2, n // 10)},items={n},interactions={n}")
         torch.manual_seed(0)
-        m = build_model(ds, model_config(args.model), propagation=args.propagation)
+        m = build_model(ds, model_config(args.model), propagation=args.propagation, fanout=args.fanout)
         m.train()
         inner = unwrap(m)
         if hasattr(inner, "item_item"):
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
             batch = {"users": tr[idx, 0], "pos": tr[idx, 1],
                      "neg": torch.randint(0, m.num_items, (args.batch_size,), generator=gen)}
             users, items = batch["users"].unique(), torch.cat([batch["pos"], batch["neg"]]).unique()
-            seg, col, _ = csr_rows(m.graph, torch.cat([users, items + m.num_users]))
+            seg, col, _, _ = sampled_rows(m.graph, torch.cat([users, items + m.num_users]), args.fanout)
             s["hood"].append((users.numel(), items.numel(), seg.numel(), col.unique().numel()))
             t0 = time.perf_counter()
             loss, _ = m.loss(batch)

@@ -203,9 +203,11 @@ class TrainConfig:
     # batch's neighbourhoods, the rest from historical embeddings refreshed once per epoch: a step costs the
     # batch, not the catalog; lightgcn, lightgcn_content and motorec take it, docs/MODEL.md "History steps")
     propagation: str = "full"
+    # a history step's neighbours per node at most, sampled and reweighted (0: all of them; needs history)
+    fanout: int = 0
 
     def validate(self) -> None:
-        for k in ("epochs", "pretrain_epochs", "patience", "seed", "eval_users"):
+        for k in ("epochs", "pretrain_epochs", "patience", "seed", "eval_users", "fanout"):
             _nonneg_int(self, k)
         for k in ("batch_size", "eval_every", "eval_batch_size"):
             _positive_int(self, k)
@@ -222,6 +224,9 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.propagation not in PROPAGATIONS:
             raise ConfigError(f"train.propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
+        if self.fanout and self.propagation != "history":
+            raise ConfigError(f"train.fanout caps a history step's neighbours: it needs train.propagation: history, "
+                              f"got {self.propagation!r}")
 
 
 @dataclass

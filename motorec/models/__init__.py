@@ -49,10 +49,11 @@ assert tuple(MODELS) == MODEL_NAMES
 
 
 def build_model(dataset, config: ModelConfig, *, wrappers: Optional[WrapperConfig] = None, backend: str = "auto",
-                device: Optional[str] = None, propagation: str = "full") -> Recommender:
+                device: Optional[str] = None, propagation: str = "full", fanout: int = 0) -> Recommender:
     """The recommender ``config.name`` for ``dataset`` (a :class:`motorec.data.Dataset`), on ``device``, with
     ``wrappers`` applied (:func:`wrap`; default none), training with ``propagation`` (``train.propagation``:
-    ``full`` or ``history``; a model that cannot take ``history`` raises ConfigError).
+    ``full`` or ``history``; a model that cannot take ``history`` raises ConfigError) and at most ``fanout``
+    sampled neighbours a node in a history step (``train.fanout``; 0: all).
 
     Only training interactions and item features are given to the model; validation and test stay with the
     evaluator.
@@ -67,14 +68,14 @@ def build_model(dataset, config: ModelConfig, *, wrappers: Optional[WrapperConfi
     train = dataset.train.to(device)
     feats = {m: f.to(device) for m, f in dataset.features.items()}
     model = cls(num_users=dataset.num_users, num_items=dataset.num_items, train=train, features=feats,
-                config=config, backend=backend, propagation=propagation)
+                config=config, backend=backend, propagation=propagation, fanout=fanout)
     return wrap(model, wrappers) if wrappers is not None else model
 
 
 def wrap(model: Recommender, wrappers: WrapperConfig) -> Recommender:
     """``model`` with the generic wrappers of ``wrappers`` that it can take: the snapshot ensemble (any model,
     ``ensemble`` > 1) inside, then the decoupled warm scorer (feature models, ``decoupled``): a pure-ID
-    LightGCN with ``model``'s shared settings (``dim``, ``num_layers``, ``lambda_reg``) and propagation,
+    LightGCN with ``model``'s shared settings (``dim``, ``num_layers``, ``lambda_reg``), propagation and fanout,
     initialized from the global seed plus :data:`~motorec.models.decoupled.WARM_SEED_OFFSET`."""
     wrappers.validate()
     out = SnapshotEnsemble(model, wrappers.ensemble) if wrappers.ensemble > 1 else model
@@ -83,7 +84,8 @@ def wrap(model: Recommender, wrappers: WrapperConfig) -> Recommender:
         cfg = model_config("lightgcn", dim=c.dim, num_layers=c.num_layers, lambda_reg=c.lambda_reg)
         warm = Decoupled.seeded(lambda: LightGCNRec(num_users=model.num_users, num_items=model.num_items,
                                                     train=model.train_pairs, features={}, config=cfg,
-                                                    backend=model.backend, propagation=model.propagation),
+                                                    backend=model.backend, propagation=model.propagation,
+                                                    fanout=model.fanout),
                                    model.device)
         out = Decoupled(warm, out)
     return out

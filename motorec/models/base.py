@@ -73,7 +73,7 @@ class Recommender(nn.Module):
     history_propagation = False
 
     def __init__(self, *, num_users: int, num_items: int, train: Tensor, features: Dict[str, Tensor],
-                 config: ModelConfig, backend: str = "auto", propagation: str = "full") -> None:
+                 config: ModelConfig, backend: str = "auto", propagation: str = "full", fanout: int = 0) -> None:
         super().__init__()
         if train.dim() != 2 or train.shape[1] != 2:
             raise ValueError(f"train must be an [E, 2] tensor of (user, item) pairs, got {tuple(train.shape)}")
@@ -90,6 +90,12 @@ class Recommender(nn.Module):
             raise ConfigError(f"train.propagation: {propagation!r} is not supported by model {config.name!r} "
                               f"(supported: {', '.join(supported)}); use 'full'")
         self.propagation = propagation
+        if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 0:
+            raise ConfigError(f"train.fanout must be an int >= 0 (0: every neighbour), got {fanout!r}")
+        if fanout and propagation != "history":
+            raise ConfigError(f"train.fanout caps a history step's neighbours: it needs train.propagation: history, "
+                              f"got {propagation!r} with fanout {fanout}")
+        self.fanout = fanout
         train = train.long()
         self.register_buffer("train_pairs", train, persistent=False)
         deg = item_degrees(train, self.num_items)

@@ -96,7 +96,8 @@ class LightGCNRec(Recommender):
             self.refresh_history()
         uu, uinv = torch.unique(users, return_inverse=True)
         ii, iinv = torch.unique(items, return_inverse=True)
-        ue, ie = self.lightgcn.forward_nodes(self.graph, uu, ii, self.item_extra(ii), sparse_grad=True)
+        ue, ie = self.lightgcn.forward_nodes(self.graph, uu, ii, self.item_extra(ii), sparse_grad=True,
+                                             fanout=self.fanout)
         return ue.index_select(0, uinv), ie.index_select(0, iinv)
 
     def sparse_parameters(self) -> List[nn.Parameter]:

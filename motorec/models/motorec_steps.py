@@ -73,7 +73,8 @@ class MoToRecSteps:
         else:
             hs = [h[m] for m in self.tokenizer.modalities]
         content = self.fusion(hs)[0] if self.fusion is not None else sum(hs[1:], hs[0]) / len(hs)
-        users_b, collab = self.lightgcn.forward_nodes(self.graph, users, items, content, sparse_grad=True)
+        users_b, collab = self.lightgcn.forward_nodes(self.graph, users, items, content, sparse_grad=True,
+                                                      fanout=self.fanout)
         return users_b, collab, content, outs
 
     def drop_history(self) -> None:

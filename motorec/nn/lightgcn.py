@@ -12,7 +12,7 @@ from motorec._dispatch import BACKENDS
 from motorec.graph import Graph
 from motorec.ops import propagate, spmm
 
-__all__ = ["LGConv", "LightGCN", "as_graph", "csr_rows", "id_rows"]
+__all__ = ["LGConv", "LightGCN", "as_graph", "csr_rows", "id_rows", "sampled_rows"]
 
 try:  # optional: torch_sparse.SparseTensor inputs
     from torch_sparse import SparseTensor as _SparseTensor
@@ -181,6 +181,37 @@ def csr_rows(graph: Graph, nodes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return seg, graph.col.index_select(0, eid).long(), graph.val.index_select(0, eid)
 
 
+def sampled_rows(graph: Graph, nodes: Tensor, fanout: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`csr_rows` with at most ``fanout`` nonzeros a row: a row with more keeps ``fanout`` of them by
+    systematic sampling (one uniform offset ``u`` a row, positions ``floor((u + j) * c / fanout)``, ``j < fanout``,
+    ``c`` the row's count: each nonzero is kept with probability ``fanout / c``, none twice) and scales their
+    values by ``c / fanout``, so that a sampled row's product is unbiased. Draws from torch's global generator.
+    ``fanout <= 0``: every nonzero (:func:`csr_rows`).
+
+    Shapes:
+        nodes: [S] int64 -> (seg [E'], col [E'] int64, val [E'], exact [S] bool), ``exact``: the rows kept whole.
+    """
+    if fanout <= 0:
+        seg, col, val = csr_rows(graph, nodes)
+        return seg, col, val, torch.ones(nodes.shape, dtype=torch.bool, device=nodes.device)
+    rowptr = graph.rowptr.long()
+    start = rowptr.index_select(0, nodes)
+    count = rowptr.index_select(0, nodes + 1) - start
+    seg, pos = _ranges(start, count.clamp(max=fanout))
+    exact = count <= fanout
+    val = graph.val
+    if not bool(exact.all()):
+        cnt = count.index_select(0, seg)
+        cut = ~exact.index_select(0, seg)
+        j = (pos - start.index_select(0, seg)).double()
+        u = torch.rand(nodes.numel(), dtype=torch.float64, device=nodes.device).index_select(0, seg)
+        off = ((u + j) * cnt.double() / fanout).floor().long().minimum(cnt - 1)
+        pos = torch.where(cut, start.index_select(0, seg) + off, pos)
+        scale = torch.where(cut, cnt.to(val.dtype) / fanout, torch.ones((), dtype=val.dtype, device=val.device))
+        return seg, graph.col.index_select(0, pos).long(), val.index_select(0, pos) * scale, exact
+    return seg, graph.col.index_select(0, pos).long(), val.index_select(0, pos), exact
+
+
 def _ranges(start: Tensor, count: Tensor) -> Tuple[Tensor, Tensor]:
     """Range ``s`` is ``start[s] .. start[s] + count[s] - 1``; all of them concatenated: ``(seg, pos)``, position
     ``pos[e]`` belonging to range ``seg[e]``.
@@ -326,7 +357,8 @@ class LightGCN(nn.Module):
         self._history = None
 
     def forward_nodes(self, graph: GraphLike, users: Tensor, items: Tensor,
-                      item_extra: Optional[Tensor] = None, *, sparse_grad: bool = False) -> Tuple[Tensor, Tensor]:
+                      item_extra: Optional[Tensor] = None, *, sparse_grad: bool = False,
+                      fanout: int = 0) -> Tuple[Tensor, Tensor]:
         r"""Final embeddings of a mini-batch's nodes, computed from their neighbourhoods only (historical
         embeddings, as GNNAutoScale, Fey et al. 2021): a step's cost grows with the batch and its nodes'
         degrees, not with the graph.
@@ -345,6 +377,10 @@ class LightGCN(nn.Module):
                 history was refreshed without one.
             sparse_grad: gather the ID tables' rows with sparse gradients (:func:`id_rows`), for a row-sparse
                 optimizer: no [U + I, d] gradient per step.
+            fanout: at most this many neighbours per batch node (``0``: all), sampled and reweighted by
+                :func:`sampled_rows` (unbiased), as PinSage and GraphSAGE cap theirs: a step then costs at most
+                ``fanout`` neighbours a node, however long the degree tail. A sampled node's layers are not
+                written back to the history (they are estimates).
 
         Shapes:
             -> (users [Bu, d], items [Bi, d]).
@@ -365,7 +401,7 @@ class LightGCN(nn.Module):
         if self.num_layers == 0:
             return x0.split([users.numel(), items.numel()])
         nodes = torch.cat([users, items + self.num_users])
-        seg, col, val = csr_rows(g, nodes)
+        seg, col, val, exact = sampled_rows(g, nodes, fanout)
         # the neighbours' layer 0, one row per distinct neighbour (sorted: users, then items)
         nb, inv = torch.unique(col, return_inverse=True)
         nu = int(torch.searchsorted(nb, self.num_users))
@@ -383,6 +419,8 @@ class LightGCN(nn.Module):
             layer = x0.new_zeros(x0.shape).index_add_(0, seg, h.index_select(0, col) * w)
             total = total + layer
             pushed.append(layer)
+        if not bool(exact.all()):
+            nodes, pushed = nodes[exact], [p[exact] for p in pushed]
         for h, new in zip(hist.layers, pushed):  # the batch's layers 1..L-1 (the last one is never read)
             h.index_copy_(0, nodes, new.detach().to(h.dtype))
         if item_extra is not None:

@@ -138,7 +138,7 @@ class RunDir:
                                   "split")
         cfg = Config.from_dict(state["config"])
         model = build_model(dataset.to(dev), cfg.settings(), wrappers=cfg.wrappers, backend=cfg.train.backend,
-                            propagation=cfg.train.propagation,
+                            propagation=cfg.train.propagation, fanout=cfg.train.fanout,
                             device=str(dev))
         model.load_state_dict(state["best_state"] or state["model"])
         model.eval()

@@ -310,7 +310,7 @@ class Trainer:
         self.dataset = ds
         fingerprint = ds.fingerprint()
         model = build_model(ds, cfg.settings(), wrappers=cfg.wrappers, backend=tc.backend, device=str(self.device),
-                            propagation=tc.propagation)
+                            propagation=tc.propagation, fanout=tc.fanout)
         self.model = model
         opt = make_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
         self._step = _dist.make_step(model, self.dist)  # model.<loss>(batch), or this rank's shard under DDP

@@ -39,9 +39,10 @@ def small_config(name: str, **over):
     return model_config(name, **{**SMALL[name], **over})
 
 
-def make_model(ds, name: str = "motorec", seed: int = 0, wrappers=None, propagation: str = "full", **over):
+def make_model(ds, name: str = "motorec", seed: int = 0, wrappers=None, propagation: str = "full", fanout: int = 0,
+               **over):
     torch.manual_seed(seed)
-    return build_model(ds, small_config(name, **over), wrappers=wrappers, propagation=propagation)
+    return build_model(ds, small_config(name, **over), wrappers=wrappers, propagation=propagation, fanout=fanout)
 
 
 def make_batch(ds, seed: int = 0, size: int = 64):

@@ -189,9 +189,11 @@ def test_train_propagation_config_errors(ds):
             make_model(ds, name, propagation="history")
 
 
+@pytest.mark.parametrize("fanout", [0, 2])
 @pytest.mark.parametrize("name", HISTORY_MODELS)
-def test_history_step_trains_with_sparse_id_gradients(ds, name):
-    m = make_model(ds, name, propagation="history")
+def test_history_step_trains_with_sparse_id_gradients(ds, name, fanout):
+    m = make_model(ds, name, propagation="history", fanout=fanout)
+    assert m.fanout == fanout
     m.train()
     m.on_epoch_start(1)
     loss, parts = m.loss(make_batch(ds))

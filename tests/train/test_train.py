@@ -123,12 +123,14 @@ def _assert_close(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("name,propagation", [("motorec", "full"), ("lightgcn", "full"), ("motorec", "history"),
-                                              ("lightgcn", "history")])
-def test_resume_equals_uninterrupted(ds, tmp_path, name, propagation):
-    # history: the epoch start refreshes the history from the weights, so a resumed run has the same one
+@pytest.mark.parametrize("name,propagation,fanout", [("motorec", "full", 0), ("lightgcn", "full", 0),
+                                                     ("motorec", "history", 0), ("lightgcn", "history", 0),
+                                                     ("lightgcn", "history", 3)])
+def test_resume_equals_uninterrupted(ds, tmp_path, name, propagation, fanout):
+    # history: the epoch start refreshes the history from the weights, so a resumed run has the same one;
+    # fanout: the neighbour samples come from the global generator, which the checkpoint restores
     def cfg(epochs):
-        return _cfg(name, epochs=epochs).replace(train={"propagation": propagation})
+        return _cfg(name, epochs=epochs).replace(train={"propagation": propagation, "fanout": fanout})
 
     full = Trainer(cfg(4), ds, checkpoint_dir=tmp_path / "a", quiet=True)
     ra = full.fit()

@@ -148,7 +148,7 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
 
     cfg = Config.load(ROOT / "configs" / "large.yaml")
     assert cfg.train.eval_users == 10000 and cfg.settings("motorec").knn_rebuild_every > 5
-    assert cfg.train.propagation == "history"
+    assert cfg.train.propagation == "history" and cfg.train.fanout == 16
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-m", "motorec", "train", "--config", str(ROOT / "configs" / "large.yaml"),
                         "--data", "synthetic:users=60,items=200,interactions=900", "--epochs", "1",

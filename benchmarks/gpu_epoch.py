@@ -43,7 +43,7 @@ CONFIGS = (("motorec torch", "motorec", "torch", "fp32", None), ("motorec auto",
            ("motorec auto full", "motorec", "auto", "fp32", "full"),
            ("lightgcn auto full", "lightgcn", "auto", "fp32", "full"))
 FIELDS = ("device", "torch", "git_sha", "items", "users", "interactions", "row", "model", "backend", "precision",
-          "propagation", "steps", "batch_size", "seconds_epoch", "seconds_steps", "seconds_step", "seconds_catalog", "seconds_knn",
+          "propagation", "fanout", "steps", "batch_size", "seconds_epoch", "seconds_steps", "seconds_step", "seconds_catalog", "seconds_knn",
           "peak_mem_mb", "motorec_op_fraction", "first_loss", "reference_loss")
 
 
@@ -51,7 +51,7 @@ def _build(ds, cfg, model: str, backend: str, device: torch.device, graphs=None)
     from motorec.models import build_model, unwrap
     torch.manual_seed(cfg.train.seed)
     m = build_model(ds, cfg.replace(model={"name": model}).settings(), wrappers=cfg.wrappers, backend=backend,
-                    device=str(device), propagation=cfg.train.propagation)
+                    device=str(device), propagation=cfg.train.propagation, fanout=cfg.train.fanout)
     if graphs is not None and hasattr(unwrap(m), "item_item"):
         unwrap(m).item_item.graphs = dict(graphs)
     return m
@@ -141,7 +141,7 @@ def run_row(ds, cfg, name: str, model: str, backend: str, precision: str, device
     row = {"device": device_name(device), "torch": torch.__version__, "git_sha": git_sha(), "items": ds.num_items,
            "users": ds.num_users, "interactions": int(ds.train.shape[0]), "row": name, "model": model,
            "backend": backend, "precision": precision, "propagation": cfg.train.propagation,
-           "steps": len(batches), "batch_size": cfg.train.batch_size,
+           "fanout": cfg.train.fanout, "steps": len(batches), "batch_size": cfg.train.batch_size,
            "seconds_epoch": (t1 - t0 - knn) + (t3 - t2), "seconds_steps": t3 - t2,
            "seconds_step": (t3 - t2) / max(len(batches), 1), "seconds_catalog": t1 - t0 - knn, "seconds_knn": knn_seconds if model == "motorec" else 0.0,
            "peak_mem_mb": peak_memory_mb(device), "motorec_op_fraction": frac, "first_loss": first,
@@ -182,7 +182,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if new:
             w.writeheader()
         for name, model, backend, precision, propagation in want:
-            rcfg = cfg if propagation is None else cfg.replace(train={"propagation": propagation})
+            # a full step reads every neighbour: the config's history fanout cap does not apply to it
+            rcfg = cfg if propagation is None else cfg.replace(
+                train={"propagation": propagation, "fanout": cfg.train.fanout if propagation == "history" else 0})
             prop = rcfg.train.propagation
             if model == "motorec" and graphs is None:
                 # the first MoToRec model builds the kNN graphs; every other one reuses them

@@ -20,7 +20,9 @@ snapshot ensemble's pass over the catalog when the config has one),
 sample), ``peak_rss_mb`` (the whole run's), and the other stages (the first joint epoch, the kNN graph build of
 the first, pre-training, checkpoint writes, final test, the dataset's generation, the run's wall time, and the
 machine's 1-minute load average when the run started: on a shared machine, times measured under a load above
-the thread count are inflated and noisy).
+the thread count are inflated and noisy), and ``allocator`` (:func:`motorec.train.cpu_allocator`: the workers
+inherit the environment, so ``LD_PRELOAD=.../libtcmalloc_minimal.so.4 python benchmarks/bench_scale.py`` times
+the runs under TCMalloc).
 
 The growth exponent of ``seconds_epoch`` against items (the slope of a least-squares line in log-log, per model,
 and between successive sizes) is fitted on the latest row per (model, items) of this device in the CSV,
@@ -55,7 +57,7 @@ DEFAULT_CONFIG = ROOT / "configs" / "large.yaml"
 COLUMNS = ("device", "torch", "git_sha", "items", "users", "interactions", "model", "seconds_step_total",
            "seconds_catalog", "seconds_valid", "peak_rss_mb", "seconds_epoch", "seconds_first_epoch", "seconds_knn",
            "steps", "epochs", "seconds_pretrain", "seconds_checkpoint", "seconds_test", "seconds_data", "wall_s",
-           "eval_users", "batch_size", "config", "load_avg_1m", "fixed_steps")
+           "eval_users", "batch_size", "config", "load_avg_1m", "fixed_steps", "allocator")
 # --tiny: a model small enough that a test runs the benchmark in seconds
 TINY = {"model": {"dim": 16},
         "motorec": {"codebook_size": 16, "latent_dim": 16, "hidden_dims": [32], "knn_k": 5, "num_levels": 2},
@@ -79,7 +81,7 @@ def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epoch
     from benchmarks.harness import device_name, git_sha
     from motorec.config import Config
     from motorec.data.synthetic import load_synthetic_spec
-    from motorec.train import Trainer
+    from motorec.train import Trainer, cpu_allocator
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -108,7 +110,7 @@ def run_one(model: str, sizes: Dict[str, int], *, config: str, tiny: bool, epoch
             "seconds_checkpoint": res["seconds"].get("checkpoint", 0.0), "seconds_test": res["seconds"]["test"],
             "seconds_data": t_data, "wall_s": time.perf_counter() - t0, "eval_users": tc.eval_users,
             "batch_size": tc.batch_size, "config": Path(config).name + (" +tiny" if tiny else ""),
-            "load_avg_1m": load, "fixed_steps": steps or ""}
+            "load_avg_1m": load, "fixed_steps": steps or "", "allocator": cpu_allocator()}
 
 
 def append(path: Path, row: Dict[str, Any]) -> None:
@@ -194,7 +196,8 @@ def rows_from_run(run: Path, *, git_sha: str, device: str) -> list:
             "seconds_pretrain": sum(r.get("seconds_pretrain", 0.0) for r in pre),
             "seconds_checkpoint": st.get("checkpoint", 0.0), "seconds_test": st.get("test", 0.0),
             "seconds_data": "", "wall_s": wall, "eval_users": tc.eval_users, "batch_size": tc.batch_size,
-            "config": f"{run.name} (motorec train)", "load_avg_1m": "", "fixed_steps": ""})
+            "config": f"{run.name} (motorec train)", "load_avg_1m": "", "fixed_steps": "",
+            "allocator": next((line.split(" allocator: ", 1)[1] for line in lines if " allocator: " in line), "")})
     return rows
 
 
@@ -205,12 +208,15 @@ def _torch_version() -> str:
 
 def latest(rows: Sequence[Dict[str, str]], device: str,
            steps: Optional[int] = None) -> Dict[str, Dict[int, Dict[str, str]]]:
-    """``{model: {items: row}}``: the last row of each (model, items) measured on ``device`` with the config's
-    batch size (``steps`` None) or with ``steps`` fixed steps per epoch."""
+    """``{series: {items: row}}``: the last row of each (model, allocator, items) measured on ``device`` with the
+    config's batch size (``steps`` None) or with ``steps`` fixed steps per epoch. A series is the model, named
+    ``"<model> (<allocator>)"`` for rows run on another malloc than the system's (rows from before the column:
+    the system's)."""
     out: Dict[str, Dict[int, Dict[str, str]]] = {}
     for r in rows:
         if r["device"] == device and (r.get("fixed_steps") or "") == (str(steps) if steps else ""):
-            out.setdefault(r["model"], {})[int(r["items"])] = r
+            alloc = r.get("allocator") or "system"
+            out.setdefault(r["model"] + ("" if alloc == "system" else f" ({alloc})"), {})[int(r["items"])] = r
     return out
 
 

@@ -198,7 +198,7 @@ def train_models(models: Optional[Sequence[str]] = None, *, config: Optional[Con
         ArgumentError: a bad argument (named); ConfigError, DataError, CheckpointError: a bad config, dataset
         or run directory to resume; WriteError: a file of the run could not be written.
     """
-    from motorec.train import RunDir, Trainer, resolve_device, run_info
+    from motorec.train import RunDir, Trainer, cpu_allocator, resolve_device, run_info
     from motorec.train import distributed as _dist
 
     if threads is not None:
@@ -230,6 +230,7 @@ def train_models(models: Optional[Sequence[str]] = None, *, config: Optional[Con
     log = setup_logging(run.log_path if main else None, quiet or not main)
     log.info("data: %s", ds.summary().replace("\n", " |"))
     log.info("output: %s", run.path)
+    log.info("allocator: %s", cpu_allocator())
 
     metrics: Dict[str, Any] = run.read_metrics() if resume else {}
     capped: List[str] = []

@@ -1,11 +1,36 @@
-"""The device a run trains and scores on, checked once where a user names it (``--device``, ``train.device``)."""
+"""The device a run trains and scores on, checked once where a user names it (``--device``, ``train.device``), and
+the process's memory allocator (:func:`cpu_allocator`), which a run's log records."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from motorec.config import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cpu_allocator"]
+
+# shared libraries that replace malloc when loaded (LD_PRELOAD), as they appear in /proc/self/maps
+_ALLOCATORS = (("tcmalloc", "libtcmalloc"), ("jemalloc", "libjemalloc"), ("mimalloc", "libmimalloc"))
+
+
+def cpu_allocator(maps: str | Path = "/proc/self/maps") -> str:
+    """The malloc this process runs on: ``tcmalloc``, ``jemalloc`` or ``mimalloc`` when one is loaded (by
+    ``LD_PRELOAD``, say), else ``system`` (glibc's, or the platform's); ``unknown`` where ``maps`` cannot be read
+    (not Linux).
+
+    It matters at catalog scale on the CPU: glibc maps every block above 32 MB afresh and unmaps it when freed,
+    so each catalog-sized temporary is page-faulted in again (``docs/results/2026-12-07-fanout.md``).
+    """
+    try:
+        text = Path(maps).read_text()
+    except OSError:
+        return "unknown"
+    libs = {line.rsplit("/", 1)[-1] for line in text.splitlines() if "/" in line}
+    for name, prefix in _ALLOCATORS:
+        if any(lib.startswith(prefix) for lib in libs):
+            return name
+    return "system"
 
 
 def resolve_device(device: str) -> torch.device:

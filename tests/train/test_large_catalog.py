@@ -18,7 +18,7 @@ from motorec.config import Config, ConfigError
 from motorec.data import synthetic
 from motorec.eval import evaluate
 from motorec.eval.metrics import mean_of_means_se, mean_se, sample_users
-from motorec.train import Trainer
+from motorec.train import Trainer, cpu_allocator
 from motorec.train.trainer import select_score_se
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,6 +159,8 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
     for name in ("motorec", "lightgcn"):
         assert f"{name}: seconds per stage" in log and "select_score_se=" in log
     assert "seconds_catalog=" in log and "peak_rss_mb=" in log
+    allocator = cpu_allocator()  # the run's process inherits this one's environment (LD_PRELOAD)
+    assert f"allocator: {allocator}" in log
     # bench_scale --from-run: the run's rows, from its log (its one joint epoch, the kNN build apart)
     csv_path = tmp_path / "scale.csv"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--from-run", str(out),
@@ -176,6 +178,7 @@ def test_large_config_loads_and_trains_through_the_cli(tmp_path):
     assert float(m["seconds_epoch"]) == pytest.approx(float(values["seconds"]) - float(values["seconds_knn"]), abs=2e-3)
     assert float(m["seconds_step_total"]) == pytest.approx(float(values["seconds_steps"]), abs=1e-3)
     assert float(rows["lightgcn"]["seconds_knn"]) == 0 and float(m["peak_rss_mb"]) > 10
+    assert m["allocator"] == allocator
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--from-run", str(tmp_path),
                         "--csv", str(csv_path), "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
@@ -198,6 +201,7 @@ def test_bench_scale_tiny(tmp_path):
             assert float(r[k]) >= 0, k
         assert float(r["peak_rss_mb"]) > 10
         assert int(r["steps"]) == 2 and int(r["batch_size"]) < (150 if r["items"] == "300" else 300)
+        assert r["allocator"] == cpu_allocator()  # the workers inherit the environment
     assert "growth exponent" in p.stdout and (tmp_path / "p.png").stat().st_size > 1000
     fits = json.loads((tmp_path / "scale_steps2.json").read_text())["fits"]
     assert set(fits) == {"lightgcn", "motorec"} and fits["motorec"]["items"] == [300, 600]

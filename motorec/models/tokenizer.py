@@ -48,8 +48,14 @@ class MultimodalTokenizer(nn.Module):
         self._cache: Optional[Dict[str, Tensor]] = None
         # every item's tokens at the last code_churn() call, to count what changed since (not saved in checkpoints)
         self._last_codes: Optional[Dict[str, Tensor]] = None
+        # the last encode_catalog result and what it was computed from (_weights_key), reused while nothing changed
+        self._encoded: Optional[Tuple[tuple, Dict[str, Tensor], Dict[str, Optional[Tensor]], tuple]] = None
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, RQVAEOutput]:
+        if self.training:
+            # a training pass may move the codebooks through .data (EMA, dead-code reseeding), which no version
+            # counter sees: the next encode_catalog computes afresh
+            self._encoded = None
         normalized = self.features.is_normalized
         return {m: self.rqvae[m](self.features.normalized(m, items), normalized=normalized) for m in self.modalities}
 
@@ -58,20 +64,41 @@ class MultimodalTokenizer(nn.Module):
         """Every item's latent and tokens from the current weights, without gradients, decoder or quantizer
         statistics updates, ``chunk`` items at a time.
 
+        A call whose weights, buffers (the features, the codebooks) and autocast state are those of the previous
+        call, and whose previous result no one has modified in place, returns that result's tensors again instead
+        of encoding the catalog anew: validation, the snapshot ensemble and the epoch's catalog pass each ask for
+        it at the same weights. A training-mode :meth:`forward` forgets it. Callers must not modify the returned
+        tensors in place; a change made through ``.data`` outside a training pass is not seen.
+
         Shapes:
             -> ({m: [num_items, latent_dim]}, {m: [num_items, num_levels] int64, or None when continuous}).
         """
-        lat: Dict[str, Tensor] = {}
-        codes: Dict[str, Optional[Tensor]] = {}
-        n = self.features.num_items
         was = self.training
-        self.eval()  # no dropout in the encoder
+        self.eval()  # no dropout in the encoder (and, as every call does, the token cache is dropped)
         try:
+            key = self._weights_key(chunk)
+            if self._encoded is not None and self._encoded[0] == key and all(
+                    t._version == v for t, v in self._encoded[3]):
+                return dict(self._encoded[1]), dict(self._encoded[2])
+            self._encoded = None  # not held while the new result is computed
+            lat: Dict[str, Tensor] = {}
+            codes: Dict[str, Optional[Tensor]] = {}
+            n = self.features.num_items
             for m in self.modalities:
                 self._encode_modality(m, n, chunk, lat, codes)
         finally:
             self.train(was)
-        return lat, codes
+        out = [t for t in (*lat.values(), *codes.values()) if t is not None]
+        self._encoded = (key, lat, codes, tuple((t, t._version) for t in out))
+        return dict(lat), dict(codes)
+
+    def _weights_key(self, chunk: int) -> tuple:
+        """What an :meth:`encode_catalog` result depends on: every parameter and buffer (storage and in-place
+        version counter: an optimizer step, ``load_state_dict`` or an EMA codebook update changes it), the chunk
+        and the autocast state."""
+        tensors = [*self.parameters(), *self.buffers()]
+        return (chunk, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
+                *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
 
     def _encode_modality(self, m: str, n: int, chunk: int, lat: Dict[str, Tensor],
                          codes: Dict[str, Optional[Tensor]]) -> None:
@@ -224,6 +251,7 @@ class MultimodalTokenizer(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None  # it would stay on the old device
+        self._encoded = None
         return super()._apply(fn, *args, **kwargs)
 
     def refresh_cache(self) -> Dict[str, Tensor]:

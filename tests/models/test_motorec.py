@@ -502,3 +502,57 @@ def test_scoring_embeddings_skip_the_decoder_with_the_same_values(ds):
     assert not calls
     torch.testing.assert_close(u2, users.detach())
     torch.testing.assert_close(i2, items.detach())
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_encode_catalog_is_reused_until_the_weights_move(ds, continuous):
+    """encode_catalog returns its last result again while the tokenizer's parameters, buffers and that result are
+    unchanged (validation, the ensemble's snapshot and the catalog pass ask at the same weights), and encodes
+    afresh after an optimizer step, an in-place edit of the result, a training forward (EMA codebooks move
+    through .data), a state_dict load, or another chunk."""
+    m = make_model(ds, "motorec", continuous=continuous)
+    tok = m.tokenizer
+    encoded = []
+    real = tok._encode_modality
+    tok._encode_modality = lambda *a: encoded.append(a[0]) or real(*a)
+
+    def fresh():  # the reference: a new tokenizer state compared by value
+        n = len(encoded)
+        lat, codes = tok.encode_catalog()
+        return len(encoded) > n, lat, codes
+
+    did, lat, codes = fresh()
+    assert did and len(encoded) == len(tok.modalities)
+    did, lat2, codes2 = fresh()
+    assert not did and all(lat2[k] is lat[k] for k in lat)  # the same tensors, nothing encoded
+    lat2.pop(tok.modalities[0])  # the returned dicts are the caller's own
+    assert tok.encode_catalog()[0].keys() == lat.keys()
+    # an optimizer step moves the weights
+    opt = torch.optim.SGD(tok.parameters(), lr=0.5)
+    m.train()
+    loss, _ = m.loss(make_batch(ds))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    m.eval()
+    did, lat3, _ = fresh()
+    assert did and not torch.equal(lat3[tok.modalities[0]], lat[tok.modalities[0]])
+    # a caller's in-place edit of the result is seen
+    with torch.no_grad():
+        lat3[tok.modalities[0]].add_(1.0)
+    assert fresh()[0]
+    # a training forward may move the codebooks through .data
+    assert not fresh()[0]
+    m.train()
+    with torch.no_grad():
+        tok(torch.arange(4))
+    m.eval()
+    assert fresh()[0]
+    # a state_dict load, and another chunk
+    tok.load_state_dict(tok.state_dict())
+    assert fresh()[0] and not fresh()[0]
+    n = len(encoded)
+    lat4, codes4 = tok.encode_catalog(chunk=7)
+    assert len(encoded) > n
+    for k in lat4:  # chunked alike, by value
+        torch.testing.assert_close(lat4[k], tok.encode_catalog(chunk=7)[0][k])

@@ -89,7 +89,9 @@ class MultimodalTokenizer(nn.Module):
         finally:
             self.train(was)
         out = [t for t in (*lat.values(), *codes.values()) if t is not None]
-        self._encoded = (key, lat, codes, tuple((t, t._version) for t in out))
+        # tensors made under torch.inference_mode track no version: such a result is not kept
+        if not any(t.is_inference() for t in out):
+            self._encoded = (key, lat, codes, tuple((t, t._version) for t in out))
         return dict(lat), dict(codes)
 
     def _weights_key(self, chunk: int) -> tuple:

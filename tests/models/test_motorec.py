@@ -556,3 +556,9 @@ def test_encode_catalog_is_reused_until_the_weights_move(ds, continuous):
     assert len(encoded) > n
     for k in lat4:  # chunked alike, by value
         torch.testing.assert_close(lat4[k], tok.encode_catalog(chunk=7)[0][k])
+    # under torch.inference_mode (a serving loop) the result tracks no version: it is computed, never kept
+    with torch.inference_mode():
+        a = tok.encode_catalog()[0]
+        b = tok.encode_catalog()[0]
+    assert all(a[k] is not b[k] and torch.equal(a[k], b[k]) for k in a)
+    assert fresh()[0] and not fresh()[0]

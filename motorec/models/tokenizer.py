@@ -48,13 +48,11 @@ class MultimodalTokenizer(nn.Module):
         self._cache: Optional[Dict[str, Tensor]] = None
         # every item's tokens at the last code_churn() call, to count what changed since (not saved in checkpoints)
         self._last_codes: Optional[Dict[str, Tensor]] = None
-        # the last encode_catalog result and what it was computed from (_weights_key), reused while nothing changed
+        # the last encode_catalog result and what it was computed from, reused while nothing changed
         self._encoded: Optional[Tuple[tuple, Dict[str, Tensor], Dict[str, Optional[Tensor]], tuple]] = None
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, RQVAEOutput]:
-        if self.training:
-            # a training pass may move the codebooks through .data (EMA, dead-code reseeding), which no version
-            # counter sees: the next encode_catalog computes afresh
+        if self.training:  # EMA and reseeding move the codebooks through .data, unseen by version counters
             self._encoded = None
         normalized = self.features.is_normalized
         return {m: self.rqvae[m](self.features.normalized(m, items), normalized=normalized) for m in self.modalities}
@@ -64,11 +62,10 @@ class MultimodalTokenizer(nn.Module):
         """Every item's latent and tokens from the current weights, without gradients, decoder or quantizer
         statistics updates, ``chunk`` items at a time.
 
-        A call whose weights, buffers (the features, the codebooks) and autocast state are those of the previous
-        call, and whose previous result no one has modified in place, returns that result's tensors again instead
-        of encoding the catalog anew: validation, the snapshot ensemble and the epoch's catalog pass each ask for
-        it at the same weights. A training-mode :meth:`forward` forgets it. Callers must not modify the returned
-        tensors in place; a change made through ``.data`` outside a training pass is not seen.
+        While the parameters and buffers (storage and version counter), ``chunk``, the autocast state and the last
+        result are unchanged, the last result's tensors are returned again: validation, the snapshot ensemble and
+        the epoch's catalog pass ask at the same weights. A training :meth:`forward` forgets it (EMA codebooks move
+        through ``.data``, which no version counter sees); callers must not modify the result in place.
 
         Shapes:
             -> ({m: [num_items, latent_dim]}, {m: [num_items, num_levels] int64, or None when continuous}).
@@ -76,7 +73,8 @@ class MultimodalTokenizer(nn.Module):
         was = self.training
         self.eval()  # no dropout in the encoder (and, as every call does, the token cache is dropped)
         try:
-            key = self._weights_key(chunk)
+            key = (chunk, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
+                   *((t.data_ptr(), t._version, t.dtype, t.device) for t in (*self.parameters(), *self.buffers())))
             if self._encoded is not None and self._encoded[0] == key and all(
                     t._version == v for t, v in self._encoded[3]):
                 return dict(self._encoded[1]), dict(self._encoded[2])
@@ -93,14 +91,6 @@ class MultimodalTokenizer(nn.Module):
         if not any(t.is_inference() for t in out):
             self._encoded = (key, lat, codes, tuple((t, t._version) for t in out))
         return dict(lat), dict(codes)
-
-    def _weights_key(self, chunk: int) -> tuple:
-        """What an :meth:`encode_catalog` result depends on: every parameter and buffer (storage and in-place
-        version counter: an optimizer step, ``load_state_dict`` or an EMA codebook update changes it), the chunk
-        and the autocast state."""
-        tensors = [*self.parameters(), *self.buffers()]
-        return (chunk, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
-                *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
 
     def _encode_modality(self, m: str, n: int, chunk: int, lat: Dict[str, Tensor],
                          codes: Dict[str, Optional[Tensor]]) -> None:

@@ -250,6 +250,19 @@ class Graph:
         """[num_rows] int64 number of stored entries per row."""
         return self.rowptr.diff()
 
+    def rows(self, start: int, stop: int) -> "Graph":
+        """Rows ``start .. stop - 1`` as a [stop - start, num_cols] graph (its ``col`` and ``val`` views of this
+        one's): a row block's product ``rows(s, e) @ x`` equals rows ``s .. e - 1`` of ``self @ x``.
+
+        Shapes:
+            -> Graph [stop - start, num_cols].
+        """
+        if not (0 <= start <= stop <= self.num_rows):
+            raise ValueError(f"rows must satisfy 0 <= start <= stop <= num_rows={self.num_rows}, got {start}, {stop}")
+        lo, hi = int(self.rowptr[start]), int(self.rowptr[stop])
+        return Graph(self.rowptr[start:stop + 1] - lo, self.col[lo:hi], self.val[lo:hi], self.num_cols,
+                     symmetric=False, check=False)
+
     def transpose(self) -> "Graph":
         """``A^T`` as a Graph, cached (``self`` when symmetric)."""
         if self.symmetric:

@@ -23,7 +23,7 @@ from motorec.models.cold import ColdScorer
 from motorec.models.losses import sq_sum
 from motorec.models.selection import Selection
 
-__all__ = ["EmbeddingScorer", "Recommender", "item_degrees", "loss_part"]
+__all__ = ["EmbeddingScorer", "Recommender", "item_degrees", "loss_part", "weights_key"]
 
 
 def item_degrees(train: Tensor, num_items: int) -> Tensor:
@@ -282,6 +282,15 @@ class EmbeddingScorer:
 
     def ranking_parts(self) -> Tuple[Tensor, Tensor, None, None]:
         return self.users, self.items, None, None
+
+
+def weights_key(module: nn.Module) -> Tuple:
+    """A value that changes when a parameter or buffer of ``module`` is replaced, moved, cast or changed in place
+    (each one's storage, version counter, dtype and device), or when autocast is switched: the key of a result
+    computed from the weights and reused while they stay put. Writes through ``.data`` move no version counter
+    (EMA codebooks are updated so, in a training forward): a holder forgets its result on those itself."""
+    return (torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
+            *((t.data_ptr(), t._version, t.dtype, t.device) for t in (*module.parameters(), *module.buffers())))
 
 
 def _drop_cache(module: Recommender, incompatible_keys) -> None:

@@ -185,6 +185,15 @@ class ItemItemEncoder(nn.Module):
     def forward(self, h: Dict[str, Tensor]) -> List[Tensor]:
         return [ops.propagate(self.graphs[m], h[m], 1, backend=self.backend) for m in self.modalities]
 
+    def view_rows(self, m: str, h: Tensor, start: int, stop: int) -> Tensor:
+        """Rows ``start .. stop - 1`` of modality ``m``'s view, ``(h + A h) / 2`` (:meth:`forward`'s, up to float
+        rounding), reading only those rows' neighbours: a catalog pass in row blocks.
+
+        Shapes:
+            h: [num_items, d] -> [stop - start, d].
+        """
+        return (h[start:stop] + ops.spmm(self.graphs[m].rows(start, stop), h, backend=self.backend)) * 0.5
+
     def get_extra_state(self) -> Dict[str, Dict[str, Tensor]]:
         return {m: {"rowptr": g.rowptr, "col": g.col, "val": g.val} for m, g in self.graphs.items()}
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from motorec.models.base import Recommender
+from motorec.models.base import Recommender, weights_key
 from motorec.models.cold import gram_and_mean
 from motorec.models.wrapper import Wrapper
 
@@ -32,7 +32,9 @@ class SnapshotEnsemble(Wrapper):
     With ``n`` states held, user ``u``'s score of an averaged item ``i`` is
     ``(1 / n) sum_k <u_k, i_k> / sd_k`` (``sd_k`` the standard deviation of state ``k``'s scores over every pair)
     and of any other item ``<u_0, i_0> / sd_0`` (the current state). Training is the model's own, unchanged; a
-    snapshot costs one forward pass in eval mode at each epoch start.
+    snapshot costs one forward pass in eval mode at each epoch start, none when the last eval-mode
+    :meth:`embeddings` saw the same weights (the trainer's validation of the epoch before: its snapshot is kept
+    until then, ``(U + C) * d`` floats, and forgotten by a training :meth:`loss`).
 
     Args:
         model: any recommender. size: W >= 2. items: the items to average (default: the items without training
@@ -54,9 +56,12 @@ class SnapshotEnsemble(Wrapper):
             raise ValueError(f"items must be a 1-d int64 tensor of item ids, got {items.dtype} {tuple(items.shape)}")
         self.register_buffer("items", items.to(model.device), persistent=False)
         self.members: List[Dict[str, Any]] = []
+        # (weights_key of the model, snapshot) from the last eval-mode embeddings(), for the next epoch start
+        self._seen: Optional[Tuple[Any, Dict[str, Any]]] = None
 
     # ------------------------------------------------------------------ training: the model's own
     def loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        self._seen = None  # a training forward may move weights through .data (EMA codebooks)
         return self.model.loss(batch)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -70,17 +75,30 @@ class SnapshotEnsemble(Wrapper):
 
     @torch.no_grad()
     def _snapshot(self, epoch: int) -> Dict[str, Any]:
+        seen, self._seen = self._seen, None
         with self.model.eval_mode():
-            users, items = self.model.embeddings()
-        users, _ = standardized(users, items)
-        return _frozen({"epoch": int(epoch), "users": users, "items": items.index_select(0, self.items)})
+            if seen is not None and seen[0] == weights_key(self.model):
+                member = seen[1]
+            else:
+                users, items = self.model.embeddings()
+                member = self._member(standardized(users, items)[0], items)
+        return _frozen({"epoch": int(epoch), **member})
+
+    def _member(self, scaled_users: Tensor, items: Tensor) -> Dict[str, Any]:
+        """A snapshot's tensors: the standardized users, the averaged items' rows."""
+        return {"users": scaled_users.detach(), "items": items.detach().index_select(0, self.items)}
 
     # ------------------------------------------------------------------ scoring
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         users, items = self.model.embeddings()
-        if self.training or not self.members:
+        if self.training:
             return users, items
-        users, items = standardized(users, items)
+        scaled, _ = standardized(users, items)
+        # the next epoch start's snapshot, if the weights stay as they are
+        self._seen = (weights_key(self.model), self._member(scaled, items))
+        if not self.members:
+            return users, items
+        users = scaled
         n, d = len(self.members) + 1, items.shape[1]
         others = items.new_zeros(items.shape[0], (n - 1) * d)
         others.index_copy_(0, self.items, torch.cat([m["items"] for m in self.members], dim=1))
@@ -117,6 +135,7 @@ class SnapshotEnsemble(Wrapper):
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self.members = [_frozen(m, self.items.device) for m in self.members]
+        self._seen = None
         return out
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from motorec.config import ModelConfig
+from motorec.models.base import weights_key
 from motorec.models.content import SampledTokens, token_sum
 from motorec.models.features import ItemFeatures
 from motorec.nn.rqvae import RQVAE, RQVAEOutput
@@ -73,8 +74,7 @@ class MultimodalTokenizer(nn.Module):
         was = self.training
         self.eval()  # no dropout in the encoder (and, as every call does, the token cache is dropped)
         try:
-            key = (chunk, torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
-                   *((t.data_ptr(), t._version, t.dtype, t.device) for t in (*self.parameters(), *self.buffers())))
+            key = (chunk, weights_key(self))
             if self._encoded is not None and self._encoded[0] == key and all(
                     t._version == v for t, v in self._encoded[3]):
                 return dict(self._encoded[1]), dict(self._encoded[2])

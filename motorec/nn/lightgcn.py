@@ -316,31 +316,41 @@ class LightGCN(nn.Module):
     # ------------------------------------------------------------------ mini-batch steps with history
     @torch.no_grad()
     def refresh_history(self, graph: GraphLike, item_extra: Optional[Tensor] = None,
-                        item_mask: Optional[Tensor] = None) -> None:
+                        item_mask: Optional[Tensor] = None, *, copy_extra: bool = True) -> None:
         """Compute the history :meth:`forward_nodes` reads: layers ``1 .. L-1`` of every node from one full
         propagation without gradient, and the items' non-ID layer-0 part ``item_extra``.
 
         The items' layer 0 is ``item table * item_mask + item_extra`` (``item_mask``: e.g. the warm items, so
         that a cold item's untrained ID row is left out; ``None``: every row), the users' their table. Call it
-        once per epoch (a catalog pass: one sparse product per layer over the whole graph).
+        once per epoch (a catalog pass: one sparse product per layer over the whole graph). The history keeps a
+        copy of ``item_extra`` (forward_nodes writes the batch's rows into it), or with ``copy_extra=False`` the
+        float32 tensor itself, which the caller gives up. Layer 0 is built in one [U + I, d] buffer: at catalog
+        scale each whole-table temporary is a fresh mapping the OS faults in.
 
         Shapes:
             item_extra: [I, d] or None; item_mask: [I] bool or None.
         """
         g = self._graph(graph)
-        items = self.item_embedding.weight
-        if item_mask is not None:
-            if item_mask.shape != (self.num_items,) or item_mask.dtype != torch.bool:
-                raise ValueError(f"item_mask must be a [num_items={self.num_items}] bool tensor, "
-                                 f"got {item_mask.dtype} of shape {tuple(item_mask.shape)}")
-            items = items * item_mask.unsqueeze(1)
+        weight = self.item_embedding.weight
+        if item_mask is not None and (item_mask.shape != (self.num_items,) or item_mask.dtype != torch.bool):
+            raise ValueError(f"item_mask must be a [num_items={self.num_items}] bool tensor, "
+                             f"got {item_mask.dtype} of shape {tuple(item_mask.shape)}")
         if item_extra is not None:
-            if item_extra.shape != items.shape:
+            if item_extra.shape != weight.shape:
                 raise ValueError(f"item_extra must be [num_items={self.num_items}, embedding_dim="
                                  f"{self.embedding_dim}], got {tuple(item_extra.shape)}")
-            item_extra = item_extra.detach().float().clone()
-            items = items + item_extra
-        h = torch.cat([self.user_embedding.weight, items]).detach()
+            item_extra = item_extra.detach().float()
+            if copy_extra:
+                item_extra = item_extra.clone()
+        h = torch.empty(self.num_users + self.num_items, self.embedding_dim, dtype=weight.dtype, device=weight.device)
+        h[:self.num_users] = self.user_embedding.weight
+        items = h[self.num_users:]
+        if item_mask is None:
+            items.copy_(weight)
+        else:
+            torch.mul(weight, item_mask.unsqueeze(1), out=items)
+        if item_extra is not None:
+            items += item_extra
         layers = []
         for _ in range(1, self.num_layers):
             h = spmm(g, h, backend=self.backend)

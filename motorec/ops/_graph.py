@@ -41,10 +41,12 @@ def check_graph_input(graph: Graph, x: Tensor, *, square: bool = False) -> None:
 
 def graph_operands(graph: Graph, x: Tensor) -> GraphOperands:
     """``(rowptr, col, val, t_rowptr, t_col, t_val)`` for the raw ops: edge values in x's dtype (float32 for
-    half/bf16 x, which the kernels accumulate in float32) and the CSR of ``A^T`` (``None`` when symmetric)."""
+    half/bf16 x, which the kernels accumulate in float32) and the CSR of ``A^T``, which only the backward reads
+    (``None`` when symmetric, or when no gradient can reach ``x``: no transpose is built for a product without
+    one)."""
     half = x.dtype in (torch.float16, torch.bfloat16)
     val = graph.val if half or graph.val.dtype == x.dtype else graph.val.to(x.dtype)
-    if graph.symmetric:
+    if graph.symmetric or not (x.requires_grad and torch.is_grad_enabled()):
         return graph.rowptr, graph.col, val, None, None, None
     t = graph.transpose()
     t_val = t.val if t.val.dtype == val.dtype else t.val.to(val.dtype)

@@ -109,6 +109,58 @@ def test_snapshots_are_taken_at_epoch_starts_and_hold_only_what_cold_scoring_nee
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_snapshot_reuses_the_validation_at_the_same_weights_and_nothing_else(ds, name, monkeypatch):
+    ens, _ = _trained_ensemble(ds, name, size=3, epochs=2)
+    calls = []
+    inner = ens.model.embeddings
+    monkeypatch.setattr(ens.model, "embeddings", lambda: calls.append(1) or inner())
+
+    def step(seed):
+        opt = torch.optim.SGD(ens.parameters(), lr=1e-2)
+        loss, _ = ens.loss(make_batch(ds, seed=seed))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def fresh_member():  # the snapshot computed from the current weights, as without reuse
+        with torch.no_grad(), ens.model.eval_mode():
+            u, i = inner()
+        from motorec.models.ensemble import standardized
+        return standardized(u, i)[0], i.index_select(0, ens.items)
+
+    # validation at the end of epoch 2, then epoch 3's start at the same weights: the snapshot is the validation's
+    ens.eval()
+    ens.score(torch.arange(4))
+    want = fresh_member()
+    calls.clear()
+    ens.train()
+    ens.on_epoch_start(3)
+    assert calls == [] and ens.members[-1]["epoch"] == 2
+    torch.testing.assert_close(ens.members[-1]["users"], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(ens.members[-1]["items"], want[1], rtol=0, atol=0)
+    # a step after validation moves the weights: the snapshot is computed again, from the new weights
+    for moved in ("step", "loss", "load_state_dict"):
+        ens.eval()
+        ens.score(torch.arange(4))
+        ens.train()
+        if moved == "step":
+            step(7)
+        elif moved == "loss":  # a training forward alone (EMA codebooks move through .data)
+            ens.loss(make_batch(ds, seed=8))
+        else:
+            ens.load_state_dict(ens.state_dict())
+        want = fresh_member()
+        calls.clear()
+        ens.on_epoch_start(4)
+        assert calls == [1], moved
+        torch.testing.assert_close(ens.members[-1]["users"], want[0])
+        torch.testing.assert_close(ens.members[-1]["items"], want[1])
+    # kept once: a second epoch start without a validation between computes its own
+    ens.on_epoch_start(5)
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_and_bad_state_refused(ds, name):
     ens, _ = _trained_ensemble(ds, name, size=3, epochs=4)
     buf = io.BytesIO()

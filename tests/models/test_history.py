@@ -228,6 +228,29 @@ def test_motorec_history_forward_equals_full_forward_on_a_fresh_history(ds):
     torch.testing.assert_close(bcontent, fcontent[items], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("over", [{}, {"fusion": "mean"}, {"item_item": False}])
+def test_motorec_history_refresh_in_row_blocks_equals_the_whole_catalog_pass(ds, over):
+    """The refresh runs the token level, the item-item views and the fusion in row blocks (7 items: 13 blocks over
+    90 items, the last one short); its tables are the whole-catalog expressions'."""
+    m = make_model(ds, "motorec", propagation="history", **over)
+    m.train()
+    with torch.no_grad():
+        m._forward()  # the quantizer's k-means initialization, as pre-training does
+        latents, codes = m.tokenizer.encode_catalog()
+        h = m.token_level(latents, codes)
+        want_content = m._fuse(h)
+        m.refresh_history(latents, codes, chunk=7)
+    assert set(m._token_history) == set(h)
+    for k, v in h.items():
+        torch.testing.assert_close(m._token_history[k], v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.lightgcn._history.item_extra, want_content, rtol=1e-5, atol=1e-6)
+    whole = [t.clone() for t in m.lightgcn._history.layers]
+    with torch.no_grad():
+        m.refresh_history(latents, codes, chunk=10**6)
+    for a, b in zip(whole, m.lightgcn._history.layers):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_motorec_rows_tokens_sampled(ds):
     m = make_model(ds, "motorec", propagation="history", tokenizer_sample=8)
     m.train()

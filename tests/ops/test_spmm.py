@@ -366,3 +366,30 @@ def test_half_storage(plaw, device, backend, dtype, dim):
     assert out.dtype == dtype
     tol = tol_vs_torch(rel_error(torch_csr_spmm(g.rowptr, g.col, g.val, x), ref), 1e-3)
     assert_close_rel(out, ref, tol, f"spmm[{backend}] {dtype}")
+
+
+@pytest.mark.parametrize("device,backend", backend_params("spmm", torch.float64))
+def test_row_blocks_and_no_transpose_without_a_gradient(device, backend):
+    """``Graph.rows(s, e) @ x`` is rows ``s .. e - 1`` of ``A @ x`` (empty blocks too); a product no gradient can
+    reach builds no transpose, one that a gradient can reach does (and its backward is right)."""
+    g = random_directed_graph(23, 70).to(device)
+    x = torch.randn(g.num_cols, 5, dtype=torch.float64, device=device)
+    full = spmm_oracle(g, x)
+    for s, e in [(0, 23), (0, 7), (7, 14), (21, 23), (5, 5), (23, 23)]:
+        block = g.rows(s, e)
+        assert (block.num_rows, block.num_cols) == (e - s, g.num_cols)
+        torch.testing.assert_close(motorec.ops.spmm(block, x, backend=backend), full[s:e], rtol=1e-12, atol=1e-12)
+    assert g.rows(3, 9)._transpose is None  # nothing built for the products above
+    with pytest.raises(ValueError, match="0 <= start <= stop <= num_rows=23"):
+        g.rows(4, 24)
+    with pytest.raises(ValueError, match="0 <= start <= stop"):
+        g.rows(5, 4)
+    block = g.rows(2, 11)
+    xg = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        motorec.ops.spmm(block, xg, backend=backend)
+    assert block._transpose is None
+    gout = torch.randn(9, 5, dtype=torch.float64, device=device)
+    motorec.ops.spmm(block, xg, backend=backend).backward(gout)
+    assert block._transpose is not None
+    torch.testing.assert_close(xg.grad, block.to_dense().double().t() @ gout, rtol=1e-12, atol=1e-12)

@@ -178,3 +178,30 @@ def test_rotation_sets_cover_cache():
     n = harness.rotation_sets(llc // 4, CPU)
     assert n * (llc // 4) >= min(2 * llc, 8 * (llc // 4))
     assert harness.rotation_sets(4 * llc, CPU) == 1
+
+
+def test_git_sha_is_dirty_for_code_changes_not_for_appended_result_rows(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    monkeypatch.delenv("MOTOREC_GIT_SHA", raising=False)
+    monkeypatch.setattr(harness, "REPO_ROOT", tmp_path)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "bench_x.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "x.csv").write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    clean = harness.git_sha()
+    assert len(clean) == 10 and "+dirty" not in clean
+    (tmp_path / "benchmarks" / "results" / "x.csv").write_text("a\n1\n")  # a benchmark appended its row
+    assert harness.git_sha() == clean
+    (tmp_path / "benchmarks" / "bench_x.py").write_text("x = 2\n")  # the code changed
+    assert harness.git_sha() == clean + "+dirty"

@@ -102,6 +102,8 @@ class MoToRecSteps:
         Shapes:
             latents: {m: [num_items, latent_dim]}, codes: {m: [num_items, num_levels] or None}.
         """
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int (items per row block), got {chunk!r}")
         if latents is None or codes is None:
             latents, codes = self.tokenizer.encode_catalog()
         mods, n, dim = self.tokenizer.modalities, self.num_items, self.config.dim

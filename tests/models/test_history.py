@@ -249,6 +249,9 @@ def test_motorec_history_refresh_in_row_blocks_equals_the_whole_catalog_pass(ds,
         m.refresh_history(latents, codes, chunk=10**6)
     for a, b in zip(whole, m.lightgcn._history.layers):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be a positive int"):
+            m.refresh_history(latents, codes, chunk=bad)
 
 
 def test_motorec_rows_tokens_sampled(ds):

@@ -14,6 +14,8 @@ from _model_helpers import SMALL, cold_last, make_batch, make_model
 
 from motorec.config import Config, WrapperConfig
 from motorec.models import SnapshotEnsemble, unwrap, wrap
+from motorec.models.ensemble import standardized
+from motorec.models.selection import Selection
 from motorec.train import Trainer, load_checkpoint
 
 NAMES = ("lightgcn_content", "motorec")
@@ -125,7 +127,6 @@ def test_a_snapshot_reuses_the_validation_at_the_same_weights_and_nothing_else(d
     def fresh_member():  # the snapshot computed from the current weights, as without reuse
         with torch.no_grad(), ens.model.eval_mode():
             u, i = inner()
-        from motorec.models.ensemble import standardized
         return standardized(u, i)[0], i.index_select(0, ens.items)
 
     # validation at the end of epoch 2, then epoch 3's start at the same weights: the snapshot is the validation's
@@ -271,7 +272,6 @@ def test_selected_states_share_the_snapshots_instead_of_copying_them(ds):
 def test_the_ensemble_runs_the_wrapped_models_own_selection(ds):
     """A model with a selection rule of its own (aldi_published's teacher/student rule) keeps it when wrapped in
     the ensemble; a plain model keeps the common rule."""
-    from motorec.models.selection import Selection
 
     def score(valid):
         return 0.0
